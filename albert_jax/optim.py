@@ -1,0 +1,316 @@
+"""Optimizers as ALBERT trains them: LAMB for pretraining, AdamW for fine-tuning.
+
+Both follow google-research/albert (`lamb_optimizer.py`, `optimization.py`)
+and are assembled from optax parts so that the state is an ordinary optax
+pytree that orbax checkpoints and the sharding rules understand:
+
+  clip_by_global_norm(1.0)                       # on the whole gradient
+  -> Adam moments, WITHOUT bias correction        # as the TF original
+  -> + weight_decay * param                       # not LayerNorm / bias
+  -> * ||param|| / ||update||  (LAMB only)        # not LayerNorm / bias
+  -> * -learning_rate(step)                       # warmup, linear decay to 0
+
+Gradient accumulation is done by `accumulate_gradients` inside the train step
+(explicit microbatching), not by `optax.MultiSteps`: one call of the train
+step stays one optimizer update of one global batch, so `num_train_steps`,
+`warmup_steps`, checkpoint and logging intervals and the data iterator
+position mean the same with and without accumulation, and the optimizer state
+(and so every checkpoint) carries no extra gradient accumulator.
+"""
+
+import re
+from typing import Any, Callable, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+# The original's `exclude_from_weight_decay=["LayerNorm", "layer_norm",
+# "bias"]`, searched (re.search) anywhere in the variable name; LAMB uses the
+# same list to exclude parameters from the trust ratio.
+NO_DECAY_PATTERN = r'LayerNorm|layer_norm|bias'
+
+
+def param_path(path: tuple[Any, ...]) -> str:
+  """'/'-joined names of a pytree key path, e.g. 'params/albert/.../kernel'."""
+  names = []
+  for key in path:
+    if isinstance(key, jax.tree_util.DictKey):
+      names.append(str(key.key))
+    elif isinstance(key, jax.tree_util.GetAttrKey):
+      names.append(key.name)
+    elif isinstance(key, jax.tree_util.SequenceKey):
+      names.append(str(key.idx))
+    else:
+      names.append(str(getattr(key, 'key', key)))
+  return '/'.join(names)
+
+
+def decay_mask(params: Any, pattern: str = NO_DECAY_PATTERN) -> Any:
+  """True for leaves that get weight decay (and, in LAMB, the trust ratio).
+
+  Args:
+    params: a parameter tree (arrays, ShapeDtypeStructs or `nn.Partitioned`
+      boxes; a box's leaf path ends in '/value', which the pattern ignores).
+    pattern: regular expression; a leaf whose path matches it anywhere is
+      excluded, as `re.search` did over TF variable names in the original.
+
+  Returns:
+    A tree of Python bools with the structure of `params`.
+  """
+  regex = re.compile(pattern)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: regex.search(param_path(path)) is None, params)
+
+
+def stacked_layers_mask(boxed_params: Any) -> Any:
+  """True for leaves whose first axis is the logical 'layers' axis.
+
+  Unshared variants (`sharing` other than 'all', or several hidden groups)
+  stack per-layer parameters along a leading 'layers' axis. The original keeps
+  one TF variable per layer, so LAMB's trust ratio must be taken per layer
+  slice; pass this mask to `make_optimizer(..., stacked_layers=...)`.
+
+  Args:
+    boxed_params: the `nn.Partitioned`-boxed tree, e.g. from `jax.eval_shape`
+      of the model's init.
+
+  Returns:
+    A tree of bools with the structure of the UNBOXED parameters.
+  """
+  def is_stacked(leaf):
+    names = getattr(leaf, 'names', None) or ()
+    return bool(names) and names[0] == 'layers'
+  return jax.tree.map(is_stacked, boxed_params,
+                      is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+
+def learning_rate_schedule(learning_rate: float, warmup_steps: int,
+                           num_train_steps: int,
+                           style: str = 'albert') -> optax.Schedule:
+  """Linear warmup from 0, then linear decay to 0 at `num_train_steps`.
+
+  Args:
+    learning_rate: the peak learning rate.
+    warmup_steps: steps of linear warmup; step 0 has learning rate 0.
+    num_train_steps: the learning rate reaches 0 here and stays 0.
+    style: 'albert' reproduces the original exactly: the decay line is
+      `learning_rate * (1 - step / num_train_steps)` from step 0 and warmup
+      replaces it while `step < warmup_steps` (so the rate drops from the peak
+      to `peak * (1 - warmup / total)` when warmup ends; 2.5% at paper scale,
+      25% for RTE fine-tuning). 'linear' decays from the peak at the end of
+      warmup, as `transformers.get_linear_schedule_with_warmup` does.
+
+  Returns:
+    An optax schedule: step -> learning rate.
+  """
+  if num_train_steps <= 0 or not 0 <= warmup_steps <= num_train_steps:
+    raise ValueError(
+        f'Need 0 <= warmup_steps ({warmup_steps}) <= num_train_steps '
+        f'({num_train_steps}) and num_train_steps > 0; fix the config.')
+  if style == 'albert':
+    decay_start = learning_rate * (1.0 - warmup_steps / num_train_steps)
+  elif style == 'linear':
+    decay_start = learning_rate
+  else:
+    raise ValueError(f"Unknown lr_schedule {style!r}; use 'albert' or 'linear'.")
+  decay = optax.linear_schedule(decay_start, 0.0,
+                                num_train_steps - warmup_steps)
+  if warmup_steps == 0:
+    return decay
+  warmup = optax.linear_schedule(0.0, learning_rate, warmup_steps)
+  return optax.join_schedules([warmup, decay], [warmup_steps])
+
+
+def scale_by_adam(b1: float, b2: float, eps: float,
+                  bias_correction: bool) -> optax.GradientTransformation:
+  """Adam's m / (sqrt(v) + eps), with or without bias correction.
+
+  optax's `scale_by_adam` always corrects the bias; ALBERT's LAMB and AdamW do
+  not. Both variants keep `optax.ScaleByAdamState`, so checkpoints are
+  interchangeable between them.
+  """
+  if bias_correction:
+    return optax.scale_by_adam(b1=b1, b2=b2, eps=eps)
+
+  def update_fn(updates, state, params=None):
+    del params
+    mu = optax.tree.update_moment(updates, state.mu, b1, 1)
+    nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
+    updates = jax.tree.map(lambda m, v: m / (jnp.sqrt(v) + eps), mu, nu)
+    count = optax.safe_increment(state.count)
+    return updates, optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
+
+  return optax.GradientTransformation(optax.scale_by_adam(b1, b2, eps).init,
+                                      update_fn)
+
+
+def _resolve(mask: Any, params: Any, default: bool) -> Any:
+  """A bool tree from a tree, a function of params, or None (all `default`)."""
+  if mask is None:
+    return jax.tree.map(lambda _: default, params)
+  return mask(params) if callable(mask) else mask
+
+
+def scale_by_trust_ratio(mask: Any = None, stacked_layers: Any = None
+                        ) -> optax.GradientTransformation:
+  """LAMB's layer-wise ||param|| / ||update||, 1 where either norm is 0.
+
+  Like `optax.masked(optax.scale_by_trust_ratio(), mask)`, but leaves marked
+  in `stacked_layers` take one ratio per slice of their leading axis (one per
+  original layer). Both masks are trees of bools or functions of params.
+  """
+  def ratio(update, param, apply, stacked):
+    if not apply:
+      return update
+    axes = tuple(range(1, update.ndim)) if stacked else None
+    param_norm = jnp.sqrt(jnp.sum(jnp.square(param), axis=axes, keepdims=True))
+    update_norm = jnp.sqrt(jnp.sum(jnp.square(update), axis=axes,
+                                   keepdims=True))
+    safe = jnp.where((param_norm > 0) & (update_norm > 0),
+                     param_norm / jnp.where(update_norm > 0, update_norm, 1.0),
+                     1.0)
+    return update * safe.astype(update.dtype)
+
+  def update_fn(updates, state, params):
+    if params is None:
+      raise ValueError('LAMB needs the parameters: call update(g, s, params).')
+    return jax.tree.map(ratio, updates, params,
+                        _resolve(mask, params, True),
+                        _resolve(stacked_layers, params, False)), state
+
+  return optax.GradientTransformation(optax.init_empty_state, update_fn)
+
+
+class OptimizerConfig(NamedTuple):
+  """The config fields `make_optimizer` reads, with ALBERT's defaults."""
+  optimizer: str
+  learning_rate: float
+  warmup_steps: int
+  num_train_steps: int
+  weight_decay: float = 0.01
+  grad_clip_norm: float = 1.0
+  bias_correction: bool = False
+  lr_schedule: str = 'albert'
+
+
+def _read_config(config: Any) -> OptimizerConfig:
+  fields = {}
+  for name in OptimizerConfig._fields:
+    if name in OptimizerConfig._field_defaults:
+      fields[name] = getattr(config, name, OptimizerConfig._field_defaults[name])
+    elif hasattr(config, name):
+      fields[name] = getattr(config, name)
+    else:
+      raise ValueError(f'config.{name} is required by make_optimizer.')
+  return OptimizerConfig(**fields)
+
+
+def make_optimizer(
+    config: Any,
+    stacked_layers: Any = None,
+    no_decay_pattern: str = NO_DECAY_PATTERN,
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The training optimizer and its learning-rate schedule, from the config.
+
+  Config fields read (attributes of an ml_collections ConfigDict or any
+  object):
+    optimizer: 'lamb' (pretraining) or 'adamw' (fine-tuning, as
+      run_classifier / run_squad).
+    learning_rate: peak learning rate (paper pretraining: 0.00176).
+    warmup_steps: linear warmup steps (paper: 3125).
+    num_train_steps: optimizer updates in the run; lr is 0 from here on.
+    weight_decay: decoupled weight decay (default 0.01); not applied to
+      parameters matching `no_decay_pattern` (LayerNorm and biases).
+    grad_clip_norm: global-norm clipping threshold (default 1.0; 0 disables).
+    bias_correction: Adam bias correction (default False, as ALBERT; True
+      matches optax.adamw / torch.optim.AdamW).
+    lr_schedule: 'albert' (default) or 'linear'; see `learning_rate_schedule`.
+    grad_accum_steps: NOT read here; the train step passes it to
+      `accumulate_gradients`.
+  β1 0.9, β2 0.999 and eps 1e-6 are fixed, as in the original.
+
+  Args:
+    config: the training config.
+    stacked_layers: optional tree (or function of params) of bools marking
+      parameters stacked over layers (`stacked_layers_mask`), which get one
+      LAMB trust ratio per layer.
+    no_decay_pattern: regular expression over parameter paths excluded from
+      weight decay and the trust ratio.
+
+  Returns:
+    (optax transformation, schedule); the schedule maps the update count to
+    the learning rate, for logging.
+  """
+  cfg = _read_config(config)
+  schedule = learning_rate_schedule(cfg.learning_rate, cfg.warmup_steps,
+                                    cfg.num_train_steps, cfg.lr_schedule)
+  mask = lambda params: decay_mask(params, no_decay_pattern)
+  parts = []
+  if cfg.grad_clip_norm:
+    parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
+  parts.append(scale_by_adam(0.9, 0.999, 1e-6, cfg.bias_correction))
+  if cfg.weight_decay:
+    parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=mask))
+  if cfg.optimizer == 'lamb':
+    parts.append(scale_by_trust_ratio(mask, stacked_layers))
+  elif cfg.optimizer != 'adamw':
+    raise ValueError(
+        f"Unknown config.optimizer {cfg.optimizer!r}; use 'lamb' or 'adamw'.")
+  parts.append(optax.scale_by_learning_rate(schedule))
+  return optax.chain(*parts), schedule
+
+
+def accumulate_gradients(
+    grad_fn: Callable[[Any, Any], tuple[Any, Any]],
+    params: Any,
+    batch: Any,
+    num_microbatches: int,
+) -> tuple[Any, Any]:
+  """Mean gradient and summed auxiliary outputs over microbatches of `batch`.
+
+  Splits every batch leaf along its first axis and runs `grad_fn` on each
+  slice with `lax.scan`, so activations of only one microbatch are live.
+  Microbatch i holds rows i, i+k, i+2k, ... (k = num_microbatches): each
+  device keeps its own rows of a batch sharded over the first axis, so the
+  split moves no data between devices.
+
+  Args:
+    grad_fn: (params, microbatch) -> (aux, grads), e.g.
+      `jax.grad(loss_fn, has_aux=True)` with the aux first (swap it in a
+      lambda). Aux should hold sums (metrics as sums plus a denominator), so
+      adding them up over microbatches gives the full-batch sums.
+    params: passed unchanged to every call.
+    batch: pytree of arrays with a common leading batch dimension.
+    num_microbatches: k >= 1; the batch size must be divisible by k.
+
+  Returns:
+    (summed aux, mean of the microbatch gradients).
+  """
+  if num_microbatches == 1:
+    return grad_fn(params, batch)
+  sizes = {x.shape[0] for x in jax.tree.leaves(batch)}
+  if len(sizes) != 1 or next(iter(sizes)) % num_microbatches:
+    raise ValueError(
+        f'Batch size {sizes} is not divisible by grad_accum_steps='
+        f'{num_microbatches}; change batch_size or grad_accum_steps.')
+
+  def split(x):
+    x = x.reshape((x.shape[0] // num_microbatches, num_microbatches)
+                  + x.shape[1:])
+    return jnp.swapaxes(x, 0, 1)
+
+  micro = jax.tree.map(split, batch)
+  first = jax.tree.map(lambda x: x[0], micro)
+  aux_shape, grad_shape = jax.eval_shape(grad_fn, params, first)
+  zeros = lambda tree: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                    tree)
+
+  def body(carry, microbatch):
+    aux, grads = grad_fn(params, microbatch)
+    return jax.tree.map(jnp.add, carry, (aux, grads)), None
+
+  (aux, grads), _ = jax.lax.scan(body, (zeros(aux_shape), zeros(grad_shape)),
+                                 micro)
+  return aux, jax.tree.map(lambda g: g / num_microbatches, grads)
