@@ -77,7 +77,7 @@ def stacked_layers_mask(boxed_params: Any) -> Any:
       of the model's init.
 
   Returns:
-    A tree of bools with the structure of the UNBOXED parameters.
+    A tree of bools, one per parameter leaf (fits boxed or unboxed params).
   """
   def is_stacked(leaf):
     names = getattr(leaf, 'names', None) or ()
@@ -146,11 +146,21 @@ def scale_by_adam(b1: float, b2: float, eps: float,
                                       update_fn)
 
 
-def _resolve(mask: Any, params: Any, default: bool) -> Any:
-  """A bool tree from a tree, a function of params, or None (all `default`)."""
+def _mask_leaves(mask: Any, params: Any, default: bool) -> list[bool]:
+  """One bool per parameter leaf from a tree, a function of params or None.
+
+  Compared leaf by leaf (not by tree structure), so a mask built on unboxed
+  parameters also applies to `nn.Partitioned`-boxed ones and vice versa.
+  """
+  num_leaves = len(jax.tree.leaves(params))
   if mask is None:
-    return jax.tree.map(lambda _: default, params)
-  return mask(params) if callable(mask) else mask
+    return [default] * num_leaves
+  leaves = jax.tree.leaves(mask(params) if callable(mask) else mask)
+  if len(leaves) != num_leaves:
+    raise ValueError(f'A mask with {len(leaves)} leaves does not fit a '
+                     f'parameter tree with {num_leaves}; build it from the '
+                     'same parameters.')
+  return leaves
 
 
 def scale_by_trust_ratio(mask: Any = None, stacked_layers: Any = None
@@ -176,9 +186,11 @@ def scale_by_trust_ratio(mask: Any = None, stacked_layers: Any = None
   def update_fn(updates, state, params):
     if params is None:
       raise ValueError('LAMB needs the parameters: call update(g, s, params).')
-    return jax.tree.map(ratio, updates, params,
-                        _resolve(mask, params, True),
-                        _resolve(stacked_layers, params, False)), state
+    leaves, treedef = jax.tree.flatten(updates)
+    new = map(ratio, leaves, jax.tree.leaves(params),
+              _mask_leaves(mask, params, True),
+              _mask_leaves(stacked_layers, params, False))
+    return jax.tree.unflatten(treedef, list(new)), state
 
   return optax.GradientTransformation(optax.init_empty_state, update_fn)
 

@@ -292,3 +292,24 @@ def test_accumulated_gradients_equal_the_full_batch_gradient():
   assert int(aux['count']) == 12
   with pytest.raises(ValueError, match='grad_accum_steps=5'):
     optim.accumulate_gradients(grad_fn, params, batch, 5)
+
+
+def test_lamb_on_boxed_params_equals_lamb_on_unboxed():
+  rng = np.random.default_rng(4)
+  names = {2: ('hidden', 'mlp'), 3: ('layers', 'hidden', 'mlp'),
+           1: ('hidden',)}
+  plain = {'ffn': {'kernel': rng.normal(size=(3, 4, 5)).astype(np.float32),
+                   'bias': rng.normal(size=(3, 5)).astype(np.float32)},
+           'LayerNorm': {'scale': np.ones(4, np.float32)},
+           'pooler': {'kernel': rng.normal(size=(4, 4)).astype(np.float32)}}
+  boxed = jax.tree.map(lambda x: nn.Partitioned(x, names[x.ndim]), plain)
+  stacked = optim.stacked_layers_mask(boxed)
+  tx, _ = optim.make_optimizer(make_config(warmup_steps=0),
+                               stacked_layers=stacked)
+  grads = jax.tree.map(lambda x: np.float32(0.3) * x + 1.0, plain)
+  boxed_grads = jax.tree.map(lambda x: nn.Partitioned(x, names[x.ndim]), grads)
+  u1, _ = tx.update(grads, tx.init(plain), plain)
+  u2, _ = tx.update(boxed_grads, tx.init(boxed), boxed)
+  assert isinstance(u2['ffn']['kernel'], nn.Partitioned)
+  for a, b in zip(jax.tree.leaves(u1), jax.tree.leaves(u2)):
+    np.testing.assert_allclose(a, b, rtol=1e-6)
