@@ -1,0 +1,430 @@
+"""ALBERT in Flax linen: factorised embeddings, one shared layer under `nn.scan`, MLM + SOP heads.
+
+The computation matches the released ALBERT models (and Hugging Face's
+`AlbertForPreTraining`) exactly; tests/test_model.py checks logits against it.
+Every parameter carries logical axis names so that `albert_jax.sharding` can
+place it on any device mesh.
+"""
+
+import dataclasses
+import functools
+import json
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+SHARING_MODES = ("all", "attention", "ffn", "none")
+ACTIVATIONS = {
+    "gelu_new": functools.partial(nn.gelu, approximate=True),  # tanh approximation: every released model
+    "gelu": functools.partial(nn.gelu, approximate=False),  # exact erf
+    "relu": nn.relu,
+}
+REMAT_POLICIES = {
+    "none": None,  # no rematerialisation
+    "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole layer
+    "dots": jax.checkpoint_policies.checkpoint_dots,  # keep matmul outputs
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,  # keep weight-like matmuls only
+}
+
+# Released ALBERT shapes (google-research/albert, v2). v1 differs only in dropout.
+_PRESET_SHAPES = {
+    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+    "xlarge": dict(hidden_size=2048, num_hidden_layers=24, num_attention_heads=16, intermediate_size=8192),
+    "xxlarge": dict(hidden_size=4096, num_hidden_layers=12, num_attention_heads=64, intermediate_size=16384),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class AlbertConfig:
+  """Model hyperparameters; field names follow Hugging Face's `AlbertConfig`."""
+
+  vocab_size: int = 30000
+  embedding_size: int = 128  # E: width of the factorised embeddings
+  hidden_size: int = 768  # H
+  num_hidden_layers: int = 12  # L: applications of the shared layer (group)
+  num_hidden_groups: int = 1  # G: parameter groups; layer i uses group int(i*G/L)
+  inner_group_num: int = 1  # distinct layers applied in sequence inside a group
+  num_attention_heads: int = 12
+  intermediate_size: int = 3072
+  hidden_act: str = "gelu_new"
+  hidden_dropout_prob: float = 0.0
+  attention_probs_dropout_prob: float = 0.0
+  classifier_dropout_prob: float = 0.1
+  max_position_embeddings: int = 512
+  type_vocab_size: int = 2
+  initializer_range: float = 0.02
+  layer_norm_eps: float = 1e-12
+  sharing: str = "all"  # the paper's Table 4 ablation: all | attention | ffn | none
+  dtype: str = "float32"  # compute dtype, e.g. bfloat16
+  param_dtype: str = "float32"
+  remat_policy: str = "none"  # one of REMAT_POLICIES
+  scan_unroll: int = 1  # layers unrolled per scan iteration (speed vs compile time)
+
+  def __post_init__(self):
+    if self.hidden_size % self.num_attention_heads:
+      raise ValueError(
+          f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+          f"({self.num_attention_heads}); pick a head count that divides it.")
+    if self.sharing not in SHARING_MODES:
+      raise ValueError(f"sharing={self.sharing!r} is not one of {SHARING_MODES}.")
+    if self.hidden_act not in ACTIVATIONS:
+      raise ValueError(f"hidden_act={self.hidden_act!r} is not supported; use one of {sorted(ACTIVATIONS)}.")
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"remat_policy={self.remat_policy!r} is not one of {sorted(REMAT_POLICIES)}.")
+    groups = self.num_hidden_groups
+    if groups < 1 or self.num_hidden_layers % groups:
+      raise ValueError(
+          f"num_hidden_layers ({self.num_hidden_layers}) must be a multiple of num_hidden_groups ({groups}).")
+    if self.sharing != "all" and (groups != 1 or self.inner_group_num != 1):
+      raise ValueError(f"sharing={self.sharing!r} needs num_hidden_groups=1 and inner_group_num=1.")
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_attention_heads
+
+  @classmethod
+  def preset(cls, name: str, **overrides) -> "AlbertConfig":
+    """`base`, `large`, `xlarge`, `xxlarge` (v2: no dropout) or `<size>-v1` (dropout 0.1, none for xxlarge)."""
+    size, _, version = name.partition("-")
+    if size not in _PRESET_SHAPES or version not in ("", "v1", "v2"):
+      known = [f"{s}{v}" for s in _PRESET_SHAPES for v in ("", "-v1", "-v2")]
+      raise ValueError(f"Unknown ALBERT preset {name!r}; choose one of {known}.")
+    dropout = 0.1 if version == "v1" and size != "xxlarge" else 0.0
+    fields = dict(_PRESET_SHAPES[size], hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    return cls(**{**fields, **overrides})
+
+  def replace(self, **changes) -> "AlbertConfig":
+    return dataclasses.replace(self, **changes)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, values: dict[str, Any]) -> "AlbertConfig":
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+      raise ValueError(f"Unknown AlbertConfig fields {unknown}; known fields are {sorted(known)}.")
+    return cls(**values)
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def _kernel_init(config: AlbertConfig, names: tuple[str | None, ...]):
+  # ALBERT's truncated normal: std 0.02, cut at two standard deviations.
+  init = nn.initializers.truncated_normal(stddev=config.initializer_range, lower=-2.0, upper=2.0)
+  return nn.with_logical_partitioning(init, names)
+
+
+def _zeros(names):
+  return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+
+
+def _ones(names):
+  return nn.with_logical_partitioning(nn.initializers.ones_init(), names)
+
+
+def _dense(config, features, names, name, **kwargs):
+  return nn.Dense(
+      features, dtype=config.dtype, param_dtype=config.param_dtype, name=name,
+      kernel_init=_kernel_init(config, names), bias_init=_zeros(names[-1:]), **kwargs)
+
+
+def _layer_norm(config, axis_name, name):
+  return nn.LayerNorm(
+      epsilon=config.layer_norm_eps, dtype=config.dtype, param_dtype=config.param_dtype, name=name,
+      scale_init=_ones((axis_name,)), bias_init=_zeros((axis_name,)))
+
+
+class AlbertEmbeddings(nn.Module):
+  """Word + position + token-type embeddings at width E, LayerNorm, dropout."""
+
+  config: AlbertConfig
+
+  def setup(self):
+    cfg = self.config
+    embed = functools.partial(nn.Embed, features=cfg.embedding_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    self.word_embeddings = embed(cfg.vocab_size, embedding_init=_kernel_init(cfg, ("vocab", "embed")))
+    self.position_embeddings = embed(cfg.max_position_embeddings, embedding_init=_kernel_init(cfg, (None, "embed")))
+    self.token_type_embeddings = embed(cfg.type_vocab_size, embedding_init=_kernel_init(cfg, (None, "embed")))
+    self.LayerNorm = _layer_norm(cfg, "embed", "LayerNorm")
+    self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+
+  def __call__(self, input_ids, token_type_ids, deterministic):
+    positions = jnp.arange(input_ids.shape[-1])[None, :]
+    x = self.word_embeddings(input_ids) + self.position_embeddings(positions) + self.token_type_embeddings(token_type_ids)
+    return self.dropout(self.LayerNorm(x), deterministic=deterministic)
+
+
+class AlbertAttention(nn.Module):
+  """Multi-head self-attention followed by the post-LN residual: LayerNorm(x + dropout(dense(context)))."""
+
+  config: AlbertConfig
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x, bias):
+    cfg = self.config
+    heads = (cfg.num_attention_heads, cfg.head_dim)
+    proj = functools.partial(
+        nn.DenseGeneral, features=heads, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+        kernel_init=_kernel_init(cfg, ("hidden", "heads", "kv")), bias_init=_zeros(("heads", "kv")))
+    q, k, v = (proj(name=n)(x) for n in ("query", "key", "value"))
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+    probs = jax.nn.softmax(scores / jnp.sqrt(cfg.head_dim).astype(jnp.float32) + bias, axis=-1)
+    probs = nn.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=self.deterministic)
+    context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+    out = nn.DenseGeneral(
+        cfg.hidden_size, axis=(-2, -1), dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="dense",
+        kernel_init=_kernel_init(cfg, ("heads", "kv", "hidden")), bias_init=_zeros(("hidden",)))(context)
+    out = nn.Dropout(cfg.hidden_dropout_prob)(out, deterministic=self.deterministic)
+    return _layer_norm(cfg, "hidden", "LayerNorm")(x + out)
+
+
+class AlbertFeedForward(nn.Module):
+  """H→I→H with the configured activation and the post-LN residual."""
+
+  config: AlbertConfig
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.config
+    h = ACTIVATIONS[cfg.hidden_act](_dense(cfg, cfg.intermediate_size, ("hidden", "mlp"), "ffn")(x))
+    h = _dense(cfg, cfg.hidden_size, ("mlp", "hidden"), "ffn_output")(h)
+    h = nn.Dropout(cfg.hidden_dropout_prob)(h, deterministic=self.deterministic)
+    return _layer_norm(cfg, "hidden", "full_layer_layer_norm")(x + h)
+
+
+class AlbertLayerGroup(nn.Module):
+  """`inner_group_num` layers (attention + FFN) in sequence; the unit that `nn.scan` repeats.
+
+  With `sharing='attention'` or `'ffn'` the shared block's parameters arrive as
+  `shared_params` (broadcast over the scan) while this module owns only the
+  per-layer block, which the scan stacks.
+  """
+
+  config: AlbertConfig
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x, bias, shared_params):
+    cfg = self.config
+    attention = functools.partial(AlbertAttention, cfg, deterministic=self.deterministic)
+    ffn = functools.partial(AlbertFeedForward, cfg, deterministic=self.deterministic)
+    for j in range(cfg.inner_group_num):
+      name = f"layer_{j}"
+      if cfg.sharing == "attention":
+        x = _apply_shared(self, attention(parent=None), shared_params, x, bias)
+        x = ffn(name=f"{name}_ffn")(x)
+      elif cfg.sharing == "ffn":
+        x = attention(name=f"{name}_attention")(x, bias)
+        x = _apply_shared(self, ffn(parent=None), shared_params, x)
+      else:
+        x = attention(name=f"{name}_attention")(x, bias)
+        x = ffn(name=f"{name}_ffn")(x)
+    x = nn.with_logical_constraint(x, ("batch", "length", "act_hidden"))
+    return x, None
+
+
+def _apply_shared(parent: nn.Module, block: nn.Module, params, *args):
+  rngs = {} if block.deterministic else {"dropout": parent.make_rng("dropout")}
+  return block.apply({"params": params}, *args, rngs=rngs)
+
+
+def _abstract_input(config):
+  return jnp.zeros((1, 1, config.hidden_size), config.dtype)
+
+
+class AlbertEncoder(nn.Module):
+  """E→H projection, then the shared layer group applied L times with `nn.scan`.
+
+  Compile time is independent of L: the layer is traced once. Groups
+  (`num_hidden_groups` > 1) are a second, outer scan over stacked parameters.
+  """
+
+  config: AlbertConfig
+
+  @nn.compact
+  def __call__(self, x, bias, deterministic=True):
+    cfg = self.config
+    x = _dense(cfg, cfg.hidden_size, ("embed", "hidden"), "embedding_hidden_mapping_in")(x)
+    x = nn.with_logical_constraint(x, ("batch", "length", "act_hidden"))
+    shared = self._shared_block_params()
+    body = _layer_body(cfg)
+    if cfg.sharing == "all" and cfg.num_hidden_groups == 1:
+      layers = _broadcast_scan(body, cfg, cfg.num_hidden_layers)
+    else:
+      # Stacked parameters: one slice per group (sharing='all') or per layer (the other modes).
+      if cfg.sharing == "all":
+        body, length = _ScanGroup, cfg.num_hidden_groups
+      else:
+        length = cfg.num_hidden_layers
+      layers = nn.scan(
+          body, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+          in_axes=(nn.broadcast, nn.broadcast), length=length, unroll=cfg.scan_unroll,
+          metadata_params={nn.PARTITION_NAME: "layers"})
+    return layers(cfg, deterministic=deterministic, name="layer_group")(x, bias, shared)[0]
+
+  def _shared_block_params(self):
+    """Parameters of the block that `sharing='attention'|'ffn'` shares across the stacked layers."""
+    cfg = self.config
+    if cfg.sharing == "attention":
+      block, args = AlbertAttention(cfg, parent=None), (_abstract_input(cfg), jnp.zeros((1, 1, 1, 1), jnp.float32))
+    elif cfg.sharing == "ffn":
+      block, args = AlbertFeedForward(cfg, parent=None), (_abstract_input(cfg),)
+    else:
+      return None
+    return self.param(f"shared_{cfg.sharing}", lambda rng: block.init(rng, *args)["params"])
+
+
+def _layer_body(config):
+  """The scanned unit, rematerialised with the configured policy."""
+  if config.remat_policy == "none":
+    return AlbertLayerGroup
+  return nn.remat(AlbertLayerGroup, prevent_cse=False, policy=REMAT_POLICIES[config.remat_policy])
+
+
+def _broadcast_scan(body, config, length):
+  """`body` applied `length` times with ONE parameter set (`variable_broadcast='params'`)."""
+  return nn.scan(
+      body, variable_broadcast="params", split_rngs={"params": False, "dropout": True},
+      in_axes=(nn.broadcast, nn.broadcast), length=length, unroll=config.scan_unroll)
+
+
+class _ScanGroup(nn.Module):
+  """One parameter group of `num_hidden_groups`: its L/G consecutive layers share parameters."""
+
+  config: AlbertConfig
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x, bias, shared):
+    cfg = self.config
+    layers = _broadcast_scan(_layer_body(cfg), cfg, cfg.num_hidden_layers // cfg.num_hidden_groups)
+    return layers(cfg, deterministic=self.deterministic, name="layers")(x, bias, shared)[0], None
+
+
+class AlbertModel(nn.Module):
+  """The backbone: embeddings, encoder and the tanh pooler over [CLS]."""
+
+  config: AlbertConfig
+  add_pooling_layer: bool = True
+
+  def setup(self):
+    cfg = self.config
+    self.embeddings = AlbertEmbeddings(cfg)
+    self.encoder = AlbertEncoder(cfg)
+    self.pooler = _dense(cfg, cfg.hidden_size, ("hidden", None), "pooler")
+
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, deterministic=True):
+    cfg = self.config
+    if attention_mask is None:
+      attention_mask = jnp.ones_like(input_ids)
+    if token_type_ids is None:
+      token_type_ids = jnp.zeros_like(input_ids)
+    x = self.embeddings(input_ids, token_type_ids, deterministic)
+    # Additive mask in float32: padded keys get the most negative value, as in the original.
+    bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
+    sequence = self.encoder(x, bias, deterministic)
+    pooled = jnp.tanh(self.pooler(sequence[:, 0])) if self.add_pooling_layer else None
+    return sequence, pooled
+
+  def attend(self, x):
+    """Scores against the word embeddings: the tied MLM decoder."""
+    return self.embeddings.word_embeddings.attend(x)
+
+
+class AlbertMLMHead(nn.Module):
+  """dense H→E, activation, LayerNorm(E); the decoder is tied to the word embeddings."""
+
+  config: AlbertConfig
+
+  @nn.compact
+  def __call__(self, hidden, attend):
+    cfg = self.config
+    h = ACTIVATIONS[cfg.hidden_act](_dense(cfg, cfg.embedding_size, ("hidden", "embed"), "dense")(hidden))
+    h = _layer_norm(cfg, "embed", "LayerNorm")(h)
+    bias = self.param("bias", _zeros(("vocab",)), (cfg.vocab_size,), cfg.param_dtype)
+    return attend(h).astype(jnp.float32) + bias.astype(jnp.float32)
+
+
+def gather_positions(sequence, positions):
+  """[B, T, H] at [B, P] positions → [B, P, H]."""
+  return jnp.take_along_axis(sequence, positions[..., None].astype(jnp.int32), axis=1)
+
+
+class AlbertForPreTraining(nn.Module):
+  """Backbone + MLM head (at `masked_positions` only, when given) + sentence-order head."""
+
+  config: AlbertConfig
+
+  def setup(self):
+    self.albert = AlbertModel(self.config)
+    self.predictions = AlbertMLMHead(self.config)
+    self.sop_classifier = _Classifier(self.config, 2)
+
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, masked_positions=None,
+               deterministic=True):
+    sequence, pooled = self.albert(input_ids, attention_mask, token_type_ids, deterministic)
+    if masked_positions is not None:
+      sequence = gather_positions(sequence, masked_positions)
+    return {
+        "mlm_logits": self.predictions(sequence, self.albert.attend),
+        "sop_logits": self.sop_classifier(pooled, deterministic),
+    }
+
+
+class _Classifier(nn.Module):
+  """Dropout then a dense layer, as every ALBERT classification head."""
+
+  config: AlbertConfig
+  num_outputs: int
+
+  @nn.compact
+  def __call__(self, x, deterministic):
+    x = nn.Dropout(self.config.classifier_dropout_prob)(x, deterministic=deterministic)
+    return _dense(self.config, self.num_outputs, ("hidden", None), "classifier")(x).astype(jnp.float32)
+
+
+class AlbertForSequenceClassification(nn.Module):
+  """GLUE-style head on the pooled output; `num_labels=1` is regression (STS-B)."""
+
+  config: AlbertConfig
+  num_labels: int = 2
+
+  @nn.compact
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, deterministic=True):
+    _, pooled = AlbertModel(self.config, name="albert")(input_ids, attention_mask, token_type_ids, deterministic)
+    return _Classifier(self.config, self.num_labels, name="classifier_head")(pooled, deterministic)
+
+
+class AlbertForQuestionAnswering(nn.Module):
+  """SQuAD span head: start and end logits per token ([CLS] scores the null answer)."""
+
+  config: AlbertConfig
+
+  @nn.compact
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, deterministic=True):
+    sequence, _ = AlbertModel(self.config, add_pooling_layer=False, name="albert")(
+        input_ids, attention_mask, token_type_ids, deterministic)
+    logits = _dense(self.config, 2, ("hidden", None), "qa_outputs")(sequence).astype(jnp.float32)
+    return {"start_logits": logits[..., 0], "end_logits": logits[..., 1]}
+
+
+class AlbertForMultipleChoice(nn.Module):
+  """RACE-style head: inputs [B, C, T]; one score per choice from the pooled output."""
+
+  config: AlbertConfig
+
+  @nn.compact
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, deterministic=True):
+    batch, choices, length = input_ids.shape
+    flat = lambda a: None if a is None else a.reshape(batch * choices, length)
+    _, pooled = AlbertModel(self.config, name="albert")(
+        flat(input_ids), flat(attention_mask), flat(token_type_ids), deterministic)
+    return _Classifier(self.config, 1, name="classifier_head")(pooled, deterministic).reshape(batch, choices)
