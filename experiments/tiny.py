@@ -1,0 +1,24 @@
+"""A tiny ALBERT on the built-in corpus: a useful fill-mask model in about 10 minutes on a 2-core CPU."""
+
+from albert_jax import config_lib
+
+
+def get_config():
+  config = config_lib.pretraining("base")
+  config.model.update(
+      preset="tiny", vocab_size=4000, embedding_size=64, hidden_size=256, num_hidden_layers=4,
+      num_attention_heads=4, intermediate_size=1024, max_position_embeddings=128)
+  config.data.source = "builtin"
+  config.data.vocab_size = 4000  # a vocabulary trained on the built-in corpus
+  config.data.max_seq_length = 64
+  config.data.max_predictions_per_seq = 10
+  config.data.eval_documents = 0.02
+  config.batch_size = 64
+  config.num_train_steps = 2000
+  config.warmup_steps = 100
+  config.learning_rate = 0.005
+  config.log_every_steps = 50
+  config.eval_every_steps = 500
+  config.eval_batches = 4
+  config.checkpoint_every_steps = 500
+  return config
