@@ -1,0 +1,42 @@
+"""`python -m albert_jax.convert --input=SRC --output=DIR`: any ALBERT checkpoint → an albert_jax checkpoint directory.
+
+SRC is a Hugging Face ALBERT directory (config.json + model.safetensors or
+pytorch_model.bin) or anything else `checkpoints.load` reads. A
+SentencePiece model found beside the weights (spiece.model) is copied along.
+"""
+
+import pathlib
+
+from absl import app
+from absl import flags
+
+from albert_jax import checkpoints
+
+_INPUT = flags.DEFINE_string("input", None, "Source checkpoint (Hugging Face directory or albert_jax checkpoint).")
+_OUTPUT = flags.DEFINE_string("output", None, "Directory to write the albert_jax checkpoint to.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace the contents of a non-empty --output.")
+
+
+def convert(source, output, overwrite: bool = False) -> pathlib.Path:
+  output = pathlib.Path(output)
+  if output.exists() and any(output.iterdir()) and not overwrite:
+    raise checkpoints.CheckpointError(f"{output} exists and is not empty; choose another --output or pass "
+                                      "--overwrite.")
+  config, params = checkpoints.load(source)
+  spiece = pathlib.Path(source) / "spiece.model"
+  return checkpoints.save(output, config, params, spiece_model=spiece if spiece.exists() else None)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  try:
+    out = convert(_INPUT.value, _OUTPUT.value, _OVERWRITE.value)
+  except checkpoints.CheckpointError as e:
+    raise SystemExit(f"error: {e}") from None
+  print(f"Wrote {out}")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["input", "output"])
+  app.run(main)
