@@ -1,0 +1,216 @@
+"""Device mesh, logical axis rules and sharded batches (MaxText style).
+
+The model names the axes of every parameter and of the activations at the
+layer boundary with logical names; `DEFAULT_RULES` maps them onto a mesh with
+axes ('data', 'fsdp', 'tensor'):
+
+  data    plain data parallelism: parameters replicated, batch split.
+  fsdp    the batch is split AND the big matrices are sharded along their
+          hidden/embed axis (ZeRO-3 style; XLA gathers them for each use).
+  tensor  Megatron tensor parallelism: attention heads, the FFN's inner
+          axis and the vocabulary are split.
+
+Usage, as in train.py:
+
+  mesh = create_mesh(config.mesh)
+  rules = axis_rules(config)
+  abstract = jax.eval_shape(init_fn, rng)          # nn.Partitioned boxes
+  shardings = logical_shardings(abstract, mesh, rules)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    state = jax.jit(init_fn, out_shardings=shardings)(rng)
+"""
+
+import logging
+import math
+import os
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ('data', 'fsdp', 'tensor')
+BATCH_AXES = ('data', 'fsdp')
+
+# Earlier rules win; flax gives each mesh axis to at most one dimension of an
+# array and leaves a dimension unsharded when its mesh axis is taken. So in
+# [hidden, mlp] mlp goes to 'tensor' and hidden to 'fsdp', and in [embed,
+# hidden] only hidden (the larger) is fsdp-sharded.
+DEFAULT_RULES = (
+    ('batch', BATCH_AXES),
+    ('act_hidden', 'tensor'),  # layer-boundary activations, as MaxText
+    ('vocab', 'tensor'),
+    ('heads', 'tensor'),
+    ('mlp', 'tensor'),
+    ('hidden', 'fsdp'),
+    ('embed', 'fsdp'),
+    ('kv', None),
+    ('layers', None),
+    ('length', None),
+)
+
+
+def create_mesh(mesh_config: Any,
+                devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A Mesh with axes ('data', 'fsdp', 'tensor') sized from the config.
+
+  Args:
+    mesh_config: object with integer attributes `data`, `fsdp`, `tensor`
+      (missing ones count as 1); at most one may be -1, meaning all devices
+      the others leave.
+    devices: the devices to use; all of `jax.devices()` by default. The mesh
+      must use every one of them.
+
+  Returns:
+    The mesh, its devices laid out for the hardware by `jax.make_mesh`.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  sizes = [int(getattr(mesh_config, axis, 1)) for axis in MESH_AXES]
+  described = ', '.join(f'{a}={s}' for a, s in zip(MESH_AXES, sizes))
+  if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+    raise ValueError(f'Bad mesh {described}: sizes must be positive, with at '
+                     'most one -1 ("the rest of the devices").')
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if len(devices) % known:
+      raise ValueError(
+          f'Mesh {described}: {len(devices)} devices are not divisible by '
+          f'{known}; choose axis sizes whose product divides {len(devices)}.')
+    sizes[sizes.index(-1)] = len(devices) // known
+  elif known != len(devices):
+    raise ValueError(
+        f'Mesh {described} needs {known} devices but {len(devices)} are '
+        'present; make the product of the sizes equal the device count, or '
+        'set one axis to -1 to give it the rest.')
+  return jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * 3,
+                       devices=devices)
+
+
+def axis_rules(config: Any = None) -> tuple[tuple[str, Any], ...]:
+  """`config.logical_axis_rules` when set and non-empty, else DEFAULT_RULES."""
+  rules = getattr(config, 'logical_axis_rules', None)
+  if not rules:
+    return DEFAULT_RULES
+  return tuple((name, tuple(axes) if isinstance(axes, list) else axes)
+               for name, axes in rules)
+
+
+def _fit(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh,
+         where: str) -> PartitionSpec:
+  """Drops mesh axes from dimensions whose size they do not divide.
+
+  Small or odd-sized dimensions (a tiny config's hidden size 36 on fsdp=8)
+  then stay replicated instead of failing to compile.
+  """
+  fitted = []
+  for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    while names and dim % math.prod(mesh.shape[n] for n in names):
+      names = names[:-1]
+    if names != ((axes,) if isinstance(axes, str) else tuple(axes or ())):
+      logging.warning('%s: dimension of size %d not divisible by mesh axes '
+                      '%s; sharding it over %s instead.', where, dim, axes,
+                      names or 'nothing')
+    fitted.append(names[0] if len(names) == 1 else (names or None))
+  return PartitionSpec(*fitted)
+
+
+def logical_shardings(abstract_tree: Any, mesh: Mesh,
+                      rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> Any:
+  """NamedShardings for an abstract tree of `nn.Partitioned`-boxed leaves.
+
+  Args:
+    abstract_tree: e.g. `jax.eval_shape` of the model init or of the whole
+      train state (optimizer moments inherit their parameter's boxes); leaves
+      that are not boxed (step counters) are replicated.
+    mesh: from `create_mesh`.
+    rules: logical axis rules.
+
+  Returns:
+    A tree of `NamedSharding` with the structure of the unboxed tree; it is
+    also a prefix of the boxed tree, so it serves as `jax.jit` out_shardings
+    whether the init returns boxes or `nn.unbox`ed arrays.
+  """
+  logical_specs = nn.get_partition_spec(abstract_tree)
+  mesh_specs = nn.logical_to_mesh(logical_specs, rules)
+  shapes = nn.unbox(abstract_tree)
+  leaves, treedef = jax.tree.flatten_with_path(
+      mesh_specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
+  shardings = [
+      NamedSharding(mesh, _fit(spec, getattr(shape, 'shape', ()), mesh,
+                               jax.tree_util.keystr(path)))
+      for (path, spec), shape in zip(leaves, jax.tree.leaves(shapes))]
+  return jax.tree.unflatten(treedef, shardings)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Examples split over ('data', 'fsdp'), the rest of each array whole."""
+  return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+  """How many ways the global batch is split."""
+  return math.prod(mesh.shape[axis] for axis in BATCH_AXES)
+
+
+def global_batch(local_batch: Any, mesh: Mesh) -> Any:
+  """Global jax.Arrays from this process's NumPy batch (every leaf [b, ...]).
+
+  Each process passes the rows it read (its own data shard); the global batch
+  size is b times the number of processes.
+  """
+  sharding = batch_sharding(mesh)
+  local_parallel = data_parallel_size(mesh) // jax.process_count()
+  for path, x in jax.tree.leaves_with_path(local_batch):
+    if np.shape(x)[0] % max(local_parallel, 1):
+      raise ValueError(
+          f'Batch leaf {jax.tree_util.keystr(path)} has {np.shape(x)[0]} rows '
+          f'in this process, not divisible by its {local_parallel} '
+          "data-parallel shards (mesh data x fsdp); change batch_size.")
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, x),
+      local_batch)
+
+
+def maybe_initialize_distributed(config: Any = None) -> bool:
+  """Starts multi-process JAX when configured; call before touching devices.
+
+  Reads `config.distributed` (or the environment when a field is unset):
+    coordinator_address  'host:port' of process 0 (JAX_COORDINATOR_ADDRESS).
+    num_processes        processes in the job (JAX_NUM_PROCESSES).
+    process_id           this process, 0..num_processes-1 (JAX_PROCESS_ID).
+    auto                 True: let JAX detect the cluster (Cloud TPU pod,
+                         SLURM, ...) with no other field.
+  With none of them set this is a single-process run and nothing happens.
+
+  Returns:
+    True when `jax.distributed.initialize` was called.
+  """
+  dist = getattr(config, 'distributed', None)
+
+  def field(name, env):
+    value = getattr(dist, name, None)
+    if value in (None, '', -1):
+      value = os.environ.get(env) or None
+    return value
+
+  address = field('coordinator_address', 'JAX_COORDINATOR_ADDRESS')
+  num_processes = field('num_processes', 'JAX_NUM_PROCESSES')
+  process_id = field('process_id', 'JAX_PROCESS_ID')
+  if jax.distributed.is_initialized():
+    return False
+  if address:
+    if num_processes is None or process_id is None:
+      raise ValueError(
+          f'coordinator_address {address!r} is set but num_processes or '
+          'process_id is not; set config.distributed.num_processes and '
+          '.process_id (or JAX_NUM_PROCESSES / JAX_PROCESS_ID).')
+    jax.distributed.initialize(coordinator_address=address,
+                               num_processes=int(num_processes),
+                               process_id=int(process_id))
+    return True
+  if getattr(dist, 'auto', False):
+    jax.distributed.initialize()
+    return True
+  return False
