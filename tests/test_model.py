@@ -1,0 +1,191 @@
+"""The Flax ALBERT against Hugging Face: parameter counts, logits, sharing modes, errors."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from albert_jax import checkpoints
+from albert_jax import model as model_lib
+from albert_jax import summary
+from tests import hf_reference
+
+SMALL = dict(vocab_size=101, embedding_size=16, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+             intermediate_size=48)
+
+
+@pytest.mark.parametrize("preset", ["base", "large", "xlarge", "xxlarge"])
+def test_param_counts_equal_hugging_face(preset):
+  config = model_lib.AlbertConfig.preset(preset)
+  hf_config = transformers.AlbertConfig(**checkpoints.config_to_hf(config))
+  with torch.device("meta"):
+    hf_backbone = sum(p.numel() for p in transformers.AlbertModel(hf_config).parameters())
+    hf_total = sum(p.numel() for p in transformers.AlbertForPreTraining(hf_config).parameters())
+  assert summary.param_counts(config) == (hf_backbone, hf_total)
+
+
+def test_param_counts_match_design_table():
+  expected = {"base": (11_683_584, 11_813_810), "large": (17_683_968, 17_847_474),
+              "xlarge": (58_724_864, 59_021_490), "xxlarge": (222_595_584, 223_158_450)}
+  assert {p: summary.param_counts(model_lib.AlbertConfig.preset(p)) for p in expected} == expected
+
+
+@pytest.mark.parametrize("embedding_size, expected", [
+    (768, {"all": 31_705_344, "attention": 83_668_992, "ffn": 57_708_288, "none": 109_671_936}),
+    (128, {"all": 11_683_584, "attention": 63_647_232, "ffn": 37_686_528, "none": 89_650_176}),
+])
+def test_sharing_ablation_counts_paper_table_4(embedding_size, expected):
+  counts = {mode: summary.param_counts(model_lib.AlbertConfig.preset("base", embedding_size=embedding_size,
+                                                                     sharing=mode))[0] for mode in expected}
+  assert counts == expected
+  # Not-shared equals Hugging Face's ALBERT with one group per layer.
+  hf_config = transformers.AlbertConfig(**checkpoints.config_to_hf(
+      model_lib.AlbertConfig.preset("base", embedding_size=embedding_size, num_hidden_groups=12)))
+  with torch.device("meta"):
+    assert sum(p.numel() for p in transformers.AlbertModel(hf_config).parameters()) == expected["none"]
+
+
+PARITY_CONFIGS = {
+    "e_lt_h": dict(SMALL),
+    "e_eq_h": dict(SMALL, embedding_size=32),
+    "odd_heads": dict(SMALL, hidden_size=30, num_attention_heads=3, embedding_size=10),
+    "two_groups": dict(SMALL, num_hidden_groups=2),
+    "inner_group_2": dict(SMALL, inner_group_num=2, num_hidden_layers=3),
+    "exact_gelu": dict(SMALL, hidden_act="gelu"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PARITY_CONFIGS))
+def test_logits_equal_hugging_face(name, tmp_path):
+  hf_config = PARITY_CONFIGS[name]
+  hf_model = hf_reference.random_hf_model(tmp_path, seed=len(name), **hf_config)
+  config, params = checkpoints.load(tmp_path)
+  ids, mask, types = hf_reference.random_inputs(hf_config["vocab_size"])
+  hf_mlm, hf_sop = hf_reference.hf_pretraining_logits(hf_model, ids, mask, types)
+
+  model = model_lib.AlbertForPreTraining(config)
+  out = model.apply(params, ids, mask, types)
+  np.testing.assert_allclose(out["mlm_logits"], hf_mlm, atol=1e-4, rtol=0)
+  np.testing.assert_allclose(out["sop_logits"], hf_sop, atol=1e-4, rtol=0)
+
+  positions = np.array([[0, 5, 11], [2, 2, 7], [10, 1, 3]], np.int32)
+  masked = model.apply(params, ids, mask, types, masked_positions=positions)["mlm_logits"]
+  np.testing.assert_allclose(masked, np.take_along_axis(hf_mlm, positions[..., None], axis=1), atol=1e-4, rtol=0)
+
+
+def _init(config, ids):
+  return model_lib.AlbertForPreTraining(config).init(jax.random.PRNGKey(0), ids)
+
+
+def test_shared_layer_has_one_unstacked_parameter_set():
+  config = model_lib.AlbertConfig(**SMALL)
+  params = nn.unbox(_init(config, jnp.ones((1, 4), jnp.int32)))["params"]
+  layer = params["albert"]["encoder"]["layer_group"]
+  assert layer["layer_0_attention"]["query"]["kernel"].shape == (32, 4, 8)
+  assert layer["layer_0_ffn"]["ffn"]["kernel"].shape == (32, 48)
+
+
+@pytest.mark.parametrize("sharing, shared_name, stacked_name", [
+    ("attention", "shared_attention", "layer_0_ffn"), ("ffn", "shared_ffn", "layer_0_attention")])
+def test_partial_sharing_with_equal_copies_equals_full_sharing(sharing, shared_name, stacked_name):
+  ids = jnp.asarray(hf_reference.random_inputs(SMALL["vocab_size"])[0])
+  full_config = model_lib.AlbertConfig(**SMALL)
+  full = nn.unbox(_init(full_config, ids))
+  partial_config = full_config.replace(sharing=sharing)
+  partial = nn.unbox(_init(partial_config, ids))
+  layer = full["params"]["albert"]["encoder"]["layer_group"]
+  encoder = partial["params"]["albert"]["encoder"]
+  encoder[shared_name] = layer[stacked_name.replace("0_ffn", "0_attention") if sharing == "attention"
+                               else stacked_name.replace("0_attention", "0_ffn")]
+  stack = lambda x: jnp.broadcast_to(x, (SMALL["num_hidden_layers"],) + x.shape)
+  encoder["layer_group"][stacked_name] = jax.tree.map(stack, layer[stacked_name])
+  for name in ("embeddings", "pooler"):
+    partial["params"]["albert"][name] = full["params"]["albert"][name]
+  encoder["embedding_hidden_mapping_in"] = full["params"]["albert"]["encoder"]["embedding_hidden_mapping_in"]
+  partial["params"]["predictions"] = full["params"]["predictions"]
+  partial["params"]["sop_classifier"] = full["params"]["sop_classifier"]
+  expected = model_lib.AlbertForPreTraining(full_config).apply(full, ids)
+  got = model_lib.AlbertForPreTraining(partial_config).apply(partial, ids)
+  np.testing.assert_allclose(got["mlm_logits"], expected["mlm_logits"], atol=1e-5)
+
+
+def test_every_parameter_has_logical_axis_names():
+  config = model_lib.AlbertConfig(**SMALL, sharing="attention")
+  boxed = jax.eval_shape(lambda: _init(config, jnp.ones((1, 4), jnp.int32)))
+  leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  assert leaves and all(isinstance(x, nn.Partitioned) for x in leaves)
+  assert all(len(x.names) == x.value.ndim for x in leaves)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits():
+  config = model_lib.AlbertConfig(**SMALL, dtype="bfloat16")
+  ids = jnp.ones((2, 6), jnp.int32)
+  variables = _init(config, ids)
+  assert {x.dtype for x in jax.tree.leaves(nn.unbox(variables))} == {jnp.dtype("float32")}
+  out = model_lib.AlbertForPreTraining(config).apply(variables, ids)
+  assert out["mlm_logits"].dtype == jnp.float32 and bool(jnp.isfinite(out["mlm_logits"]).all())
+
+
+def test_remat_gives_the_same_gradients():
+  ids = jnp.asarray(hf_reference.random_inputs(SMALL["vocab_size"])[0])
+  config = model_lib.AlbertConfig(**SMALL)
+  params = _init(config, ids)
+
+  def grads(cfg):
+    loss = lambda p: model_lib.AlbertForPreTraining(cfg).apply(p, ids)["mlm_logits"].mean()
+    return jax.grad(loss)(params)
+
+  for a, b in zip(jax.tree.leaves(grads(config)), jax.tree.leaves(grads(config.replace(remat_policy="full")))):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_dropout_is_active_only_when_not_deterministic():
+  config = model_lib.AlbertConfig.preset("base-v1", **{k: v for k, v in SMALL.items()})
+  assert config.hidden_dropout_prob == 0.1
+  ids = jnp.ones((2, 6), jnp.int32)
+  model = model_lib.AlbertForPreTraining(config)
+  params = model.init(jax.random.PRNGKey(0), ids)
+  a = model.apply(params, ids)["mlm_logits"]
+  b = model.apply(params, ids, deterministic=False, rngs={"dropout": jax.random.PRNGKey(1)})["mlm_logits"]
+  np.testing.assert_array_equal(a, model.apply(params, ids)["mlm_logits"])
+  assert not np.allclose(a, b)
+
+
+def test_presets_v1_dropout_and_xxlarge_without():
+  assert model_lib.AlbertConfig.preset("large-v1").attention_probs_dropout_prob == 0.1
+  assert model_lib.AlbertConfig.preset("xxlarge-v1").hidden_dropout_prob == 0.0
+  assert model_lib.AlbertConfig.preset("base").hidden_dropout_prob == 0.0
+
+
+def test_fine_tuning_heads_shapes():
+  config = model_lib.AlbertConfig(**SMALL)
+  ids = jnp.ones((2, 6), jnp.int32)
+  for module, shape in [(model_lib.AlbertForSequenceClassification(config, num_labels=3), (2, 3)),
+                        (model_lib.AlbertForSequenceClassification(config, num_labels=1), (2, 1))]:
+    assert module.apply(module.init(jax.random.PRNGKey(0), ids), ids).shape == shape
+  qa = model_lib.AlbertForQuestionAnswering(config)
+  out = qa.apply(qa.init(jax.random.PRNGKey(0), ids), ids)
+  assert out["start_logits"].shape == out["end_logits"].shape == (2, 6)
+  mc = model_lib.AlbertForMultipleChoice(config)
+  choices = jnp.ones((2, 4, 6), jnp.int32)
+  assert mc.apply(mc.init(jax.random.PRNGKey(0), choices), choices).shape == (2, 4)
+
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(hidden_size=30, num_attention_heads=4), "divisible by num_attention_heads"),
+    (dict(sharing="some"), "is not one of"),
+    (dict(hidden_act="swish"), "not supported"),
+    (dict(num_hidden_layers=5, num_hidden_groups=2), "multiple of num_hidden_groups"),
+])
+def test_bad_config_is_refused_with_a_clear_message(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    model_lib.AlbertConfig(**kwargs)
+
+
+def test_unknown_preset_lists_the_known_ones():
+  with pytest.raises(ValueError, match="Unknown ALBERT preset 'huge'.*'base'"):
+    model_lib.AlbertConfig.preset("huge")
