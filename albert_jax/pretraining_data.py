@@ -104,6 +104,7 @@ class Vocab:
   sep_id: int
   mask_id: int
   is_word_start: np.ndarray  # bool [V]
+  is_special: np.ndarray  # bool [V]
   random_ids: np.ndarray  # int32 [V'], the non-special ids.
 
   @classmethod
@@ -122,7 +123,7 @@ class Vocab:
                        f'per piece ({vocab_size}).')
     return cls(cls_id=tokenizer.cls_id, sep_id=tokenizer.sep_id,
                mask_id=tokenizer.mask_id, is_word_start=is_word_start,
-               random_ids=np.flatnonzero(~is_special).astype(np.int32))
+               is_special=is_special, random_ids=np.flatnonzero(~is_special).astype(np.int32))
 
 
 class PipelineStats:
@@ -249,8 +250,12 @@ class ExampleMaker:
     token_type_ids = np.zeros(opts.max_seq_length, np.int32)
     token_type_ids[2 + len_a:length] = 1
 
-    maskable = np.concatenate([np.arange(1, 1 + len_a), np.arange(2 + len_a, length - 1)])
-    positions = maskable[self._choose_masked(input_ids[maskable], len_a, rng, counts)]
+    # Maskable: A and B without special tokens (such as <unk>); a word starts at
+    # a word-start piece or after a gap left by [SEP] or a special token.
+    content = np.concatenate([np.arange(1, 1 + len_a), np.arange(2 + len_a, length - 1)])
+    content = content[~vocab.is_special[input_ids[content]]]
+    word_starts = vocab.is_word_start[input_ids[content]] | (np.diff(content, prepend=-1) != 1)
+    positions = content[self._choose_masked(word_starts, rng, counts)]
     labels = input_ids[positions]
     draw = rng.random(len(positions))
     random_tokens = vocab.random_ids[rng.integers(0, len(vocab.random_ids), len(positions))]
@@ -270,25 +275,20 @@ class ExampleMaker:
                 masked_lm_ids=masked_lm_ids, masked_lm_weights=masked_lm_weights,
                 sentence_order_label=np.int32(label))
 
-  def _choose_masked(self, pieces: np.ndarray, len_a: int, rng: np.random.Generator,
+  def _choose_masked(self, word_starts: np.ndarray, rng: np.random.Generator,
                      counts: collections.Counter) -> np.ndarray:
-    """Indices into `pieces` to mask: whole-word n-grams within the budget.
+    """Which maskable pieces to mask: whole-word n-grams within the budget.
 
     Args:
-      pieces: the maskable token ids (A then B, without [CLS]/[SEP]).
-      len_a: where B begins; a word never continues across [SEP].
+      word_starts: bool per maskable piece, True where a word starts.
       rng: the example's generator.
       counts: updated with masked/maskable tokens and n-gram sizes.
 
     Returns:
-      Sorted indices into `pieces`.
+      Sorted indices into `word_starts`.
     """
-    num_pieces = len(pieces)
-    starts = self.vocab.is_word_start[pieces]
-    starts[0] = True
-    if len_a < num_pieces:
-      starts[len_a] = True
-    word_bounds = np.append(np.flatnonzero(starts), num_pieces)
+    num_pieces = len(word_starts)
+    word_bounds = np.append(np.flatnonzero(word_starts), num_pieces)
     num_words = len(word_bounds) - 1
     budget = min(self.options.max_predictions_per_seq,
                  max(1, int(round(self.options.masked_lm_prob * num_pieces))))
