@@ -222,3 +222,19 @@ def test_distributed_needs_all_three_fields(fake_distributed):
       coordinator_address='127.0.0.1:1234'))
   with pytest.raises(ValueError, match='num_processes'):
     sharding.maybe_initialize_distributed(config)
+
+
+def test_real_model_shardings_use_each_mesh_axis_once_and_split_big_arrays():
+  from albert_jax import model  # pylint: disable=g-import-not-at-top
+  mesh = sharding.create_mesh(mesh_config(data=2, fsdp=2, tensor=2))
+  abstract = jax.eval_shape(
+      model.AlbertForPreTraining(model.AlbertConfig.preset('base')).init,
+      jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
+  shardings = sharding.logical_shardings(abstract, mesh)
+  for leaf, named in zip(jax.tree.leaves(nn.unbox(abstract)),
+                         jax.tree.leaves(shardings)):
+    used = [a for axes in named.spec if axes
+            for a in ((axes,) if isinstance(axes, str) else axes)]
+    assert len(used) == len(set(used))
+    if leaf.size >= 128 * 768:   # every matrix is split at least 2 ways
+      assert used, leaf.shape
