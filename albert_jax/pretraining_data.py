@@ -136,7 +136,8 @@ class PipelineStats:
   as in the original, since a long n-gram more often overlaps an earlier one
   or exceeds the remaining budget and is then shortened or skipped).
   Counts cover what this process has generated since it started (restoring an
-  iterator does not restore them).
+  iterator does not restore them; with grain's multiprocess prefetch each
+  worker counts and logs its own).
   """
 
   def __init__(self, log_every: int = 100_000):
@@ -144,6 +145,13 @@ class PipelineStats:
     self._lock = threading.Lock()
     self._log_every = log_every
     self._next_log = log_every
+
+  def __getstate__(self):  # Picklable for grain's multiprocess prefetch.
+    return {'counts': self.snapshot(), 'log_every': self._log_every}
+
+  def __setstate__(self, state):
+    self.__init__(state['log_every'])
+    self._counts.update(state['counts'])
 
   def add(self, counts: Mapping[str, int]) -> None:
     with self._lock:

@@ -115,13 +115,21 @@ class TokenizedDocuments(tfds.core.GeneratorBasedBuilder):
   def code_path(cls) -> epath.Path:
     return epath.Path(__file__)
 
-  def __init__(self, *, documents: Callable[[collections.Counter], Iterator[list[str]]],
-               tokenizer: Any, validation_percent: float, config: tfds.core.BuilderConfig,
-               data_dir: str):
+  def __init__(self, *, documents: Callable[[collections.Counter], Iterator[list[str]]] | None = None,
+               tokenizer: Any = None, validation_percent: float = 0.0, **kwargs):
+    """A builder; `documents` and `tokenizer` are needed only to prepare.
+
+    Args:
+      documents: called with a Counter of dropped inputs, yields documents.
+      tokenizer: an `albert_jax.tokenizer.Tokenizer`.
+      validation_percent: share of documents held out as 'validation'.
+      **kwargs: `tfds.core.GeneratorBasedBuilder` arguments (config, data_dir;
+        also what tfds passes when it unpickles a builder for a data source).
+    """
     self._documents = documents
     self._tokenizer = tokenizer
     self._validation_percent = validation_percent
-    super().__init__(config=config, data_dir=data_dir, file_format='array_record')
+    super().__init__(**{'file_format': 'array_record', **kwargs})
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(

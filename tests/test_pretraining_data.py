@@ -349,3 +349,30 @@ def test_builtin_corpus_prepares_and_streams(tokenizer, data_dir):
       config, tokenizer, batch_size=4, seed=0, process_index=0, process_count=1)
   assert next(iter(dataset))['input_ids'].shape == (4, SEQ)
   assert len(pretraining_data.document_source(config, tokenizer, 'validation')) >= 1
+
+
+def test_orbax_checkpoint_of_the_iterator_resumes_it(wikitext_config, tokenizer, tmp_path):
+  import grain  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  dataset, _ = pretraining_data.make_pretraining_data(
+      wikitext_config, tokenizer, batch_size=4, seed=5, process_index=0, process_count=1)
+  iterator = iter(dataset)
+  next(iterator)
+  with ocp.CheckpointManager(tmp_path / 'ckpt') as manager:
+    manager.save(1, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointSave(iterator)))
+    manager.wait_until_finished()
+    want = [next(iterator) for _ in range(3)]
+    restored = iter(dataset)
+    manager.restore(1, args=ocp.args.Composite(
+        data_iter=grain.checkpoint.CheckpointRestore(restored)))
+  for expected in want:
+    np.testing.assert_array_equal(next(restored)['input_ids'], expected['input_ids'])
+
+
+def test_dataset_pickles_for_multiprocess_prefetch(wikitext, tokenizer):
+  import pickle  # pylint: disable=g-import-not-at-top
+  options = pretraining_data.PairingOptions(max_seq_length=SEQ, max_predictions_per_seq=PREDICTIONS)
+  dataset = pretraining_data.batch_dataset(pretraining_data.example_dataset(
+      wikitext, options, pretraining_data.Vocab.from_tokenizer(tokenizer), seed=0), 2)
+  copy = pickle.loads(pickle.dumps(dataset))
+  np.testing.assert_array_equal(next(iter(copy))['input_ids'], next(iter(dataset))['input_ids'])
