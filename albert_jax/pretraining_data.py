@@ -199,7 +199,8 @@ class ExampleMaker:
     self._ngram_cdf = np.cumsum(ngram_p / ngram_p.sum())
 
   def __call__(self, tokens: np.ndarray, sentence_lengths: np.ndarray,
-               rng: np.random.Generator, counts: collections.Counter) -> list[dict[str, np.ndarray]]:
+               rng: np.random.Generator, counts: collections.Counter
+               ) -> list[dict[str, np.ndarray]]:
     """All examples of one document, in document order."""
     tokens = np.asarray(tokens, np.int32)
     bounds = np.concatenate([[0], np.cumsum(sentence_lengths, dtype=np.int64)])
@@ -446,7 +447,8 @@ class CatalogDocuments:
     if isinstance(text, bytes):
       text = text.decode('utf-8', errors='replace')
     sentences = [s for line in text.splitlines() for s in corpus.split_sentences(line)]
-    ids = [s for s in self._tokenizer.encode_batch(sentences, num_threads=1) if s] if sentences else []
+    ids = self._tokenizer.encode_batch(sentences, num_threads=1) if sentences else []
+    ids = [s for s in ids if s]
     return {'tokens': np.fromiter((t for s in ids for t in s), np.int32),
             'sentence_lengths': np.array([len(s) for s in ids], np.int32)}
 
@@ -454,7 +456,8 @@ class CatalogDocuments:
 def _catalog_documents(name: str, split: str, tokenizer: Any, data_dir: str,
                        validation_percent: float, text_field: str) -> CatalogDocuments:
   """A catalog dataset's 'train' split, prepared as ArrayRecord, held out by hash."""
-  import tensorflow_datasets.text  # pylint: disable=g-import-not-at-top,unused-import  # Registers the text catalog.
+  # Registers the text catalog (wikipedia, ...), which tfds does not do without TF.
+  import tensorflow_datasets.text  # pylint: disable=g-import-not-at-top,unused-import
   try:
     builder = tfds.builder(name, data_dir=data_dir, file_format='array_record')
   except tfds.core.registered.DatasetNotFoundError as e:

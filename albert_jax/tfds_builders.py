@@ -115,7 +115,8 @@ class TokenizedDocuments(tfds.core.GeneratorBasedBuilder):
   def code_path(cls) -> epath.Path:
     return epath.Path(__file__)
 
-  def __init__(self, *, documents: Callable[[collections.Counter], Iterator[list[str]]] | None = None,
+  def __init__(self, *,
+               documents: Callable[[collections.Counter], Iterator[list[str]]] | None = None,
                tokenizer: Any = None, validation_percent: float = 0.0, **kwargs):
     """A builder; `documents` and `tokenizer` are needed only to prepare.
 

@@ -37,8 +37,9 @@ from albert_jax.tokenizer import Tokenizer
 _DATA = os.path.normpath(os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data'))
 flags.DEFINE_string('spm_model', os.path.join(_DATA, 'spm', 'albert_30k_spiece.model'),
                     'SentencePiece model.')
-flags.DEFINE_list('files', [os.path.join(_DATA, 'text', 'wikitext-2-raw', 'wiki.valid.raw'),
-                            os.path.join(_DATA, 'text', 'gutenberg', 'pg1342_pride_and_prejudice.txt')],
+_TEXT = os.path.join(_DATA, 'text')
+flags.DEFINE_list('files', [os.path.join(_TEXT, 'wikitext-2-raw', 'wiki.valid.raw'),
+                            os.path.join(_TEXT, 'gutenberg', 'pg1342_pride_and_prejudice.txt')],
                   'Text files to tokenise and pair.')
 flags.DEFINE_integer('max_seq_length', 512, 'Sequence length for (b).')
 flags.DEFINE_integer('max_predictions_per_seq', 20, 'Masked positions per sequence.')

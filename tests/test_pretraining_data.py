@@ -335,7 +335,8 @@ def test_catalog_dataset_is_tokenised_on_the_fly(tokenizer, data_dir):
     validation = pretraining_data.document_source(config, tokenizer, 'validation')
     assert len(train) + len(validation) == 40 and len(validation) >= 1
     record = train[0]
-    assert record['tokens'].dtype == np.int32 and record['sentence_lengths'].sum() == len(record['tokens'])
+    assert record['tokens'].dtype == np.int32
+    assert record['sentence_lengths'].sum() == len(record['tokens'])
     dataset, _ = pretraining_data.make_pretraining_data(
         config, tokenizer, batch_size=2, seed=0, process_index=0, process_count=1)
     batch = next(iter(dataset))
