@@ -31,9 +31,11 @@ import sentencepiece as spm
 PAD, UNK, CLS, SEP, MASK = '<pad>', '<unk>', '[CLS]', '[SEP]', '[MASK]'
 SPECIAL_PIECES = (PAD, UNK, CLS, SEP, MASK)  # At ids 0..4, as in ALBERT.
 WORD_START = '\u2581'  # SentencePiece's "▁", marks a piece that begins a word.
-# Punctuation the original pretraining data (`_is_start_piece`) treats as a
-# word of its own for whole-word masking.
-_START_PUNCTUATION = frozenset('!"#$%&\'()*+,-./:;?@[\\]^_`{|}~')
+# ALBERT's create_pretraining_data.py `_is_start_piece_sp`: a piece begins a
+# word unless it is made only of a-z and this punctuation, and is not itself
+# one punctuation character (nor starts with "▁" or "<").
+_START_PUNCTUATION = frozenset('!"#$%&()*+,-./:;?@[\\]^_`{|}~')
+_CONTINUATION_CHARS = frozenset('abcdefghijklmnopqrstuvwxyz') | _START_PUNCTUATION
 # The user-defined symbols of the official ALBERT vocabulary (ids 5..12).
 _ALBERT_USER_SYMBOLS = ('(', ')', '"', '-', '.', '\u2013', '\u00a3', '\u20ac')
 _SPECIAL_RE = re.compile('(' + '|'.join(re.escape(p) for p in SPECIAL_PIECES) + ')')
@@ -51,6 +53,11 @@ def normalize(text: str) -> str:
   return text.lower()
 
 
+def _is_start_piece(piece: str) -> bool:
+  return (piece.startswith((WORD_START, '<')) or piece in _START_PUNCTUATION
+          or not all(c.lower() in _CONTINUATION_CHARS for c in piece))
+
+
 def _ends_in_digit_comma(piece: str) -> bool:
   return len(piece) > 1 and piece[-1] == ',' and piece[-2].isdigit()
 
@@ -63,9 +70,10 @@ class Tokenizer:
     pad_id, unk_id, cls_id, sep_id, mask_id: the special ids 0..4.
     is_special: bool [vocab_size], True for ids that are never content (the
       specials above and any other control piece): never mask or predict them.
-    is_word_start: bool [vocab_size], True for pieces that begin a new word
-      (those starting with "▁", single punctuation, and specials), as the
-      original whole-word masking decides; False marks a word continuation.
+    is_word_start: bool [vocab_size], True for pieces that begin a new word,
+      as the original whole-word masking decides (`_is_start_piece_sp`: "▁…",
+      single punctuation, pieces with digits or non-English letters, and the
+      specials); False marks a continuation of the word before.
   """
 
   def __init__(self, model_path: str | os.PathLike, split_digit_comma: bool = True):
@@ -103,8 +111,7 @@ class Tokenizer:
     self.is_special = np.array(
         [i < 5 or sp.is_control(i) for i in range(self.vocab_size)])
     self.is_word_start = np.array(
-        [p.startswith(WORD_START) or p in _START_PUNCTUATION for p in pieces]
-    ) | self.is_special
+        [_is_start_piece(p) for p in pieces]) | self.is_special
     self._digit_comma = np.array([_ends_in_digit_comma(p) for p in pieces])
     self._lone_word_start = sp.piece_to_id(WORD_START)  # unk_id if absent.
 
