@@ -134,12 +134,13 @@ class Tokenizer:
     """Token ids of `text`, without [CLS]/[SEP] added."""
     return self.encode_batch([text])[0]
 
-  def encode_batch(self, texts: Sequence[str], num_threads: int = 0) -> list[list[int]]:
+  def encode_batch(self, texts: Sequence[str], num_threads: int | None = None
+                   ) -> list[list[int]]:
     """`encode` for many texts at once; SentencePiece runs them in parallel.
 
     Args:
       texts: the texts.
-      num_threads: SentencePiece threads; 0 lets it choose (all cores).
+      num_threads: SentencePiece threads; None uses all cores.
     """
     # Each text becomes segments: a special id, or (normalised chunk, glued)
     # where glued means the chunk directly follows a special token ("[MASK].")
