@@ -1,0 +1,442 @@
+"""SQuAD v1.1 / v2.0: JSON, doc-stride features, and answers from span logits.
+
+Every token of a context carries the character span it came from in the
+ORIGINAL context, so gold answers (character offsets) become token positions
+and predicted positions become text cut from the original context, whatever
+ALBERT's normalisation did (NFKD can make "½" three characters, lowercasing
+"İ" two, `` becomes "). Contexts are tokenised word by word (whitespace-
+separated): SentencePiece never lets a piece cross whitespace, so the ids equal
+those of the whole context. Within a word, the normalisation is applied one
+character at a time to remember where each normalised character came from, and
+the pieces' surfaces are matched against the normalised word (an `<unk>` piece
+matches whatever lies between its neighbours). In the rare word where that
+match fails, each of its pieces spans the whole word.
+
+Features follow google-research/albert and BERT: `[CLS] question [SEP] context
+window [SEP]`, the question cut to `max_query_length` tokens, windows of the
+context `doc_stride` tokens apart; a training answer outside the window, or no
+answer (v2.0), points at [CLS] (position 0).
+
+Predictions: for every example, the n best start and end positions of each
+of its windows (context tokens only, a start only in the window where that
+token has the most context around it, length <= max_answer_length), scored
+start + end logit; the best over all windows wins. For v2.0, the null score is
+the smallest [CLS] start + end over the windows, and `null_odds` holds
+null score - best span score: the answer is "" when it exceeds a threshold
+chosen on dev (`metrics.squad_v2`'s best_f1_thresh).
+
+Bad input: an answer whose text is not at its `answer_start` in the context
+is skipped for training (the example is dropped) and counted
+(`counts['answer_not_in_context']`, logged with the question id); evaluation
+keeps every question, since the official score counts them all. A question
+longer than `max_query_length` tokens is cut and counted
+(`counts['truncated_questions']`).
+"""
+
+import collections
+from collections.abc import Mapping, Sequence
+import dataclasses
+import json
+import os
+import pathlib
+import re
+from typing import Any
+import unicodedata
+import zipfile
+
+from absl import logging
+import numpy as np
+
+from albert_jax import metrics
+
+_WORD = re.compile(r'\S+')
+_WORD_START = '\u2581'
+_MAX_LOGGED = 10
+_NO_SPAN_ODDS = 1e9  # null_odds of an example with no valid span at all.
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+  """One question.
+
+  Attributes:
+    qid: the question id (the key of predictions.json).
+    question, context: the texts.
+    answers: all gold answer texts (empty for an unanswerable question).
+    answer_start: character offset of answers[0] in the context; -1 if none.
+    is_impossible: v2.0 "no answer".
+  """
+  qid: str
+  question: str
+  context: str
+  answers: tuple[str, ...]
+  answer_start: int
+  is_impossible: bool
+
+
+def load_json(path: str | os.PathLike) -> dict[str, Any]:
+  """A SQuAD JSON file, or a .zip holding one (as dev-v1.1.json.zip)."""
+  path = pathlib.Path(path).expanduser()
+  if not path.is_file():
+    raise FileNotFoundError(f'SQuAD file {path} not found.')
+  if zipfile.is_zipfile(path):
+    with zipfile.ZipFile(path) as archive:
+      names = [n for n in archive.namelist() if n.endswith('.json')]
+      if len(names) != 1:
+        raise ValueError(f'{path} must hold exactly one .json file, has {names}.')
+      dataset = json.loads(archive.read(names[0]).decode('utf-8'))
+  else:
+    dataset = json.loads(path.read_text(encoding='utf-8'))
+  if 'data' not in dataset:
+    raise ValueError(f'{path} is not SQuAD JSON (no "data" list).')
+  return dataset
+
+
+def read_examples(dataset: Mapping[str, Any]) -> list[Example]:
+  """The questions of a parsed SQuAD JSON, in file order."""
+  examples = []
+  for article in dataset['data']:
+    for paragraph in article['paragraphs']:
+      context = paragraph['context']
+      for qa in paragraph['qas']:
+        answers = qa.get('answers', [])
+        impossible = bool(qa.get('is_impossible', False)) or not answers
+        examples.append(Example(
+            qid=qa['id'], question=qa['question'], context=context,
+            answers=tuple(a['text'] for a in answers),
+            answer_start=-1 if impossible else int(answers[0]['answer_start']),
+            is_impossible=impossible))
+  return examples
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizedContext:
+  """Token ids of a context and each token's [start, end) in the original text."""
+  ids: np.ndarray  # int32 [n]
+  starts: np.ndarray  # int32 [n], non-decreasing
+  ends: np.ndarray  # int32 [n], non-decreasing; start == end for a lone "▁"
+
+
+def tokenize_contexts(contexts: Sequence[str], tokenizer: Any) -> list[TokenizedContext]:
+  """Tokenises contexts with character offsets (see the module docstring)."""
+  words = {}
+  spans = []
+  for context in contexts:
+    spans.append([(m.start(), m.end()) for m in _WORD.finditer(context)])
+    for start, end in spans[-1]:
+      words.setdefault(context[start:end], len(words))
+  word_list = list(words)
+  word_ids = tokenizer.encode_batch(word_list)
+  word_offsets = [_piece_offsets(w, ids, tokenizer) for w, ids in zip(word_list, word_ids)]
+  out = []
+  for context, context_spans in zip(contexts, spans):
+    ids, starts, ends = [], [], []
+    for start, end in context_spans:
+      w = words[context[start:end]]
+      ids.extend(word_ids[w])
+      starts.extend(start + s for s, _ in word_offsets[w])
+      ends.extend(start + e for _, e in word_offsets[w])
+    out.append(TokenizedContext(np.array(ids, np.int32), np.array(starts, np.int32),
+                                np.array(ends, np.int32)))
+  return out
+
+
+def _normalize_with_origin(word: str) -> tuple[str, list[int]]:
+  """ALBERT's `normalize` of one word, and each output character's source index."""
+  if word.isascii() and '``' not in word and "''" not in word:
+    return word.lower(), list(range(len(word)))
+  chars, origin = [], []
+  i = 0
+  while i < len(word):
+    if word.startswith(('``', "''"), i):
+      chars.append('"')
+      origin.append(i)
+      i += 2
+      continue
+    for c in unicodedata.normalize('NFKD', word[i]):
+      if not unicodedata.combining(c):
+        lowered = c.lower()
+        chars.append(lowered)
+        origin.extend([i] * len(lowered))
+    i += 1
+  return ''.join(chars), origin
+
+
+def _piece_offsets(word: str, ids: Sequence[int], tokenizer: Any) -> list[tuple[int, int]]:
+  """[start, end) in `word` of each piece of `word`."""
+  normalized, origin = _normalize_with_origin(word)
+  surfaces = [tokenizer.id_to_piece(i).replace(_WORD_START, '') for i in ids]
+  bounds = None
+  if ''.join(surfaces) == normalized:
+    ends = np.cumsum([len(s) for s in surfaces]).tolist()
+    bounds = list(zip([0] + ends[:-1], ends))
+  else:
+    pattern = ''.join('(.+?)' if i == tokenizer.unk_id else f'({re.escape(s)})'
+                      for i, s in zip(ids, surfaces))
+    match = re.fullmatch(pattern, normalized, re.DOTALL)
+    if match:
+      bounds = [match.span(g + 1) for g in range(len(ids))]
+  if bounds is None:
+    return [(0, len(word))] * len(ids)
+  origin = origin + [len(word)]
+  return [(origin[s], origin[e - 1] + 1) if e > s else (origin[s], origin[s])
+          for s, e in bounds]
+
+
+@dataclasses.dataclass
+class FeatureIndex:
+  """What turns feature-level logits back into answers, one row per feature.
+
+  Attributes:
+    examples: the examples the features came from.
+    dataset: the parsed JSON (for the official scores); None if not kept.
+    example_index: int32 [F], the example of each feature.
+    char_start, char_end: int32 [F, T], each context token's span in the
+      original context; -1 at [CLS], question, [SEP] and padding.
+    max_context: bool [F, T], True where this window gives the token its most
+      context (a span may only start there).
+  """
+  examples: list[Example]
+  dataset: Mapping[str, Any] | None
+  example_index: np.ndarray
+  char_start: np.ndarray
+  char_end: np.ndarray
+  max_context: np.ndarray
+
+
+def make_features(examples: Sequence[Example], tokenizer: Any, max_seq_length: int = 384,
+                  doc_stride: int = 128, max_query_length: int = 64,
+                  training: bool = False, dataset: Mapping[str, Any] | None = None,
+                  counts: collections.Counter | None = None
+                  ) -> tuple[dict[str, np.ndarray], FeatureIndex]:
+  """Doc-stride features of SQuAD examples.
+
+  Args:
+    examples: the questions.
+    tokenizer: an `albert_jax.tokenizer.Tokenizer`.
+    max_seq_length, doc_stride, max_query_length: as in BERT/ALBERT run_squad.
+    training: drop examples whose answer is not in the context (see the
+      module docstring); evaluation keeps them with positions 0.
+    dataset: the parsed JSON, kept in the index for `evaluate`.
+    counts: updated with 'examples', 'features', 'truncated_questions',
+      'answer_not_in_context', 'answer_outside_window' (training features
+      whose window misses the answer; they point at [CLS]).
+
+  Returns:
+    features: input_ids, attention_mask, token_type_ids, start_positions,
+      end_positions (int32, [F, T] and [F]); positions of answers[0] (0 if
+      none or outside the window).
+    index: the `FeatureIndex` for `postprocess`.
+  """
+  counts = collections.Counter() if counts is None else counts
+  examples = list(examples)
+  contexts = list(dict.fromkeys(e.context for e in examples))
+  tokenized = dict(zip(contexts, tokenize_contexts(contexts, tokenizer)))
+  questions = tokenizer.encode_batch([e.question for e in examples])
+  rows = collections.defaultdict(list)
+  kept = []
+  for example, query in zip(examples, questions):
+    if len(query) > max_query_length:
+      counts['truncated_questions'] += 1
+      query = query[:max_query_length]
+    max_doc = max_seq_length - len(query) - 3
+    if max_doc < 1:
+      raise ValueError(f'max_seq_length={max_seq_length} leaves no room for the '
+                       f'context after a {max_query_length}-token question: raise '
+                       'max_seq_length or lower max_query_length.')
+    context = tokenized[example.context]
+    answer = _answer_tokens(example, context)
+    if answer is None and not example.is_impossible:
+      counts['answer_not_in_context'] += 1
+      if counts['answer_not_in_context'] <= _MAX_LOGGED:
+        logging.warning('SQuAD question %s: answer %r is not at offset %d of its '
+                        'context; %s.', example.qid, example.answers[0],
+                        example.answer_start,
+                        'skipped' if training else 'kept for evaluation')
+      if training:
+        continue
+    kept.append(example)
+    _windows(len(kept) - 1, query, context, answer, max_doc, doc_stride,
+             max_seq_length, tokenizer, rows, counts, training)
+  counts['examples'] += len(kept)
+  counts['features'] += len(rows['input_ids'])
+  features = {k: np.array(rows[k], np.int32) for k in (
+      'input_ids', 'attention_mask', 'token_type_ids', 'start_positions', 'end_positions')}
+  if not kept:
+    features = {k: v.reshape(0, max_seq_length) if k.endswith(('ids', 'mask')) else v
+                for k, v in features.items()}
+  index = FeatureIndex(kept, dataset, np.array(rows['example_index'], np.int32),
+                       np.array(rows['char_start'], np.int32).reshape(-1, max_seq_length),
+                       np.array(rows['char_end'], np.int32).reshape(-1, max_seq_length),
+                       np.array(rows['max_context'], bool).reshape(-1, max_seq_length))
+  return features, index
+
+
+def _answer_tokens(example: Example, context: TokenizedContext) -> tuple[int, int] | None:
+  """First and last context token of answers[0], or None if it is not there."""
+  if example.is_impossible:
+    return None
+  text, start = example.answers[0], example.answer_start
+  found = example.context[start:start + len(text)]
+  if start < 0 or ' '.join(found.split()) != ' '.join(text.split()) or not text.strip():
+    return None
+  end = start + len(text)
+  first = int(np.searchsorted(context.ends, start, side='right'))
+  last = int(np.searchsorted(context.starts, end, side='left')) - 1
+  return (first, last) if first <= last else None
+
+
+def _windows(example_index, query, context, answer, max_doc, doc_stride,
+             max_seq_length, tokenizer, rows, counts, training):
+  """Appends the features of one example to `rows`."""
+  n = len(context.ids)
+  starts = [0]
+  while starts[-1] + max_doc < n:
+    starts.append(starts[-1] + min(max_doc, doc_stride))
+  lengths = [min(max_doc, n - s) for s in starts]
+  # BERT's _check_is_max_context: the window where a token is farthest from
+  # an edge (plus 0.01 * window length); the first such window on ties.
+  token = np.arange(n)
+  scores = np.full((len(starts), n), -np.inf)
+  for w, (s, length) in enumerate(zip(starts, lengths)):
+    inside = slice(s, s + length)
+    scores[w, inside] = np.minimum(token[inside] - s, s + length - 1 - token[inside]) + 0.01 * length
+  best_window = scores.argmax(0) if n else token
+  offset = len(query) + 2
+  for w, (s, length) in enumerate(zip(starts, lengths)):
+    ids, types = tokenizer.encode_pair(query, context.ids[s:s + length].tolist())
+    pad = max_seq_length - len(ids)
+    char_start = np.full(max_seq_length, -1, np.int32)
+    char_end = np.full(max_seq_length, -1, np.int32)
+    max_context = np.zeros(max_seq_length, bool)
+    char_start[offset:offset + length] = context.starts[s:s + length]
+    char_end[offset:offset + length] = context.ends[s:s + length]
+    max_context[offset:offset + length] = best_window[s:s + length] == w
+    start_position = end_position = 0
+    if answer is not None:
+      if s <= answer[0] and answer[1] < s + length:
+        start_position, end_position = answer[0] - s + offset, answer[1] - s + offset
+      elif training:
+        counts['answer_outside_window'] += 1
+    rows['input_ids'].append(ids + [0] * pad)
+    rows['attention_mask'].append([1] * len(ids) + [0] * pad)
+    rows['token_type_ids'].append(types + [0] * pad)
+    rows['start_positions'].append(start_position)
+    rows['end_positions'].append(end_position)
+    rows['example_index'].append(example_index)
+    rows['char_start'].append(char_start)
+    rows['char_end'].append(char_end)
+    rows['max_context'].append(max_context)
+
+
+def postprocess(start_logits: Any, end_logits: Any, index: FeatureIndex,
+                n_best_size: int = 20, max_answer_length: int = 30
+                ) -> tuple[dict[str, str], dict[str, float]]:
+  """The best non-null answer of every example, and its null odds.
+
+  Args:
+    start_logits, end_logits: [F, T], one row per feature of `index`.
+    index: from `make_features`.
+    n_best_size: start and end candidates per window (among context tokens).
+    max_answer_length: longest answer in tokens.
+
+  Returns:
+    answers: question id -> best span text, cut from the original context
+      ('' if no valid span exists).
+    null_odds: question id -> null score - best span score (v2.0: larger
+      means "no answer"; `_NO_SPAN_ODDS` when no valid span exists).
+  """
+  start_logits = np.asarray(start_logits, np.float32)
+  end_logits = np.asarray(end_logits, np.float32)
+  if start_logits.shape != index.char_start.shape or end_logits.shape != index.char_start.shape:
+    raise ValueError(f'Logits {start_logits.shape} / {end_logits.shape} do not match the '
+                     f'features {index.char_start.shape}: pass one row per feature, in order.')
+  best = [(-np.inf, '')] * len(index.examples)
+  null = [np.inf] * len(index.examples)
+  for f, e in enumerate(index.example_index):
+    starts_f, ends_f = start_logits[f], end_logits[f]
+    null[e] = min(null[e], float(starts_f[0] + ends_f[0]))
+    context = np.flatnonzero(index.char_start[f] >= 0)
+    if not len(context):
+      continue
+    top_s = _top(context[index.max_context[f, context]], starts_f, n_best_size)
+    top_e = _top(context, ends_f, n_best_size)
+    score = starts_f[top_s][:, None] + ends_f[top_e][None, :]
+    length = top_e[None, :] - top_s[:, None] + 1
+    nonempty = index.char_end[f, top_e][None, :] > index.char_start[f, top_s][:, None]
+    score = np.where((length >= 1) & (length <= max_answer_length) & nonempty, score, -np.inf)
+    if not score.size or not np.isfinite(score.max()):
+      continue
+    i, j = np.unravel_index(score.argmax(), score.shape)
+    if score[i, j] > best[e][0]:
+      text = index.examples[e].context[index.char_start[f, top_s[i]]:index.char_end[f, top_e[j]]]
+      best[e] = (float(score[i, j]), text)
+  answers, null_odds = {}, {}
+  for example, (score, text), null_score in zip(index.examples, best, null):
+    answers[example.qid] = text
+    null_odds[example.qid] = (null_score - score if np.isfinite(score) else _NO_SPAN_ODDS)
+  return answers, null_odds
+
+
+def _top(positions: np.ndarray, logits: np.ndarray, k: int) -> np.ndarray:
+  order = np.argsort(-logits[positions], kind='stable')[:k]
+  return positions[order]
+
+
+def apply_null_threshold(answers: Mapping[str, str], null_odds: Mapping[str, float],
+                         threshold: float) -> dict[str, str]:
+  """v2.0 predictions: '' where null_odds exceeds the threshold."""
+  return {q: '' if null_odds[q] > threshold else a for q, a in answers.items()}
+
+
+def evaluate(start_logits: Any, end_logits: Any, index: FeatureIndex, version_2: bool,
+             n_best_size: int = 20, max_answer_length: int = 30,
+             null_threshold: float | None = None
+             ) -> tuple[dict[str, float], dict[str, str], dict[str, float]]:
+  """Official scores, predictions.json and null_odds.json contents.
+
+  Args:
+    start_logits, end_logits: [F, T] for the features of `index`.
+    index: from `make_features` with `dataset` set.
+    version_2: SQuAD 2.0 (answerability) scoring.
+    n_best_size, max_answer_length: as `postprocess`.
+    null_threshold: v2.0: fixed null-odds threshold; None chooses the one with
+      the best F1 on this set (`metrics.squad_v2`'s best_f1_thresh).
+
+  Returns:
+    scores: v1.1 exact_match and f1; v2.0 exact, f1, HasAns_/NoAns_ breakdown
+      at the threshold, best_exact / best_f1 of the sweep and
+      null_score_diff_threshold (the threshold used).
+    predictions: question id -> answer ('' = no answer).
+    null_odds: question id -> null score difference ({} for v1.1).
+  """
+  if index.dataset is None:
+    raise ValueError('evaluate needs the gold answers: build the features with '
+                     'make_features(..., dataset=load_json(path)).')
+  answers, null_odds = postprocess(start_logits, end_logits, index, n_best_size,
+                                   max_answer_length)
+  if not version_2:
+    return metrics.squad_v1(index.dataset, answers), answers, {}
+  sweep = metrics.squad_v2(index.dataset, answers, na_probs=null_odds)
+  threshold = sweep['best_f1_thresh'] if null_threshold is None else null_threshold
+  predictions = apply_null_threshold(answers, null_odds, threshold)
+  scores = metrics.squad_v2(index.dataset, predictions)
+  scores.update({k: sweep[k] for k in ('best_exact', 'best_exact_thresh', 'best_f1',
+                                       'best_f1_thresh')})
+  scores['null_score_diff_threshold'] = float(threshold)
+  return scores, predictions, null_odds
+
+
+def write_predictions(output_dir: str | os.PathLike, predictions: Mapping[str, str],
+                      null_odds: Mapping[str, float] | None = None) -> list[pathlib.Path]:
+  """Writes predictions.json (and null_odds.json) as the official scripts read them."""
+  output_dir = pathlib.Path(output_dir)
+  output_dir.mkdir(parents=True, exist_ok=True)
+  paths = [output_dir / 'predictions.json']
+  paths[0].write_text(json.dumps(dict(predictions), indent=2, ensure_ascii=False),
+                      encoding='utf-8')
+  if null_odds:
+    paths.append(output_dir / 'null_odds.json')
+    paths[1].write_text(json.dumps({q: float(v) for q, v in null_odds.items()}, indent=2),
+                        encoding='utf-8')
+  return paths
