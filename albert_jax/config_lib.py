@@ -41,8 +41,11 @@ def pretraining(preset: str = "base") -> ml_collections.ConfigDict:
   c.data.masked_lm_prob = 0.15  # share of tokens masked
   c.data.short_seq_prob = 0.1  # share of sequences with a shorter target length
   c.data.max_ngram = 3  # n-gram masking up to this n, p(n) ∝ 1/n
-  c.data.eval_documents = 0.01  # share of documents held out for evaluation
-  c.data.num_workers = 0  # grain worker processes (0 = in the main process)
+  c.data.validation_percent = 1.0  # percent of documents held out for evaluation
+  c.data.builtin_seed = 0  # seed of the built-in corpus generator
+  c.data.text_field = "text"  # text feature of a TFDS catalog dataset
+  c.data.shuffle_window = 1024  # examples shuffled together after pairing, so a batch mixes documents
+  c.data.read_threads = 4  # grain threads reading and pairing documents
 
   c.batch_size = 4096  # global batch, over all devices and hosts
   c.num_train_steps = 125_000  # optimizer updates
@@ -58,9 +61,10 @@ def pretraining(preset: str = "base") -> ml_collections.ConfigDict:
   c.mesh.fsdp = 1  # parameter/optimizer-state sharding (ZeRO-3 style)
   c.mesh.tensor = 1  # tensor parallelism over heads and the FFN's inner dimension
   c.distributed = ml_collections.ConfigDict()
-  c.distributed.coordinator_address = ""  # 'host:port' for multi-process runs; '' = single process or TPU auto
+  c.distributed.coordinator_address = ""  # 'host:port' of process 0 for multi-process runs; '' = single process
   c.distributed.num_processes = 1
   c.distributed.process_id = 0
+  c.distributed.auto = False  # True: let JAX detect the cluster (Cloud TPU pod, SLURM)
 
   c.log_every_steps = 100  # metrics to the log, metrics.jsonl and TensorBoard
   c.eval_every_steps = 5000  # held-out evaluation; 0 disables
@@ -69,4 +73,5 @@ def pretraining(preset: str = "base") -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3  # newest checkpoints kept
   c.nan_policy = "stop"  # on a non-finite loss: 'stop' (keep the last good checkpoint) or 'skip' the update
   c.seed = 0  # parameters, data order, masks and dropout all derive from it
+  c.nan_at_step = -1  # fault injection for tests: a NaN loss at this step (-1: never)
   return c

@@ -170,19 +170,41 @@ class AlbertAttention(nn.Module):
   def __call__(self, x, bias):
     cfg = self.config
     heads = (cfg.num_attention_heads, cfg.head_dim)
-    proj = functools.partial(
-        nn.DenseGeneral, features=heads, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-        kernel_init=_kernel_init(cfg, ("hidden", "heads", "kv")), bias_init=_zeros(("heads", "kv")))
-    q, k, v = (proj(name=n)(x) for n in ("query", "key", "value"))
+    q, k, v = (_Projection(cfg, (cfg.hidden_size,), heads, ("hidden",), ("heads", "kv"), name=n)(x)
+               for n in ("query", "key", "value"))
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
     probs = jax.nn.softmax(scores / jnp.sqrt(cfg.head_dim).astype(jnp.float32) + bias, axis=-1)
     probs = nn.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=self.deterministic)
     context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
-    out = nn.DenseGeneral(
-        cfg.hidden_size, axis=(-2, -1), dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="dense",
-        kernel_init=_kernel_init(cfg, ("heads", "kv", "hidden")), bias_init=_zeros(("hidden",)))(context)
+    out = _Projection(cfg, heads, (cfg.hidden_size,), ("heads", "kv"), ("hidden",), name="dense")(context)
     out = nn.Dropout(cfg.hidden_dropout_prob)(out, deterministic=self.deterministic)
     return _layer_norm(cfg, "hidden", "LayerNorm")(x + out)
+
+
+class _Projection(nn.Module):
+  """A dense layer between multi-axis shapes, e.g. [H] → [heads, head_dim].
+
+  The kernel is created in its final shape, so its logical names always match
+  its rank (flax's DenseGeneral initialises a flattened kernel, which breaks
+  sharding constraints under a mesh).
+  """
+
+  config: AlbertConfig
+  in_shape: tuple[int, ...]
+  out_shape: tuple[int, ...]
+  in_names: tuple[str, ...]
+  out_names: tuple[str, ...]
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.config
+    kernel = self.param("kernel", _kernel_init(cfg, self.in_names + self.out_names), self.in_shape + self.out_shape,
+                        cfg.param_dtype)
+    bias = self.param("bias", _zeros(self.out_names), self.out_shape, cfg.param_dtype)
+    n_in = len(self.in_shape)
+    contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
+    y = jax.lax.dot_general(x.astype(cfg.dtype), kernel.astype(cfg.dtype), (contract, ((), ())))
+    return y + bias.astype(cfg.dtype)
 
 
 class AlbertFeedForward(nn.Module):

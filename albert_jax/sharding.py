@@ -134,7 +134,7 @@ def logical_shardings(abstract_tree: Any, mesh: Mesh,
   """
   logical_specs = nn.get_partition_spec(abstract_tree)
   mesh_specs = nn.logical_to_mesh(logical_specs, rules)
-  shapes = nn.unbox(abstract_tree)
+  shapes = unboxed(abstract_tree)
   leaves, treedef = jax.tree.flatten_with_path(
       mesh_specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
   shardings = [
@@ -142,6 +142,15 @@ def logical_shardings(abstract_tree: Any, mesh: Mesh,
                                jax.tree_util.keystr(path)))
       for (path, spec), shape in zip(leaves, jax.tree.leaves(shapes))]
   return jax.tree.unflatten(treedef, shardings)
+
+
+def unboxed(tree: Any) -> Any:
+  """The values inside `nn.Partitioned` boxes, WITHOUT the sharding constraint `nn.unbox` adds under a mesh.
+
+  Safe on abstract trees (ShapeDtypeStructs) inside `jax.set_mesh`.
+  """
+  return jax.tree.map(lambda x: x.value if isinstance(x, nn.Partitioned) else x, tree,
+                      is_leaf=lambda x: isinstance(x, nn.Partitioned))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -6,13 +6,13 @@ from albert_jax import config_lib
 def get_config():
   config = config_lib.pretraining("base")
   config.model.update(
-      preset="tiny", vocab_size=4000, embedding_size=64, hidden_size=256, num_hidden_layers=4,
+      preset="tiny", vocab_size=0, embedding_size=64, hidden_size=256, num_hidden_layers=4,
       num_attention_heads=4, intermediate_size=1024, max_position_embeddings=128)
   config.data.source = "builtin"
-  config.data.vocab_size = 4000  # a vocabulary trained on the built-in corpus
+  config.data.vocab_size = 1000  # at most; the built-in corpus yields fewer pieces, and vocab_size=0 follows it
   config.data.max_seq_length = 64
   config.data.max_predictions_per_seq = 10
-  config.data.eval_documents = 0.02
+  config.data.validation_percent = 2.0
   config.batch_size = 64
   config.num_train_steps = 2000
   config.warmup_steps = 100

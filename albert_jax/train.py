@@ -1,0 +1,472 @@
+"""ALBERT pretraining (MLM + SOP): `python -m albert_jax.train --config=experiments/tiny.py --workdir=DIR`.
+
+One readable trainer, top to bottom: mesh → data → model → sharding → update
+→ checkpoint → eval. The same code runs on one CPU, simulated CPU devices, a
+GPU box and a TPU pod. `train_step(state, batch, rng)` is pure; the loop
+around it does the I/O.
+
+The workdir holds:
+  config.json         the model config (albert_jax checkpoint format, so tools can read the workdir)
+  experiment.json     the full experiment config of the latest start
+  spiece.model        the vocabulary (copied, or trained on the corpus)
+  checkpoints/<step>/ orbax: the train state and every process's data-iterator position
+  metrics.jsonl       one JSON object per log and eval step
+  tensorboard/        TensorBoard event files
+  data/               prepared ArrayRecord datasets
+"""
+
+import dataclasses
+import json
+import logging as logging_std
+import pathlib
+import shutil
+import signal
+import threading
+import time
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from flax.linen import partitioning as nn_partitioning
+from jax.experimental import multihost_utils
+
+from albert_jax import checkpoints
+from albert_jax import config_lib
+from albert_jax import flops as flops_lib
+from albert_jax import model as model_lib
+from albert_jax import optim
+from albert_jax import pretraining_data
+from albert_jax import sharding
+from albert_jax import tokenizer as tokenizer_lib
+
+
+class TrainingError(RuntimeError):
+  """A run that cannot go on; the message says why and what to do."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+# ---------------------------------------------------------------------------
+# The pure step.
+
+def pretraining_losses(outputs, batch):
+  """Sums and denominators of the MLM and SOP losses and accuracies."""
+  mlm_logits = outputs["mlm_logits"]
+  labels = batch["masked_lm_ids"]
+  weights = batch["masked_lm_weights"].astype(jnp.float32)
+  mlm_xent = optax.softmax_cross_entropy_with_integer_labels(mlm_logits, labels)
+  sop_labels = batch["sentence_order_label"]
+  sop_xent = optax.softmax_cross_entropy_with_integer_labels(outputs["sop_logits"], sop_labels)
+  return {
+      "mlm_loss_sum": jnp.sum(mlm_xent * weights),
+      "mlm_correct": jnp.sum((jnp.argmax(mlm_logits, -1) == labels) * weights),
+      "mlm_count": jnp.sum(weights),
+      "sop_loss_sum": jnp.sum(sop_xent),
+      "sop_correct": jnp.sum(jnp.argmax(outputs["sop_logits"], -1) == sop_labels).astype(jnp.float32),
+      "sop_count": jnp.asarray(sop_labels.shape[0], jnp.float32),
+  }
+
+
+def _apply(model, params, batch, deterministic, rng=None):
+  return model.apply(
+      {"params": params}, batch["input_ids"], batch["input_mask"], batch["token_type_ids"],
+      batch["masked_lm_positions"], deterministic=deterministic, rngs=None if rng is None else {"dropout": rng})
+
+
+def make_train_step(model, tx, schedule, grad_accum_steps: int = 1, nan_at_step: int = -1):
+  """The pure `train_step(state, batch, rng) -> (state, metrics)` for this model and optimizer.
+
+  A non-finite loss or gradient leaves the state untouched (the update is
+  skipped) and is reported in `metrics['nonfinite']`; the loop decides whether
+  to stop. `nan_at_step` >= 0 injects a NaN loss at that step (fault-injection
+  tests only).
+  """
+
+  def train_step(state: TrainState, batch, rng):
+    dropout_rng = jax.random.fold_in(rng, state.step)
+
+    def loss_fn(params, micro):
+      sums = pretraining_losses(_apply(model, params, micro, False, dropout_rng), micro)
+      loss = sums["mlm_loss_sum"] / jnp.maximum(sums["mlm_count"], 1.0) + sums["sop_loss_sum"] / sums["sop_count"]
+      if nan_at_step >= 0:
+        loss = jnp.where(state.step == nan_at_step, jnp.nan, loss)
+      return loss, sums
+
+    grad_fn = jax.grad(loss_fn, has_aux=True)
+    sums, grads = optim.accumulate_gradients(lambda p, b: grad_fn(p, b)[::-1], state.params, batch,
+                                             grad_accum_steps)
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    loss = sums["mlm_loss_sum"] / jnp.maximum(sums["mlm_count"], 1.0) + sums["sop_loss_sum"] / sums["sop_count"]
+    if nan_at_step >= 0:
+      loss = jnp.where(state.step == nan_at_step, jnp.nan, loss)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
+                           opt_state=keep(opt_state, state.opt_state))
+    metrics = dict(sums, grad_norm=grad_norm, learning_rate=schedule(state.step), nonfinite=(~finite).astype(jnp.int32))
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(model):
+  def eval_step(params, batch):
+    return pretraining_losses(_apply(model, params, batch, True), batch)
+  return eval_step
+
+
+def summarize(sums: dict[str, float]) -> dict[str, float]:
+  """Per-example metrics from summed metrics (sums plus denominators)."""
+  mlm_count, sop_count = max(sums["mlm_count"], 1.0), max(sums["sop_count"], 1.0)
+  out = {
+      "mlm_loss": sums["mlm_loss_sum"] / mlm_count,
+      "mlm_accuracy": sums["mlm_correct"] / mlm_count,
+      "sop_loss": sums["sop_loss_sum"] / sop_count,
+      "sop_accuracy": sums["sop_correct"] / sop_count,
+  }
+  out["loss"] = out["mlm_loss"] + out["sop_loss"]
+  return out
+
+
+# ---------------------------------------------------------------------------
+# Setup helpers.
+
+def _model_config(config, tokenizer) -> model_lib.AlbertConfig:
+  model_config = config_lib.model_config(config)
+  if config.model.vocab_size == 0:  # 0 = the size of the vocabulary in use (e.g. one trained on the corpus)
+    model_config = model_config.replace(vocab_size=tokenizer.vocab_size)
+  if model_config.vocab_size != tokenizer.vocab_size:
+    raise TrainingError(
+        f"config.model.vocab_size={model_config.vocab_size} but the vocabulary {tokenizer.model_path} has "
+        f"{tokenizer.vocab_size} pieces; set --config.model.vocab_size={tokenizer.vocab_size} (or 0 to follow "
+        "the vocabulary).")
+  if config.data.max_seq_length > model_config.max_position_embeddings:
+    raise TrainingError(f"config.data.max_seq_length={config.data.max_seq_length} exceeds "
+                        f"config.model.max_position_embeddings={model_config.max_position_embeddings}.")
+  return model_config
+
+
+def prepare_tokenizer(config, workdir: pathlib.Path) -> tokenizer_lib.Tokenizer:
+  """The run's vocabulary in WORKDIR/spiece.model: copied from config.data.vocab, or trained on the corpus."""
+  target = workdir / "spiece.model"
+  if jax.process_index() == 0 and not target.exists():
+    if config.data.vocab:
+      shutil.copyfile(config.data.vocab, target)
+    elif config.data.source == "builtin":
+      from albert_jax import builtin_corpus
+      builtin_corpus.write_vocab(target, config.data.vocab_size, seed=config.data.get("builtin_seed", 0))
+    elif config.data.source == "files":
+      from albert_jax import tfds_builders
+      files = [pathlib.Path(f) for f in tfds_builders.expand_files(config.data.files)]
+      tokenizer_lib.train_vocab(files, target, config.data.vocab_size, text_format=config.data.format or None)
+    else:
+      raise TrainingError(f"config.data.source={config.data.source!r} needs a vocabulary: set config.data.vocab to "
+                          "a SentencePiece model (e.g. the official ALBERT spiece.model).")
+  _sync("vocabulary")
+  return tokenizer_lib.Tokenizer(target)
+
+
+def _sync(name: str):
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def _check_workdir_model(workdir: pathlib.Path, model_config: model_lib.AlbertConfig):
+  """Refuse to resume a workdir trained with another model shape, naming the fields that differ."""
+  config_file = workdir / "config.json"
+  if config_file.exists() and (workdir / "checkpoints").exists():
+    saved = json.loads(config_file.read_text()).get("model", {})
+    current = model_config.to_dict()
+    shape_fields = [f.name for f in dataclasses.fields(model_lib.AlbertConfig)
+                    if f.name not in ("dtype", "remat_policy", "scan_unroll", "hidden_dropout_prob",
+                                      "attention_probs_dropout_prob", "classifier_dropout_prob")]
+    differ = [f"{k}: checkpoint {saved.get(k)!r} vs config {current[k]!r}" for k in shape_fields
+              if k in saved and saved[k] != current[k]]
+    if differ:
+      raise TrainingError(f"{workdir} holds checkpoints of another model ({'; '.join(differ)}). Use a new --workdir "
+                          "or the matching config.")
+
+
+def _write_workdir_config(workdir, config, model_config):
+  if jax.process_index() == 0:
+    (workdir / "config.json").write_text(json.dumps(
+        {"format": checkpoints.FORMAT, "format_version": checkpoints.FORMAT_VERSION, "model": model_config.to_dict()},
+        indent=2, sort_keys=True))
+    (workdir / "experiment.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def create_train_state(model, tx, rng, seq_len: int):
+  ids = jnp.zeros((1, seq_len), jnp.int32)
+  params = model.init(rng, ids)["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def _abstract_with_shardings(abstract, shardings):
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
+class MetricWriter:
+  """Metrics to metrics.jsonl and TensorBoard event files (tensorboardX: no TensorFlow needed), process 0 only."""
+
+  def __init__(self, workdir: pathlib.Path):
+    self._active = jax.process_index() == 0
+    if not self._active:
+      return
+    self._jsonl = open(workdir / "metrics.jsonl", "a")
+    try:
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(str(workdir / "tensorboard"))
+    except ImportError:
+      logging.warning("tensorboardX is not installed; TensorBoard event files are not written.")
+      self._tb = None
+
+  def write(self, step: int, prefix: str, values: dict[str, float]):
+    if not self._active:
+      return
+    self._jsonl.write(json.dumps({"step": step, **{f"{prefix}/{k}": float(v) for k, v in values.items()}}) + "\n")
+    self._jsonl.flush()
+    if self._tb is not None:
+      for k, v in values.items():
+        self._tb.add_scalar(f"{prefix}/{k}", float(v), step)
+      self._tb.flush()
+
+  def close(self):
+    if self._active:
+      self._jsonl.close()
+      if self._tb is not None:
+        self._tb.close()
+
+
+class _Preemption:
+  """SIGTERM sets a flag; the loop saves a checkpoint at the current step and exits cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    if threading.current_thread() is threading.main_thread():
+      signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM received: saving a checkpoint at the current step, then exiting.")
+    self.requested = True
+
+
+def _restore_newest(manager, abstract_state, train_iter):
+  """The newest checkpoint that restores completely; damaged newer ones are reported and skipped."""
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state), data_iter=grain.checkpoint.CheckpointRestore(train_iter)))
+      logging.info("Resumed from checkpoint at step %d.", step)
+      return restored["state"]
+    except Exception as e:  # pylint: disable=broad-except
+      logging.error("Checkpoint at step %d cannot be restored (%s: %s); trying an older one.", step,
+                    type(e).__name__, e)
+  if manager.all_steps():
+    raise TrainingError(f"No checkpoint in {manager.directory} could be restored; see the errors above. Move the "
+                        "damaged step folders away or start a new --workdir.")
+  return None
+
+
+# ---------------------------------------------------------------------------
+# The trainer.
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Pretrains as configured, resuming from the newest checkpoint in `workdir`; returns the last metrics."""
+  sharding.maybe_initialize_distributed(config)
+  workdir = pathlib.Path(workdir).absolute()
+  workdir.mkdir(parents=True, exist_ok=True)
+
+  # Mesh.
+  mesh = sharding.create_mesh(config.mesh)
+  rules = sharding.axis_rules(config)
+  if config.batch_size % sharding.data_parallel_size(mesh):
+    raise TrainingError(f"config.batch_size={config.batch_size} is not divisible by the data-parallel size "
+                        f"{sharding.data_parallel_size(mesh)} (mesh data x fsdp); choose a multiple.")
+
+  # Data.
+  tokenizer = prepare_tokenizer(config, workdir)
+  model_config = _model_config(config, tokenizer)
+  _check_workdir_model(workdir, model_config)
+  _write_workdir_config(workdir, config, model_config)
+  data_dir = config.data.data_dir or str(workdir / "data")
+  data_kwargs = dict(data_dir=data_dir, model_vocab_size=model_config.vocab_size)
+  if jax.process_index() == 0:  # prepare once, before the other processes read
+    pretraining_data.document_source(config.data, tokenizer, "train", data_dir)
+  _sync("data")
+  train_iter = pretraining_data.make_pretraining_iterator(
+      config.data, tokenizer, config.batch_size, config.seed, "train", **data_kwargs)
+
+  # Model and optimizer.
+  model = model_lib.AlbertForPreTraining(model_config)
+  rng = jax.random.PRNGKey(config.seed)
+  init_rng, dropout_rng = jax.random.split(rng)
+  seq_len = config.data.max_seq_length
+  abstract_params = jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, seq_len), jnp.int32)), init_rng)["params"]
+  tx, schedule = optim.make_optimizer(config, stacked_layers=optim.stacked_layers_mask(abstract_params))
+
+  # Sharding: abstract init → logical specs → mesh shardings; parameters are created sharded.
+  with jax.set_mesh(mesh), nn_partitioning.axis_rules(rules):
+    abstract = jax.eval_shape(lambda r: create_train_state(model, tx, r, seq_len), init_rng)
+    state_shardings = sharding.logical_shardings(abstract, mesh, rules)
+    init = jax.jit(lambda r: nn.unbox(create_train_state(model, tx, r, seq_len)), out_shardings=state_shardings)
+    batch_sharding = sharding.batch_sharding(mesh)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    train_step = jax.jit(
+        make_train_step(model, tx, schedule, config.grad_accum_steps, config.get("nan_at_step", -1)),
+        in_shardings=(state_shardings, batch_sharding, replicated), out_shardings=(state_shardings, replicated),
+        donate_argnums=0)
+    eval_step = jax.jit(make_eval_step(model), in_shardings=(state_shardings.params, batch_sharding),
+                        out_shardings=replicated)
+
+    # Checkpoints: resume from the newest complete one.
+    manager = ocp.CheckpointManager(
+        workdir / "checkpoints", item_names=("state", "data_iter"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints,
+                                             save_interval_steps=config.checkpoint_every_steps,
+                                             enable_async_checkpointing=True))
+    state = _restore_newest(manager, _abstract_with_shardings(sharding.unboxed(abstract), state_shardings), train_iter)
+    if state is None:
+      state = init(init_rng)
+    step = int(jax.device_get(state.step))
+
+    def save(force=False):
+      manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                 data_iter=grain.checkpoint.CheckpointSave(train_iter)), force=force)
+
+    # The loop.
+    writer = MetricWriter(workdir)
+    preemption = _Preemption()
+    step_flops = flops_lib.train_flops_per_step(model_config, config.batch_size, seq_len,
+                                                config.data.max_predictions_per_seq)
+    peak = flops_lib.device_peak_flops()
+    peak_total = peak if jax.devices()[0].platform == "cpu" else (peak and peak * jax.device_count())
+    logging.info("Model %s: %s; %d devices, mesh %s; %.3g FLOPs per step.", config.model.get("preset", ""),
+                 model_config, jax.device_count(), dict(mesh.shape), step_flops)
+    pending, last = [], {}
+    start_step, timer = step, time.perf_counter()
+    run_start = timer
+    while step < config.num_train_steps:
+      if preemption.requested or manager.reached_preemption(step):
+        save(force=True)
+        manager.wait_until_finished()
+        logging.warning("Preempted: checkpoint saved at step %d; exiting. Run again with the same --workdir to "
+                        "resume.", step)
+        break
+      batch = sharding.global_batch(next(train_iter), mesh)
+      state, metrics = train_step(state, batch, dropout_rng)
+      step += 1
+      if int(metrics["nonfinite"]):
+        if config.nan_policy == "stop":
+          manager.wait_until_finished()
+          last_saved = manager.latest_step()
+          raise TrainingError(
+              f"Non-finite loss or gradient at step {step} (loss={float(summarize(jax.device_get(metrics))['loss'])}"
+              f", grad_norm={float(metrics['grad_norm'])}). The update was not applied and training stopped; the "
+              f"last good checkpoint is step {last_saved}. Lower the learning rate or inspect the data, or set "
+              "--config.nan_policy=skip to skip such steps.")
+        logging.warning("Non-finite loss at step %d: update skipped (nan_policy=skip).", step)
+      pending.append(metrics)
+      save()
+      if step % config.log_every_steps == 0 or step == config.num_train_steps:
+        host = jax.device_get(pending)
+        sums = {k: sum(float(m[k]) for m in host) for k in host[0]}
+        elapsed = time.perf_counter() - timer
+        steps_done = len(host)
+        last = summarize(sums)
+        last.update(
+            grad_norm=float(host[-1]["grad_norm"]), learning_rate=float(host[-1]["learning_rate"]),
+            skipped_steps=sums["nonfinite"], steps_per_second=steps_done / elapsed,
+            tokens_per_second=steps_done * config.batch_size * seq_len / elapsed)
+        if peak_total:
+          last["mfu"] = steps_done * step_flops / elapsed / peak_total
+        eta = (config.num_train_steps - step) / last["steps_per_second"]
+        logging.info("step %d/%d  loss %.4f  mlm %.4f (acc %.3f)  sop %.4f (acc %.3f)  lr %.3g  |g| %.3g  "
+                     "%.0f tokens/s  MFU %s  ETA %s", step, config.num_train_steps, last["loss"], last["mlm_loss"],
+                     last["mlm_accuracy"], last["sop_loss"], last["sop_accuracy"], last["learning_rate"],
+                     last["grad_norm"], last["tokens_per_second"],
+                     f"{100 * last['mfu']:.1f}%" if "mfu" in last else "n/a", _duration(eta))
+        writer.write(step, "train", last)
+        pending, timer = [], time.perf_counter()
+      if config.eval_every_steps and (step % config.eval_every_steps == 0 or step == config.num_train_steps):
+        results = evaluate(config, tokenizer, eval_step, state.params, mesh, data_kwargs)
+        if results:
+          logging.info("eval at step %d: %s", step, " ".join(f"{k} {v:.4f}" for k, v in results.items()))
+          writer.write(step, "eval", results)
+          last.update({f"eval_{k}": v for k, v in results.items()})
+    manager.wait_until_finished()
+    manager.close()
+    writer.close()
+  logging.info("Finished at step %d (%d steps in %s).", step, step - start_step,
+               _duration(time.perf_counter() - run_start))
+  return last
+
+
+def evaluate(config, tokenizer, eval_step, params, mesh, data_kwargs) -> dict[str, float]:
+  """MLM and SOP metrics over `config.eval_batches` batches of the held-out split (the same batches each time)."""
+  try:
+    eval_iter = pretraining_data.make_pretraining_iterator(
+        config.data, tokenizer, config.batch_size, config.seed, "validation", **data_kwargs)
+  except ValueError as e:
+    logging.warning("No evaluation: %s", e)
+    return {}
+  totals = None
+  for _ in range(config.eval_batches):
+    sums = jax.device_get(eval_step(params, sharding.global_batch(next(eval_iter), mesh)))
+    totals = sums if totals is None else {k: totals[k] + sums[k] for k in sums}
+  return summarize({k: float(v) for k, v in totals.items()})
+
+
+class _QuietLibraries(logging_std.Filter):
+  """Drops the INFO chatter of orbax and tensorflow_datasets (dozens of lines per checkpoint); warnings pass."""
+
+  def filter(self, record):
+    noisy = any(lib in record.pathname for lib in ("/orbax/", "/tensorflow_datasets/", "/etils/"))
+    return record.levelno >= logging_std.WARNING or not noisy
+
+
+def quiet_library_logs():
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(seconds)
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
+
+
+def main(argv, config, workdir):
+  if len(argv) > 1:
+    raise SystemExit(f"Unexpected arguments: {argv[1:]}")
+  quiet_library_logs()
+  try:
+    train_and_evaluate(config, workdir)
+  except (TrainingError, ValueError, OSError) as e:  # CheckpointError is a ValueError
+    logging.debug("Stopped by", exc_info=True)
+    raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+  from absl import app
+  from absl import flags
+  from ml_collections import config_flags
+
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config, e.g. experiments/tiny.py.",
+                                            lock_config=True)
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the vocabulary.")
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(lambda argv: main(argv, _CONFIG.value, _WORKDIR.value))
