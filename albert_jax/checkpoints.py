@@ -281,6 +281,22 @@ def save(directory, cfg: model_lib.AlbertConfig, params, spiece_model=None) -> p
   return directory
 
 
+def find_vocab(source) -> pathlib.Path | None:
+  """The SentencePiece model shipped with a checkpoint source, or None.
+
+  `spiece.model` (albert_jax, Hugging Face) or `30k-clean.model` (the original
+  TF releases; `assets/` in a TF-Hub module, whose weights are in `variables/`).
+  """
+  path = pathlib.Path(source)
+  directory = path if path.is_dir() else path.parent
+  places = [directory, directory.parent] if directory.name == "variables" else [directory]
+  for place in places:
+    for name in ("spiece.model", "30k-clean.model", "assets/30k-clean.model"):
+      if (place / name).is_file():
+        return place / name
+  return None
+
+
 def _load_albert_jax(directory: pathlib.Path, meta: dict[str, Any]):
   version = meta.get("format_version", 0)
   if version > FORMAT_VERSION:
@@ -300,12 +316,17 @@ def _load_albert_jax(directory: pathlib.Path, meta: dict[str, Any]):
 def load(path) -> tuple[model_lib.AlbertConfig, dict[str, Any]]:
   """Any checkpoint source → `(config, {'params': ...})` of `AlbertForPreTraining`.
 
-  Sources: an albert_jax checkpoint directory or a Hugging Face ALBERT directory.
+  Sources: an albert_jax checkpoint directory, a Hugging Face ALBERT directory, or an original
+  google-research/albert TensorFlow checkpoint (its prefix, or a directory holding it and `albert_config.json`).
   """
+  from albert_jax import tf_checkpoint  # pylint: disable=g-import-not-at-top  (it imports this module)
+  tf_prefix = tf_checkpoint.find_prefix(path)
+  if tf_prefix is not None:
+    return tf_checkpoint.load(tf_prefix)
   directory = pathlib.Path(path)
   if not directory.is_dir():
-    raise CheckpointError(f"{path} is not a directory; pass an albert_jax checkpoint directory, a training workdir "
-                          "or a Hugging Face ALBERT directory.")
+    raise CheckpointError(f"{path} is not a directory; pass an albert_jax checkpoint directory, a training workdir, "
+                          "a Hugging Face ALBERT directory or a TensorFlow ALBERT checkpoint prefix.")
   config_file = directory / "config.json"
   if not config_file.exists():
     raise CheckpointError(f"{path} has no config.json, so it is not an ALBERT checkpoint directory.")

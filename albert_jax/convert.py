@@ -1,8 +1,11 @@
 """`python -m albert_jax.convert --input=SRC --output=DIR`: any ALBERT checkpoint → an albert_jax checkpoint directory.
 
 SRC is a Hugging Face ALBERT directory (config.json + model.safetensors or
-pytorch_model.bin) or anything else `checkpoints.load` reads. A
-SentencePiece model found beside the weights (spiece.model) is copied along.
+pytorch_model.bin), an original google-research/albert TensorFlow checkpoint
+(a prefix such as `albert_base/model.ckpt-best`, or its directory, with
+`albert_config.json` beside it), or anything else `checkpoints.load` reads. A
+SentencePiece model found beside the weights (spiece.model, or the TF
+releases' 30k-clean.model) is copied along as spiece.model.
 """
 
 import pathlib
@@ -12,7 +15,7 @@ from absl import flags
 
 from albert_jax import checkpoints
 
-_INPUT = flags.DEFINE_string("input", None, "Source checkpoint (Hugging Face directory or albert_jax checkpoint).")
+_INPUT = flags.DEFINE_string("input", None, "Source: Hugging Face dir, TF checkpoint or albert_jax checkpoint.")
 _OUTPUT = flags.DEFINE_string("output", None, "Directory to write the albert_jax checkpoint to.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace the contents of a non-empty --output.")
 
@@ -23,8 +26,7 @@ def convert(source, output, overwrite: bool = False) -> pathlib.Path:
     raise checkpoints.CheckpointError(f"{output} exists and is not empty; choose another --output or pass "
                                       "--overwrite.")
   config, params = checkpoints.load(source)
-  spiece = pathlib.Path(source) / "spiece.model"
-  return checkpoints.save(output, config, params, spiece_model=spiece if spiece.exists() else None)
+  return checkpoints.save(output, config, params, spiece_model=checkpoints.find_vocab(source))
 
 
 def main(argv):
