@@ -305,12 +305,41 @@ def _load_albert_jax(directory: pathlib.Path, meta: dict[str, Any]):
   cfg = model_lib.AlbertConfig.from_dict(meta["model"])
   abstract = jax.eval_shape(
       lambda: nn.unbox(model_lib.AlbertForPreTraining(cfg).init(jax.random.PRNGKey(0), _dummy_inputs())))
+  if (directory / "checkpoints").is_dir():
+    return cfg, _load_workdir_params(directory, abstract)
   with ocp.StandardCheckpointer() as checkpointer:
     try:
       params = checkpointer.restore(directory / "params", abstract)
-    except ValueError as e:
-      raise CheckpointError(f"The parameters in {directory} do not match its config.json: {e}") from e
+    except (ValueError, FileNotFoundError) as e:
+      raise CheckpointError(f"The parameters in {directory} cannot be read with its config.json: {e}") from e
   return cfg, params
+
+
+def training_steps(workdir) -> list[int]:
+  """Steps of the complete checkpoints in a training workdir (orbax renames a step folder only once it is whole)."""
+  folder = pathlib.Path(workdir) / "checkpoints"
+  return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / "state").is_dir())
+
+
+def _load_workdir_params(workdir: pathlib.Path, abstract):
+  """The parameters of the newest checkpoint of a training workdir that can be read."""
+  steps = training_steps(workdir)
+  if not steps:
+    raise CheckpointError(f"The training workdir {workdir} has no complete checkpoint yet.")
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = {"params": jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                                   abstract["params"])}
+  errors = []
+  for step in reversed(steps):
+    with ocp.PyTreeCheckpointer() as checkpointer:
+      try:
+        state = checkpointer.restore(workdir / "checkpoints" / str(step) / "state", args=ocp.args.PyTreeRestore(
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
+        return {"params": state["params"]}
+      except Exception as e:  # pylint: disable=broad-except
+        logging.error("Checkpoint %s/checkpoints/%d cannot be read (%s); trying an older one.", workdir, step, e)
+        errors.append(f"step {step}: {e}")
+  raise CheckpointError(f"No checkpoint in {workdir} could be read: {errors}")
 
 
 def load(path) -> tuple[model_lib.AlbertConfig, dict[str, Any]]:
