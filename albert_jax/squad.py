@@ -141,35 +141,37 @@ def tokenize_contexts(contexts: Sequence[str], tokenizer: Any) -> list[Tokenized
   return out
 
 
-def _normalize_with_origin(word: str) -> tuple[str, list[int]]:
-  """ALBERT's `normalize` of one word, and each output character's source index."""
+def _normalize_with_origin(word: str) -> tuple[str, list[int], list[int]]:
+  """ALBERT's `normalize` of one word, and each output character's source span."""
   if word.isascii() and '``' not in word and "''" not in word:
-    return word.lower(), list(range(len(word)))
-  chars, origin = [], []
+    return word.lower(), list(range(len(word))), list(range(1, len(word) + 1))
+  chars, starts, ends = [], [], []
   i = 0
   while i < len(word):
     if word.startswith(('``', "''"), i):
       chars.append('"')
-      origin.append(i)
+      starts.append(i)
+      ends.append(i + 2)
       i += 2
       continue
     for c in unicodedata.normalize('NFKD', word[i]):
       if not unicodedata.combining(c):
         lowered = c.lower()
         chars.append(lowered)
-        origin.extend([i] * len(lowered))
+        starts.extend([i] * len(lowered))
+        ends.extend([i + 1] * len(lowered))
     i += 1
-  return ''.join(chars), origin
+  return ''.join(chars), starts, ends
 
 
 def _piece_offsets(word: str, ids: Sequence[int], tokenizer: Any) -> list[tuple[int, int]]:
   """[start, end) in `word` of each piece of `word`."""
-  normalized, origin = _normalize_with_origin(word)
+  normalized, starts, ends = _normalize_with_origin(word)
   surfaces = [tokenizer.id_to_piece(i).replace(_WORD_START, '') for i in ids]
   bounds = None
   if ''.join(surfaces) == normalized:
-    ends = np.cumsum([len(s) for s in surfaces]).tolist()
-    bounds = list(zip([0] + ends[:-1], ends))
+    cut = np.cumsum([len(s) for s in surfaces]).tolist()
+    bounds = list(zip([0] + cut[:-1], cut))
   else:
     pattern = ''.join('(.+?)' if i == tokenizer.unk_id else f'({re.escape(s)})'
                       for i, s in zip(ids, surfaces))
@@ -178,8 +180,8 @@ def _piece_offsets(word: str, ids: Sequence[int], tokenizer: Any) -> list[tuple[
       bounds = [match.span(g + 1) for g in range(len(ids))]
   if bounds is None:
     return [(0, len(word))] * len(ids)
-  origin = origin + [len(word)]
-  return [(origin[s], origin[e - 1] + 1) if e > s else (origin[s], origin[s])
+  starts = starts + [len(word)]  # A lone "▁" at the end of a word.
+  return [(starts[s], ends[e - 1]) if e > s else (starts[s], starts[s])
           for s, e in bounds]
 
 
