@@ -45,6 +45,11 @@ from albert_jax import race
 from albert_jax import squad
 
 SQUAD_TASKS = {'squad_v1': '1.1', 'squad_v2': '2.0'}
+# The ALBERT README's fine-tuning table for SQuAD and RACE (GLUE's are in
+# glue.TASKS); SQuAD at seq 384 as in the paper's SQuAD setup.
+SQUAD_V1_HPARAMS = glue.Hparams(5e-5, 48, 3649, 365, dropout=0.0, max_seq_length=384)
+SQUAD_V2_HPARAMS = glue.Hparams(3e-5, 48, 8144, 814, dropout=0.0, max_seq_length=384)
+RACE_HPARAMS = glue.Hparams(2e-5, 32, 12000, 1000, dropout=0.1, max_seq_length=512)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +65,8 @@ class TaskSpec:
       2 start/end for spans).
     train_split, eval_splits, test_splits: split names for load_task.
     main_metric: the score (higher is better) that picks the best checkpoint.
-    max_seq_length: the task's default sequence length.
+    hparams: the original fine-tuning settings (configs read their defaults
+      here, including max_seq_length).
   """
   name: str
   head: str
@@ -69,7 +75,7 @@ class TaskSpec:
   eval_splits: tuple[str, ...]
   test_splits: tuple[str, ...]
   main_metric: str
-  max_seq_length: int
+  hparams: glue.Hparams
 
 
 @dataclasses.dataclass
@@ -103,10 +109,11 @@ def get_spec(task_config: Any) -> TaskSpec:
   """The `TaskSpec` of `task_config` (a config with .name, or the name)."""
   name = _name(task_config).lower()
   if name in SQUAD_TASKS:
-    return TaskSpec(name, 'span', 2, 'train', ('dev',), (), 'f1', 384)
+    hparams = SQUAD_V1_HPARAMS if name == 'squad_v1' else SQUAD_V2_HPARAMS
+    return TaskSpec(name, 'span', 2, 'train', ('dev',), (), 'f1', hparams)
   if name == 'race':
     return TaskSpec(name, 'multiple_choice', race.NUM_CHOICES, 'train', ('dev',),
-                    ('test',), 'accuracy', 512)
+                    ('test',), 'accuracy', RACE_HPARAMS)
   try:
     task = glue.get_task(name)
   except ValueError:
@@ -115,7 +122,7 @@ def get_spec(task_config: Any) -> TaskSpec:
                      ) from None
   return TaskSpec(task.name, 'regression' if task.is_regression else 'classification',
                   task.num_labels, 'train', task.eval_splits, task.test_splits,
-                  metrics.main_metric(task.name), task.hparams.max_seq_length)
+                  metrics.main_metric(task.name), task.hparams)
 
 
 def _get(task_config: Any, field: str, default: Any) -> Any:
@@ -151,7 +158,7 @@ def load_task(task_config: Any, tokenizer: Any, split: str) -> TaskData:
     raise ValueError(f"config.task.source={source!r}: use 'files' or 'tfds'.")
   data_dir = _get(task_config, 'data_dir', '')
   tfds_dir = _get(task_config, 'tfds_data_dir', '') or None
-  max_seq_length = int(_get(task_config, 'max_seq_length', spec.max_seq_length))
+  max_seq_length = int(_get(task_config, 'max_seq_length', spec.hparams.max_seq_length))
   counts = collections.Counter()
   if spec.head == 'span':
     return _load_squad(task_config, spec, tokenizer, split, data_dir, max_seq_length, counts)
