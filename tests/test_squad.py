@@ -3,6 +3,7 @@
 import collections
 import json
 import logging
+import zipfile
 
 import numpy as np
 import pytest
@@ -196,9 +197,8 @@ def test_long_question_is_truncated_and_counted(tok):
     squad.make_features([example], tok, max_seq_length=64, max_query_length=64)
 
 
-def test_json_and_zip_load_the_same(shared_data, tmp_path, v2_sample):
+def test_json_and_zip_load_the_same(tmp_path, v2_sample):
   dataset = squad.load_json(v2_sample)
-  import zipfile  # pylint: disable=g-import-not-at-top
   with zipfile.ZipFile(tmp_path / 'dev-v2.0.json.zip', 'w') as archive:
     archive.writestr('dev-v2.0.json', json.dumps(dataset))
   assert squad.load_json(tmp_path / 'dev-v2.0.json.zip') == dataset
