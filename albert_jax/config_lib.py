@@ -46,6 +46,7 @@ def pretraining(preset: str = "base") -> ml_collections.ConfigDict:
   c.data.text_field = "text"  # text feature of a TFDS catalog dataset
   c.data.shuffle_window = 1024  # examples shuffled together after pairing, so a batch mixes documents
   c.data.read_threads = 4  # grain threads reading and pairing documents
+  c.data.num_shards = 0  # data shards of the global stream (0 = one per process); fixed, batches match any host count
 
   c.batch_size = 4096  # global batch, over all devices and hosts
   c.num_train_steps = 125_000  # optimizer updates

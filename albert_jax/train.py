@@ -23,7 +23,7 @@ import shutil
 import signal
 import threading
 import time
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import flax.struct
@@ -108,7 +108,7 @@ def make_train_step(model, tx, schedule, grad_accum_steps: int = 1, nan_at_step:
     grad_fn = jax.grad(loss_fn, has_aux=True)
     sums, grads = optim.accumulate_gradients(lambda p, b: grad_fn(p, b)[::-1], state.params, batch,
                                              grad_accum_steps)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     loss = sums["mlm_loss_sum"] / jnp.maximum(sums["mlm_count"], 1.0) + sums["sop_loss_sum"] / sums["sop_count"]
@@ -283,6 +283,45 @@ def _restore_newest(manager, abstract_state, train_iter):
   return None
 
 
+class Setup(NamedTuple):
+  """Everything compiled for one model on one mesh."""
+  model: nn.Module
+  schedule: optax.Schedule
+  abstract_state: Any  # ShapeDtypeStructs carrying their shardings (for restoring)
+  state_shardings: Any
+  init: Callable  # rng -> sharded TrainState
+  train_step: Callable  # jitted (state, batch, rng) -> (state, metrics), state donated
+  eval_step: Callable  # jitted (params, batch) -> metric sums
+
+
+def build(config, model_config: model_lib.AlbertConfig, mesh, rules) -> Setup:
+  """Model, LAMB, and the sharded init / train / eval steps: abstract init → logical specs → mesh shardings.
+
+  Parameters are created directly in their shards; nothing unsharded is
+  materialised. Call the jitted functions under `jax.set_mesh(mesh)` and
+  `nn_partitioning.axis_rules(rules)`.
+  """
+  model = model_lib.AlbertForPreTraining(model_config)
+  seq_len = config.data.max_seq_length
+  rng = jax.random.PRNGKey(0)
+  abstract_params = jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, seq_len), jnp.int32)), rng)["params"]
+  tx, schedule = optim.make_optimizer(config, stacked_layers=optim.stacked_layers_mask(abstract_params))
+  with jax.set_mesh(mesh), nn_partitioning.axis_rules(rules):
+    abstract = jax.eval_shape(lambda r: create_train_state(model, tx, r, seq_len), rng)
+    state_shardings = sharding.logical_shardings(abstract, mesh, rules)
+    init = jax.jit(lambda r: nn.unbox(create_train_state(model, tx, r, seq_len)), out_shardings=state_shardings)
+    batch_sharding = sharding.batch_sharding(mesh)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    train_step = jax.jit(
+        make_train_step(model, tx, schedule, config.grad_accum_steps, config.get("nan_at_step", -1)),
+        in_shardings=(state_shardings, batch_sharding, replicated), out_shardings=(state_shardings, replicated),
+        donate_argnums=0)
+    eval_step = jax.jit(make_eval_step(model), in_shardings=(state_shardings.params, batch_sharding),
+                        out_shardings=replicated)
+  return Setup(model, schedule, _abstract_with_shardings(sharding.unboxed(abstract), state_shardings),
+               state_shardings, init, train_step, eval_step)
+
+
 # ---------------------------------------------------------------------------
 # The trainer.
 
@@ -309,30 +348,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if jax.process_index() == 0:  # prepare once, before the other processes read
     pretraining_data.document_source(config.data, tokenizer, "train", data_dir)
   _sync("data")
-  train_iter = pretraining_data.make_pretraining_iterator(
-      config.data, tokenizer, config.batch_size, config.seed, "train", **data_kwargs)
+  train_iter = pretraining_data.make_process_iterator(
+      config.data, tokenizer, config.batch_size, config.seed, "train", num_shards=config.data.num_shards,
+      **data_kwargs)
 
-  # Model and optimizer.
-  model = model_lib.AlbertForPreTraining(model_config)
-  rng = jax.random.PRNGKey(config.seed)
-  init_rng, dropout_rng = jax.random.split(rng)
-  seq_len = config.data.max_seq_length
-  abstract_params = jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, seq_len), jnp.int32)), init_rng)["params"]
-  tx, schedule = optim.make_optimizer(config, stacked_layers=optim.stacked_layers_mask(abstract_params))
-
-  # Sharding: abstract init → logical specs → mesh shardings; parameters are created sharded.
+  # Model, optimizer and sharding.
+  setup = build(config, model_config, mesh, rules)
   with jax.set_mesh(mesh), nn_partitioning.axis_rules(rules):
-    abstract = jax.eval_shape(lambda r: create_train_state(model, tx, r, seq_len), init_rng)
-    state_shardings = sharding.logical_shardings(abstract, mesh, rules)
-    init = jax.jit(lambda r: nn.unbox(create_train_state(model, tx, r, seq_len)), out_shardings=state_shardings)
-    batch_sharding = sharding.batch_sharding(mesh)
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    train_step = jax.jit(
-        make_train_step(model, tx, schedule, config.grad_accum_steps, config.get("nan_at_step", -1)),
-        in_shardings=(state_shardings, batch_sharding, replicated), out_shardings=(state_shardings, replicated),
-        donate_argnums=0)
-    eval_step = jax.jit(make_eval_step(model), in_shardings=(state_shardings.params, batch_sharding),
-                        out_shardings=replicated)
+    train_step, eval_step = setup.train_step, setup.eval_step
+    seq_len = config.data.max_seq_length
+    rng = jax.random.PRNGKey(config.seed)
+    init_rng, dropout_rng = jax.random.split(rng)
 
     # Checkpoints: resume from the newest complete one.
     manager = ocp.CheckpointManager(
@@ -340,9 +366,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints,
                                              save_interval_steps=config.checkpoint_every_steps,
                                              enable_async_checkpointing=True))
-    state = _restore_newest(manager, _abstract_with_shardings(sharding.unboxed(abstract), state_shardings), train_iter)
+    state = _restore_newest(manager, setup.abstract_state, train_iter)
     if state is None:
-      state = init(init_rng)
+      state = setup.init(init_rng)
     step = int(jax.device_get(state.step))
 
     def save(force=False):
@@ -409,6 +435,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           logging.info("eval at step %d: %s", step, " ".join(f"{k} {v:.4f}" for k, v in results.items()))
           writer.write(step, "eval", results)
           last.update({f"eval_{k}": v for k, v in results.items()})
+    if not preemption.requested and manager.latest_step() != step:
+      save(force=True)  # the final state, whatever the checkpoint interval
     manager.wait_until_finished()
     manager.close()
     writer.close()
@@ -420,8 +448,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 def evaluate(config, tokenizer, eval_step, params, mesh, data_kwargs) -> dict[str, float]:
   """MLM and SOP metrics over `config.eval_batches` batches of the held-out split (the same batches each time)."""
   try:
-    eval_iter = pretraining_data.make_pretraining_iterator(
-        config.data, tokenizer, config.batch_size, config.seed, "validation", **data_kwargs)
+    eval_iter = pretraining_data.make_process_iterator(
+        config.data, tokenizer, config.batch_size, config.seed, "validation", num_shards=config.data.num_shards,
+        **data_kwargs)
   except ValueError as e:
     logging.warning("No evaluation: %s", e)
     return {}

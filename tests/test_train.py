@@ -1,0 +1,267 @@
+"""Pretraining: sharded steps agree across meshes, the CLI resumes exactly, faults stop cleanly."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from flax.linen import partitioning as nn_partitioning
+from jax.sharding import PartitionSpec as P
+
+from albert_jax import config_lib
+from albert_jax import model as model_lib
+from albert_jax import sharding
+from albert_jax import train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _small_config(**mesh):
+  config = config_lib.pretraining("base")
+  config.model.update(vocab_size=128, embedding_size=16, hidden_size=32, num_hidden_layers=3,
+                      num_attention_heads=4, intermediate_size=64, max_position_embeddings=32)
+  config.data.max_seq_length = 16
+  config.data.max_predictions_per_seq = 4
+  config.update(batch_size=8, num_train_steps=5, warmup_steps=2, learning_rate=1e-2)
+  config.mesh.update(mesh)
+  return config
+
+
+def _random_batches(config, n, seed=0):
+  rng = np.random.RandomState(seed)
+  B, T, Pn = config.batch_size, config.data.max_seq_length, config.data.max_predictions_per_seq
+  for _ in range(n):
+    mask = (np.arange(T)[None] < rng.randint(T // 2, T + 1, (B, 1))).astype(np.int32)
+    yield {
+        "input_ids": rng.randint(5, config.model.vocab_size, (B, T)).astype(np.int32) * mask,
+        "input_mask": mask,
+        "token_type_ids": (np.arange(T)[None] >= T // 2).astype(np.int32).repeat(B, 0),
+        "masked_lm_positions": rng.randint(1, T // 2, (B, Pn)).astype(np.int32),
+        "masked_lm_ids": rng.randint(5, config.model.vocab_size, (B, Pn)).astype(np.int32),
+        "masked_lm_weights": (rng.rand(B, Pn) < 0.8).astype(np.float32),
+        "sentence_order_label": rng.randint(0, 2, (B,)).astype(np.int32),
+    }
+
+
+def _run_steps(config, devices):
+  mesh = sharding.create_mesh(config.mesh, devices=devices)
+  rules = sharding.axis_rules(config)
+  setup = train.build(config, config_lib.model_config(config), mesh, rules)
+  losses = []
+  with jax.set_mesh(mesh), nn_partitioning.axis_rules(rules):
+    state = setup.init(jax.random.PRNGKey(0))
+    for batch in _random_batches(config, config.num_train_steps):
+      state, metrics = setup.train_step(state, sharding.global_batch(batch, mesh), jax.random.PRNGKey(1))
+      losses.append(train.summarize(jax.device_get(metrics))["loss"])
+  return np.array(losses), state
+
+
+@pytest.fixture(scope="module")
+def single_device_losses():
+  return _run_steps(_small_config(data=1), jax.devices()[:1])[0]
+
+
+@pytest.mark.parametrize("mesh, expected_ffn_spec, expected_embedding_spec", [
+    (dict(data=8), P(), P()),
+    (dict(fsdp=4, data=2), P("fsdp", None), P(None, "fsdp")),
+    (dict(tensor=2, data=4), P(None, "tensor"), P("tensor", None)),
+])
+def test_sharded_steps_match_one_device(mesh, expected_ffn_spec, expected_embedding_spec, single_device_losses):
+  config = _small_config(**mesh)
+  losses, state = _run_steps(config, jax.devices())
+  assert len(jax.devices()) == 8
+  np.testing.assert_allclose(losses, single_device_losses, rtol=1e-5)
+  assert losses[-1] < losses[0]
+
+  # Parameters and LAMB moments are really laid out as the rules say.
+  def spec(x):  # the mesh axes that really split x (axes of size 1 dropped)
+    used = [a if a and x.sharding.mesh.shape[a] > 1 else None for a in x.sharding.spec]
+    return P(*used) if any(used) else P()
+  ffn = state.params["albert"]["encoder"]["layer_group"]["layer_0_ffn"]["ffn"]["kernel"]
+  embedding = state.params["albert"]["embeddings"]["word_embeddings"]["embedding"]
+  assert spec(ffn) == expected_ffn_spec
+  assert spec(embedding) == expected_embedding_spec
+  divisor = {"fsdp": mesh.get("fsdp", 1), "tensor": mesh.get("tensor", 1), None: 1}
+  expected_shard = tuple(d // divisor[a] for d, a in zip(ffn.shape, tuple(expected_ffn_spec) + (None, None)))
+  assert ffn.addressable_shards[0].data.shape == expected_shard
+  moments = [x for x in jax.tree.leaves(state.opt_state) if getattr(x, "shape", None) == ffn.shape]
+  assert moments and all(spec(m) == expected_ffn_spec for m in moments)
+
+
+def test_batch_not_divisible_by_data_parallel_size(tmp_path):
+  config = _small_config(data=8)
+  config.batch_size = 12
+  with pytest.raises(train.TrainingError, match="batch_size=12 is not divisible by the data-parallel size 8"):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_workdir_of_another_model_names_the_field(tmp_path):
+  (tmp_path / "checkpoints").mkdir()
+  other = model_lib.AlbertConfig(hidden_size=64, num_attention_heads=4)
+  (tmp_path / "config.json").write_text(json.dumps({"format": "albert_jax", "model": other.to_dict()}))
+  with pytest.raises(train.TrainingError, match="hidden_size: checkpoint 64 vs config 32"):
+    train._check_workdir_model(tmp_path, other.replace(hidden_size=32))
+
+
+# ---------------------------------------------------------------------------
+# The command line, in subprocesses: resume, preemption, NaN, two processes.
+
+TINY_FLAGS = [
+    "--config.model.hidden_size=32", "--config.model.embedding_size=16", "--config.model.num_attention_heads=2",
+    "--config.model.intermediate_size=64", "--config.model.num_hidden_layers=2",
+    "--config.data.max_seq_length=32", "--config.data.max_predictions_per_seq=5", "--config.batch_size=8",
+    "--config.warmup_steps=2", "--config.log_every_steps=1", "--config.eval_every_steps=0",
+    "--config.data.read_threads=1",
+]
+
+
+def _train_command(workdir, data_dir, steps, *extra):
+  return [sys.executable, "-m", "albert_jax.train", "--config=experiments/tiny.py", f"--workdir={workdir}",
+          f"--config.num_train_steps={steps}", f"--config.data.data_dir={data_dir}",
+          f"--config.data.vocab={data_dir / 'spiece.model'}", *TINY_FLAGS, *extra]
+
+
+def _env(devices=1):
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+  env["PYTHONPATH"] = str(REPO)
+  return env
+
+
+def _run(cmd, devices=1, timeout=300):
+  result = subprocess.run(cmd, cwd=REPO, env=_env(devices), capture_output=True, text=True, timeout=timeout)
+  return result
+
+
+def _losses(workdir):
+  rows = [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+  return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
+
+
+def _final_params(workdir):
+  from albert_jax import checkpoints
+  return checkpoints.load(workdir)[1]
+
+
+@pytest.fixture(scope="module")
+def shared_data_dir(tmp_path_factory):
+  """A vocabulary and prepared built-in corpus shared by the CLI runs (prepared once)."""
+  data_dir = tmp_path_factory.mktemp("data")
+  from albert_jax import builtin_corpus
+  builtin_corpus.write_vocab(data_dir / "spiece.model", 1000)
+  return data_dir
+
+
+STEPS = 8
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, shared_data_dir):
+  workdir = tmp_path_factory.mktemp("straight")
+  result = _run(_train_command(workdir, shared_data_dir, STEPS, "--config.checkpoint_every_steps=3"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir
+
+
+def _assert_same_params(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _wait_for(predicate, proc, timeout=240):
+  deadline = time.time() + timeout
+  while not predicate():
+    if proc.poll() is not None:
+      raise AssertionError(f"training exited early: {proc.stderr.read()[-3000:]}")
+    if time.time() > deadline:
+      proc.kill()
+      raise AssertionError("timed out waiting for the training run")
+    time.sleep(0.2)
+
+
+def test_sigkill_after_a_save_then_resume_is_bitwise_exact(straight_run, shared_data_dir, tmp_path):
+  workdir = tmp_path / "killed"
+  cmd = _train_command(workdir, shared_data_dir, STEPS, "--config.checkpoint_every_steps=3")
+  proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  _wait_for(lambda: (workdir / "checkpoints" / "3" / "state").is_dir(), proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait(timeout=60)
+  result = _run(cmd)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "Resumed from checkpoint" in result.stderr
+  _assert_same_params(_final_params(workdir), _final_params(straight_run))
+  straight, resumed = _losses(straight_run), _losses(workdir)
+  assert all(resumed[s] == straight[s] for s in resumed)
+
+
+def test_sigterm_saves_the_current_step_and_resumes_exactly(straight_run, shared_data_dir, tmp_path):
+  workdir = tmp_path / "preempted"
+  cmd = _train_command(workdir, shared_data_dir, STEPS, "--config.checkpoint_every_steps=100")
+  proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  _wait_for(lambda: len(_losses(workdir)) >= 2 if (workdir / "metrics.jsonl").exists() else False, proc)
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=120) == 0
+  saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  assert len(saved) == 1 and 2 <= saved[0] < STEPS and saved[0] == max(_losses(workdir))
+  result = _run(cmd)
+  assert result.returncode == 0, result.stderr[-3000:]
+  _assert_same_params(_final_params(workdir), _final_params(straight_run))
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(shared_data_dir, tmp_path):
+  workdir = tmp_path / "nan"
+  result = _run(_train_command(workdir, shared_data_dir, STEPS, "--config.checkpoint_every_steps=2",
+                               "--config.nan_at_step=4"))
+  assert result.returncode != 0
+  assert "Non-finite loss or gradient at step 5" in result.stderr
+  assert "last good checkpoint is step 4" in result.stderr
+  assert "Traceback" not in result.stderr
+  from albert_jax import checkpoints
+  assert checkpoints.training_steps(workdir)[-1] == 4
+
+
+def test_unknown_config_key_is_refused(shared_data_dir, tmp_path):
+  result = _run(_train_command(tmp_path, shared_data_dir, STEPS, "--config.data.max_seq_len=64"))
+  assert result.returncode != 0
+  assert "max_seq_len" in result.stderr
+
+
+def test_two_processes_train_checkpoint_resume_and_match_one_process(shared_data_dir, tmp_path):
+  steps = 6
+  common = ["--config.checkpoint_every_steps=3", "--config.data.num_shards=2", "--config.mesh.data=-1"]
+  single = tmp_path / "single"
+  result = _run(_train_command(single, shared_data_dir, steps, *common), devices=8)
+  assert result.returncode == 0, result.stderr[-3000:]
+
+  pair = tmp_path / "pair"
+  port = 20000 + os.getpid() % 20000
+
+  def launch(stop_after_checkpoint):
+    procs = []
+    for i in range(2):
+      cmd = _train_command(pair, shared_data_dir, steps, *common,
+                           f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+                           "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}")
+      procs.append(subprocess.Popen(cmd, cwd=REPO, env=_env(4), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                    text=True))
+    if stop_after_checkpoint:
+      _wait_for(lambda: (pair / "checkpoints" / "3" / "state").is_dir(), procs[0])
+      for p in procs:
+        p.kill()
+    for p in procs:
+      p.wait(timeout=300)
+    return procs
+
+  launch(stop_after_checkpoint=True)
+  port += 1
+  procs = launch(stop_after_checkpoint=False)
+  assert [p.returncode for p in procs] == [0, 0], procs[0].stderr.read()[-3000:]
+  single_losses, pair_losses = _losses(single), _losses(pair)
+  assert sorted(pair_losses) == list(range(1, steps + 1))
+  for step in range(1, steps + 1):
+    assert pair_losses[step] == pytest.approx(single_losses[step], rel=1e-5)
