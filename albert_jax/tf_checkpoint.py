@@ -23,6 +23,7 @@ import re
 import struct
 from typing import Any
 
+from absl import logging
 import numpy as np
 
 from albert_jax import checkpoints
@@ -256,12 +257,17 @@ def _hf_name(name: str) -> tuple[str, bool] | None:
 
 def to_hf_state(variables: dict[str, np.ndarray], cfg: model_lib.AlbertConfig) -> dict[str, np.ndarray]:
   """TF variables → a Hugging Face `AlbertForPreTraining` state dict (for `checkpoints.hf_to_params`)."""
-  state = {}
+  state, unused = {}, []
   for name, value in variables.items():
     mapped = _hf_name(name.removeprefix("module/"))
-    if mapped is not None:
+    if mapped is None:
+      unused.append(name)
+    else:
       key, transpose = mapped
       state[key] = value.T if transpose else value
+  if unused:  # e.g. a fine-tuned task head, which AlbertForPreTraining has no place for
+    logging.warning("Ignoring %d TensorFlow variables that are not ALBERT pretraining weights: %s", len(unused),
+                    sorted(unused)[:8])
   if not any(k.startswith("albert.encoder.albert_layer_groups.") for k in state):
     raise checkpoints.CheckpointError(
         f"The TensorFlow checkpoint has no ALBERT encoder variables (bert/encoder/transformer/group_0/...); its "
