@@ -364,16 +364,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     manager = ocp.CheckpointManager(
         workdir / "checkpoints", item_names=("state", "data_iter"),
         options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints,
-                                             save_interval_steps=config.checkpoint_every_steps,
                                              enable_async_checkpointing=True))
     state = _restore_newest(manager, setup.abstract_state, train_iter)
     if state is None:
       state = setup.init(init_rng)
     step = int(jax.device_get(state.step))
 
-    def save(force=False):
+    def save():  # asynchronous; the loop decides when (orbax's own policy would also save the first step)
       manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                 data_iter=grain.checkpoint.CheckpointSave(train_iter)), force=force)
+                                                 data_iter=grain.checkpoint.CheckpointSave(train_iter)), force=True)
 
     # The loop.
     writer = MetricWriter(workdir)
@@ -389,7 +388,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     run_start = timer
     while step < config.num_train_steps:
       if preemption.requested or manager.reached_preemption(step):
-        save(force=True)
+        save()
         manager.wait_until_finished()
         logging.warning("Preempted: checkpoint saved at step %d; exiting. Run again with the same --workdir to "
                         "resume.", step)
@@ -408,7 +407,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
               "--config.nan_policy=skip to skip such steps.")
         logging.warning("Non-finite loss at step %d: update skipped (nan_policy=skip).", step)
       pending.append(metrics)
-      save()
+      if step % config.checkpoint_every_steps == 0:
+        save()
       if step % config.log_every_steps == 0 or step == config.num_train_steps:
         host = jax.device_get(pending)
         sums = {k: sum(float(m[k]) for m in host) for k in host[0]}
@@ -436,7 +436,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           writer.write(step, "eval", results)
           last.update({f"eval_{k}": v for k, v in results.items()})
     if not preemption.requested and manager.latest_step() != step:
-      save(force=True)  # the final state, whatever the checkpoint interval
+      save()  # the final state, whatever the checkpoint interval
     manager.wait_until_finished()
     manager.close()
     writer.close()

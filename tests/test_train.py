@@ -157,13 +157,13 @@ def shared_data_dir(tmp_path_factory):
   return data_dir
 
 
-STEPS = 8
+STEPS = 60  # long enough that a signal sent early lands mid-run
 
 
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory, shared_data_dir):
   workdir = tmp_path_factory.mktemp("straight")
-  result = _run(_train_command(workdir, shared_data_dir, STEPS, "--config.checkpoint_every_steps=3"))
+  result = _run(_train_command(workdir, shared_data_dir, STEPS, "--config.checkpoint_every_steps=20"))
   assert result.returncode == 0, result.stderr[-3000:]
   return workdir
 
@@ -181,16 +181,18 @@ def _wait_for(predicate, proc, timeout=240):
     if time.time() > deadline:
       proc.kill()
       raise AssertionError("timed out waiting for the training run")
-    time.sleep(0.2)
+    time.sleep(0.02)
 
 
 def test_sigkill_after_a_save_then_resume_is_bitwise_exact(straight_run, shared_data_dir, tmp_path):
   workdir = tmp_path / "killed"
-  cmd = _train_command(workdir, shared_data_dir, STEPS, "--config.checkpoint_every_steps=3")
+  cmd = _train_command(workdir, shared_data_dir, STEPS, "--config.checkpoint_every_steps=20")
   proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  _wait_for(lambda: (workdir / "checkpoints" / "3" / "state").is_dir(), proc)
+  _wait_for(lambda: (workdir / "checkpoints" / "20" / "state").is_dir(), proc)
   proc.send_signal(signal.SIGKILL)
   proc.wait(timeout=60)
+  from albert_jax import checkpoints
+  assert checkpoints.training_steps(workdir)[-1] < STEPS, "the kill came too late to test a resume"
   result = _run(cmd)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "Resumed from checkpoint" in result.stderr
@@ -215,10 +217,10 @@ def test_sigterm_saves_the_current_step_and_resumes_exactly(straight_run, shared
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(shared_data_dir, tmp_path):
   workdir = tmp_path / "nan"
-  result = _run(_train_command(workdir, shared_data_dir, STEPS, "--config.checkpoint_every_steps=2",
+  result = _run(_train_command(workdir, shared_data_dir, 8, "--config.checkpoint_every_steps=2",
                                "--config.nan_at_step=4"))
   assert result.returncode != 0
-  assert "Non-finite loss or gradient at step 5" in result.stderr
+  assert "Non-finite loss or gradient at step 5" in result.stderr, result.stderr[-3000:]
   assert "last good checkpoint is step 4" in result.stderr
   assert "Traceback" not in result.stderr
   from albert_jax import checkpoints
