@@ -17,6 +17,7 @@ under TF-Hub's `module/`) to Hugging Face names, so that the one name map in
 (`*/adam_m`, `*/adam_v`, `*/lamb_*`) and `global_step` are skipped.
 """
 
+import contextlib
 import json
 import pathlib
 import re
@@ -136,30 +137,37 @@ def read_bundle(prefix, skip=lambda name: False) -> dict[str, np.ndarray]:
   num_shards, endianness = header.get(1, 1), header.get(2, _LITTLE_ENDIAN)
   if endianness != _LITTLE_ENDIAN:
     raise ValueError(f"{prefix} was written big-endian, which this reader does not support")
-  shards: dict[int, bytes] = {}
   tensors = {}
-  for name, entry in entries.items():
-    if skip(name):
-      continue
-    fields = dict(_proto_fields(entry))  # BundleEntryProto: dtype, shape, shard_id, offset, size, crc32c, slices.
-    if 7 in fields:
-      raise ValueError(f"variable {name!r} is stored as partitioned slices, which this reader does not support")
-    dtype, shape = fields.get(1, 0), _shape(fields.get(2, b""))
-    shard_id, offset, size = fields.get(3, 0), fields.get(4, 0), fields.get(5, 0)
-    if shard_id not in shards:
-      shards[shard_id] = pathlib.Path(f"{prefix}.data-{shard_id:05d}-of-{num_shards:05d}").read_bytes()
-    raw = shards[shard_id][offset:offset + size]
-    if dtype == _DT_BFLOAT16:
-      array = (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
-    elif dtype in _DTYPES:
-      array = np.frombuffer(raw, np.dtype(_DTYPES[dtype]).newbyteorder("<"))
-    else:
-      raise ValueError(f"variable {name!r} has TensorFlow dtype {dtype}, which this reader does not support")
-    if array.size != int(np.prod(shape)):
-      raise ValueError(f"variable {name!r}: {size} bytes do not hold a tensor of shape {shape}; the data file is "
-                       "truncated or does not belong to this index")
-    tensors[name] = array.reshape(shape)
+  with contextlib.ExitStack() as stack:
+    shards = {}  # Opened on first use; only the wanted tensors are read (optimizer slots can be 2/3 of the bytes).
+    for name, entry in entries.items():
+      if skip(name):
+        continue
+      fields = dict(_proto_fields(entry))  # BundleEntryProto: dtype, shape, shard_id, offset, size, crc32c, slices.
+      if 7 in fields:
+        raise ValueError(f"variable {name!r} is stored as partitioned slices, which this reader does not support")
+      shard_id = fields.get(3, 0)
+      if shard_id not in shards:
+        shards[shard_id] = stack.enter_context(open(f"{prefix}.data-{shard_id:05d}-of-{num_shards:05d}", "rb"))
+      shards[shard_id].seek(fields.get(4, 0))
+      raw = shards[shard_id].read(fields.get(5, 0))
+      tensors[name] = _tensor(name, fields.get(1, 0), _shape(fields.get(2, b"")), raw)
   return tensors
+
+
+def _tensor(name: str, dtype: int, shape: tuple[int, ...], raw: bytes) -> np.ndarray:
+  """The bytes of one tensor as an array of TensorFlow dtype number `dtype`."""
+  if dtype == _DT_BFLOAT16:
+    stored = np.dtype("<u2")  # The upper half of a float32.
+  elif dtype in _DTYPES:
+    stored = np.dtype(_DTYPES[dtype]).newbyteorder("<")
+  else:
+    raise ValueError(f"variable {name!r} has TensorFlow dtype {dtype}, which this reader does not support")
+  if len(raw) != stored.itemsize * int(np.prod(shape)):
+    raise ValueError(f"variable {name!r}: {len(raw)} bytes do not hold a tensor of shape {shape}; the data file "
+                     "is truncated or does not belong to this index")
+  array = np.frombuffer(raw, stored).reshape(shape)
+  return (array.astype(np.uint32) << 16).view(np.float32) if dtype == _DT_BFLOAT16 else array
 
 
 # ---------------------------------------------------------------------------
