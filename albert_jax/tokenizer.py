@@ -6,7 +6,10 @@ google-research/albert `tokenization.FullTokenizer`: collapse whitespace, turn
 pieces such as "▁9," into "▁9" + "," (a digit followed by a comma). `Tokenizer`
 reproduces exactly that, and in addition turns the special tokens written in
 the text (`[MASK]`, `[CLS]`, `[SEP]`, `<pad>`, `<unk>`) into their ids so that
-fill-mask prompts like "The capital of [MASK] is Delhi." work.
+fill-mask prompts like "The capital of [MASK] is Delhi." work. Text written
+directly after such a token ("[MASK].") continues its word: it is segmented
+without SentencePiece's word-start "▁", so "capital of [MASK]." ends in
+`[MASK]` "." as "capital of india." ends in "▁india" ".".
 
 Run as a program it trains a new ALBERT vocabulary:
 
@@ -27,6 +30,7 @@ import unicodedata
 
 import numpy as np
 import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2
 
 PAD, UNK, CLS, SEP, MASK = '<pad>', '<unk>', '[CLS]', '[SEP]', '[MASK]'
 SPECIAL_PIECES = (PAD, UNK, CLS, SEP, MASK)  # At ids 0..4, as in ALBERT.
@@ -104,6 +108,7 @@ class Tokenizer:
           f'{pieces} (unk id {sp.unk_id()}), expected {list(SPECIAL_PIECES)} '
           f'with <unk> as the unknown piece. {_TRAIN_HINT}')
     self._sp = sp
+    self._sp_glued = _without_dummy_prefix(proto)
     self.vocab_size = sp.get_piece_size()
     self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = range(5)
     self._special_ids = {p: i for i, p in enumerate(SPECIAL_PIECES)}
@@ -113,7 +118,6 @@ class Tokenizer:
     self.is_word_start = np.array(
         [_is_start_piece(p) for p in pieces]) | self.is_special
     self._digit_comma = np.array([_ends_in_digit_comma(p) for p in pieces])
-    self._lone_word_start = sp.piece_to_id(WORD_START)  # unk_id if absent.
 
   def __getstate__(self):  # Picklable, for multiprocess data loaders.
     return {'model_path': self.model_path, 'proto': self._proto,
@@ -151,8 +155,13 @@ class Tokenizer:
       segments.append(
           [self._special_ids[p] if j % 2 else (normalize(p), j > 0 and not p[0].isspace())
            for j, p in enumerate(parts) if p])
-    chunks = [s[0] for segs in segments for s in segs if isinstance(s, tuple)]
-    encoded = iter(self._sp.encode(chunks, num_threads=num_threads) if chunks else [])
+    chunks = [[], []]  # Word-starting, glued.
+    for segs in segments:
+      for seg in segs:
+        if isinstance(seg, tuple):
+          chunks[seg[1]].append(seg[0])
+    encoded = [iter(sp.encode(c, num_threads=num_threads) if c else [])
+               for sp, c in zip((self._sp, self._sp_glued), chunks)]
     out = []
     for segs in segments:
       ids = []
@@ -160,11 +169,9 @@ class Tokenizer:
         if isinstance(seg, int):
           ids.append(seg)
           continue
-        chunk_ids = next(encoded)
+        chunk_ids = next(encoded[seg[1]])
         if self.split_digit_comma and self._digit_comma[chunk_ids].any():
           chunk_ids = self._split_digit_comma(chunk_ids)
-        if seg[1] and chunk_ids and chunk_ids[0] == self._lone_word_start:
-          chunk_ids = chunk_ids[1:]
         ids.extend(chunk_ids)
       out.append(ids)
     return out
@@ -212,6 +219,15 @@ class Tokenizer:
       input_ids += [*b_ids, self.sep_id]
       token_type_ids += [1] * (len(b_ids) + 1)
     return input_ids, token_type_ids
+
+
+def _without_dummy_prefix(proto: bytes) -> spm.SentencePieceProcessor:
+  """The same model, but text does not start with "▁": it continues a word."""
+  model = sentencepiece_model_pb2.ModelProto.FromString(proto)
+  model.normalizer_spec.add_dummy_prefix = False
+  sp = spm.SentencePieceProcessor()
+  sp.LoadFromSerializedProto(model.SerializeToString())
+  return sp
 
 
 def _read_model_file(path: str) -> bytes:
