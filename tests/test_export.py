@@ -121,7 +121,8 @@ def test_cli_exports_and_refuses_a_non_empty_output(exported, tmp_path):
              f"--vocab={conftest.SPM_MODEL}"]
   result = subprocess.run(command, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
-  for name in ("model.safetensors", "spiece.model", "tokenizer_config.json", "special_tokens_map.json"):
+  for name in ("model.safetensors", "spiece.model", "tokenizer.json", "tokenizer_config.json",
+               "special_tokens_map.json"):
     assert (target / name).read_bytes() == (out / name).read_bytes(), name
   result = subprocess.run(command, capture_output=True, text=True, timeout=300)
   assert result.returncode != 0
@@ -142,7 +143,7 @@ def test_non_empty_output_is_kept_unless_overwrite(exported, tmp_path):
   assert (target / "notes.txt").read_text() == "precious"
   export.export(converted, target, overwrite=True)
   assert sorted(p.name for p in target.iterdir()) == ["config.json", "model.safetensors", "special_tokens_map.json",
-                                                       "spiece.model", "tokenizer_config.json"]
+                                                       "spiece.model", "tokenizer.json", "tokenizer_config.json"]
   assert [p.name for p in tmp_path.iterdir()] == ["busy"]
 
 
