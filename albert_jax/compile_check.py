@@ -15,6 +15,7 @@ the scanned layer loop (run once per layer) and those outside (once per step).
 import dataclasses
 import importlib.util
 import json
+import os
 import time
 from typing import Any
 
@@ -48,22 +49,33 @@ class CompileCheckError(ValueError):
   """The check cannot run as asked; the message says what to change."""
 
 
+class DoesNotFit(CompileCheckError):
+  """The TPU compiler ran out of HBM for this config on this slice."""
+
+
 def libtpu_install_line() -> str:
   return f'pip install "jax[tpu]=={jax.__version__}"'
 
 
 def topology_devices(topology: str) -> list[Any]:
-  """The compile-only devices of a TPU slice such as 'v3:16x16' (512 TensorCores)."""
+  """The compile-only devices of a TPU slice such as 'v3:16x16' (512 TensorCores); '' = this machine's devices."""
+  if not topology:
+    return jax.devices()
   if importlib.util.find_spec("libtpu") is None:
     raise CompileCheckError(f"Compiling for a TPU topology needs libtpu; install it with: {libtpu_install_line()}")
+  # Compiling needs no TPU, so several checks (or a check beside a TPU job) may load libtpu at once.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   generation = topology.split(":")[0].lower()
   kwargs = {"chip_config_name": _CHIP_CONFIG[generation]} if generation in _CHIP_CONFIG else {}
   try:
     return list(topologies.get_topology_desc(platform="tpu", topology_name=topology, **kwargs).devices)
-  except Exception as e:  # pylint: disable=broad-except  (libtpu raises JaxRuntimeError with its own text)
+  except jax.errors.JaxRuntimeError as e:
+    reason = str(e).splitlines()[0]
+    if "INVALID_ARGUMENT" not in reason and "NOT_FOUND" not in reason:
+      raise CompileCheckError(f"libtpu could not describe {topology!r}: {reason}") from None
     raise CompileCheckError(
-        f"Unknown TPU topology {topology!r} ({str(e).splitlines()[0]}). Use GENERATION:CHIPS, e.g. "
+        f"Unknown TPU topology {topology!r} ({reason}). Use GENERATION:CHIPS, e.g. "
         f"{', '.join(EXAMPLE_TOPOLOGIES)}.") from None
 
 
@@ -114,7 +126,16 @@ def compile_train_step(config, topology: str) -> Compiled:
   with jax.set_mesh(mesh), nn_partitioning.axis_rules(rules):
     lowered = setup.train_step.lower(setup.abstract_state, abstract_batch(config, mesh), rng)
   lowered_at = time.perf_counter()
-  compiled = lowered.compile()
+  try:
+    compiled = lowered.compile()
+  except jax.errors.JaxRuntimeError as e:
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    raise DoesNotFit(
+        f"{model.remat_policy=!s} on mesh {dict(mesh.shape)} of {topology} does not fit: "
+        f"{str(e).split(':', 1)[-1].strip().splitlines()[0]} Try --config.model.remat_policy=full, "
+        "--config.grad_accum_steps=2 or more, --config.mesh.fsdp=N, or bfloat16 "
+        "(--config.model.dtype=bfloat16).") from None
   return Compiled(compiled, mesh, model, lowered_at - start, time.perf_counter() - lowered_at)
 
 
@@ -222,7 +243,8 @@ def use_host_backend():
 def main(argv, config, topology: str, json_path: str):
   if len(argv) > 1:
     raise SystemExit(f"Unexpected arguments: {argv[1:]}")
-  use_host_backend()
+  if topology:
+    use_host_backend()
   try:
     run(config, topology, json_path)
   except CompileCheckError as e:
@@ -236,7 +258,8 @@ if __name__ == "__main__":
 
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config, e.g. experiments/xxlarge.py.",
                                             lock_config=True)
-  _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU slice, e.g. v3:16x16, v4:4x4x4, v5e:16x16, v5p:4x4x4.")
+  _TOPOLOGY = flags.DEFINE_string("topology", "", "TPU slice, e.g. v3:16x16, v4:4x4x4, v5e:16x16, v5p:4x4x4 (needs "
+                                  "libtpu); '' = this machine's own devices.")
   _JSON = flags.DEFINE_string("json", "", "Also write the report as JSON to this path.")
-  flags.mark_flags_as_required(["config", "topology"])
+  flags.mark_flags_as_required(["config"])
   app.run(lambda argv: main(argv, _CONFIG.value, _TOPOLOGY.value, _JSON.value))

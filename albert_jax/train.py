@@ -86,20 +86,22 @@ def _apply(model, params, batch, deterministic, rng=None):
       batch["masked_lm_positions"], deterministic=deterministic, rngs=None if rng is None else {"dropout": rng})
 
 
-def make_train_step(model, tx, schedule, grad_accum_steps: int = 1, nan_at_step: int = -1):
+def make_train_step(model, tx, schedule, grad_accum_steps: int = 1, nan_at_step: int = -1,
+                    prepare_params: Callable = lambda params: params):
   """The pure `train_step(state, batch, rng) -> (state, metrics)` for this model and optimizer.
 
   A non-finite loss or gradient leaves the state untouched (the update is
   skipped) and is reported in `metrics['nonfinite']`; the loop decides whether
   to stop. `nan_at_step` >= 0 injects a NaN loss at that step (fault-injection
-  tests only).
+  tests only). `prepare_params` maps the parameters before the forward pass
+  (`shared_layer_gather`).
   """
 
   def train_step(state: TrainState, batch, rng):
     dropout_rng = jax.random.fold_in(rng, state.step)
 
     def loss_fn(params, micro):
-      sums = pretraining_losses(_apply(model, params, micro, False, dropout_rng), micro)
+      sums = pretraining_losses(_apply(model, prepare_params(params), micro, False, dropout_rng), micro)
       loss = sums["mlm_loss_sum"] / jnp.maximum(sums["mlm_count"], 1.0) + sums["sop_loss_sum"] / sums["sop_count"]
       if nan_at_step >= 0:
         loss = jnp.where(state.step == nan_at_step, jnp.nan, loss)
@@ -283,6 +285,39 @@ def _restore_newest(manager, abstract_state, train_iter):
   return None
 
 
+def shared_layer_gather(model_config: model_lib.AlbertConfig, param_shardings) -> Callable:
+  """params -> params with the shared layer's weights constrained whole over 'fsdp' (still split over 'tensor').
+
+  Under FSDP, XLA:TPU does not hoist the all-gather of a loop-invariant weight
+  out of the scanned layer loop: it gathers the one shared layer again for
+  every layer, forward and backward, and all-reduces its gradient once per
+  layer. Gathering before the loop moves that traffic to once per step (one
+  all-gather in, one reduce-scatter of the summed gradient out), at the cost
+  of one layer's weights and gradient held whole per device. Stacked
+  per-layer or per-group parameters stay sharded: gathering them would undo
+  FSDP.
+  """
+  def is_shared(path) -> bool:
+    keys = [str(getattr(k, "key", k)) for k in path]
+    if "encoder" not in keys:
+      return False
+    broadcast = model_config.sharing == "all" and model_config.num_hidden_groups == 1
+    return (broadcast and "layer_group" in keys) or any(k.startswith("shared_") for k in keys)
+
+  def without_fsdp(spec_entry):
+    names = (spec_entry,) if isinstance(spec_entry, str) else tuple(spec_entry or ())
+    kept = tuple(n for n in names if n != "fsdp")
+    return kept[0] if len(kept) == 1 else (kept or None)
+
+  def gather(path, x, s):
+    if not is_shared(path) or "fsdp" not in jax.tree.leaves(tuple(s.spec)):
+      return x
+    spec = jax.sharding.PartitionSpec(*(without_fsdp(e) for e in s.spec))
+    return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(s.mesh, spec))
+
+  return lambda params: jax.tree.map_with_path(gather, params, param_shardings)
+
+
 class Setup(NamedTuple):
   """Everything compiled for one model on one mesh."""
   model: nn.Module
@@ -313,7 +348,8 @@ def build(config, model_config: model_lib.AlbertConfig, mesh, rules) -> Setup:
     batch_sharding = sharding.batch_sharding(mesh)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     train_step = jax.jit(
-        make_train_step(model, tx, schedule, config.grad_accum_steps, config.get("nan_at_step", -1)),
+        make_train_step(model, tx, schedule, config.grad_accum_steps, config.get("nan_at_step", -1),
+                        shared_layer_gather(model_config, state_shardings.params)),
         in_shardings=(state_shardings, batch_sharding, replicated), out_shardings=(state_shardings, replicated),
         donate_argnums=0)
     eval_step = jax.jit(make_eval_step(model), in_shardings=(state_shardings.params, batch_sharding),
@@ -497,5 +533,18 @@ if __name__ == "__main__":
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config, e.g. experiments/tiny.py.",
                                             lock_config=True)
   _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the vocabulary.")
+  _COMPILE_ONLY = flags.DEFINE_bool(
+      "compile_only", False, "Compile this exact train step and report per-device memory, FLOPs and collectives "
+      "(albert_jax.compile_check); train nothing, read no data, write nothing to --workdir.")
+  _TOPOLOGY = flags.DEFINE_string("topology", "", "With --compile_only: the TPU slice to compile for from any host, "
+                                  "e.g. v3:16x16 or v4:4x4x4 (needs libtpu); '' = this machine's devices.")
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(lambda argv: main(argv, _CONFIG.value, _WORKDIR.value))
+
+  def _main(argv):
+    if _COMPILE_ONLY.value:
+      from albert_jax import compile_check  # pylint: disable=g-import-not-at-top  (it imports this module)
+      compile_check.main(argv, _CONFIG.value, _TOPOLOGY.value, "")
+    else:
+      main(argv, _CONFIG.value, _WORKDIR.value)
+
+  app.run(_main)
