@@ -112,7 +112,8 @@ if [[ -z "$version" ]]; then
     v5litepod-*|v5e-*) version="v2-alpha-tpuv5-lite" ;;
     v5p-*) version="v2-alpha-tpuv5" ;;
     v6e-*) version="v2-alpha-tpuv6e" ;;
-    *) die "no default runtime for $accelerator_type; pass --version (see 'gcloud compute tpus tpu-vm versions list')." ;;
+    *) die "no default runtime for $accelerator_type; pass --version" \
+           "(see 'gcloud compute tpus tpu-vm versions list --zone=$zone')." ;;
   esac
 fi
 
