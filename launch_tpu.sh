@@ -2,7 +2,10 @@
 # Runs a command on every worker of a Cloud TPU VM (one host or a pod slice) from your workstation.
 #
 #   ./launch_tpu.sh --name=albert-v4 --zone=us-central2-b --accelerator_type=v4-32 -- \
-#       python3 -m albert_jax.train --config=experiments/base.py --workdir=gs://BUCKET/albert-base
+#       python3 -m albert_jax.train --config=experiments/base.py --workdir=/mnt/shared/albert-base
+#
+# On a pod slice the workdir must be a directory every worker sees (an NFS/Filestore or Cloud Storage FUSE
+# mount): all workers write each checkpoint together.
 #
 # Steps, each a gcloud command (--dry_run prints them instead of running them):
 #   1. reuse the TPU VM if `tpu-vm describe` finds it (it must have the requested accelerator type and
@@ -52,9 +55,10 @@ Values may also follow their flag after a space (--zone us-central2-b).
 albert_jax.train / albert_jax.finetune commands get --config.distributed.auto=True appended, so that
 jax.distributed.initialize() connects the workers of a pod slice.
 
-Example (pretraining ALBERT-base on a v4-32 pod slice):
+Example (pretraining ALBERT-base on a v4-32 pod slice; on a pod the workdir must be a directory that every
+worker sees, such as an NFS/Filestore or Cloud Storage FUSE mount):
   ./launch_tpu.sh --name=albert-v4 --zone=us-central2-b --accelerator_type=v4-32 -- \
-      python3 -m albert_jax.train --config=experiments/base.py --workdir=gs://BUCKET/albert-base
+      python3 -m albert_jax.train --config=experiments/base.py --workdir=/mnt/shared/albert-base
 EOF
 }
 

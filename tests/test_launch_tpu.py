@@ -14,7 +14,7 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "launch_tpu.sh"
 POD = ["--name=albert-pod", "--zone=us-central2-b", "--accelerator_type=v4-32"]
-TRAIN = ["python3", "-m", "albert_jax.train", "--config=experiments/base.py", "--workdir=gs://bucket/albert base"]
+TRAIN = ["python3", "-m", "albert_jax.train", "--config=experiments/base.py", "--workdir=/mnt/shared/albert base"]
 TPU_VM = ["compute", "tpus", "tpu-vm"]
 
 # Logs each call as a JSON list; answers `describe` from $FAKE_TPU ("STATE TYPE", unset: no such TPU);
