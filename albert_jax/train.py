@@ -17,16 +17,12 @@ The workdir holds:
 
 import dataclasses
 import json
-import logging as logging_std
 import pathlib
 import shutil
-import signal
-import threading
 import time
 from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
-import flax.struct
 import grain
 import jax
 import jax.numpy as jnp
@@ -36,7 +32,6 @@ import optax
 import orbax.checkpoint as ocp
 from absl import logging
 from flax.linen import partitioning as nn_partitioning
-from jax.experimental import multihost_utils
 
 from albert_jax import checkpoints
 from albert_jax import config_lib
@@ -46,17 +41,8 @@ from albert_jax import optim
 from albert_jax import pretraining_data
 from albert_jax import sharding
 from albert_jax import tokenizer as tokenizer_lib
-
-
-class TrainingError(RuntimeError):
-  """A run that cannot go on; the message says why and what to do."""
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any
-  opt_state: Any
+from albert_jax import trainer_lib
+from albert_jax.trainer_lib import TrainingError, TrainState  # pylint: disable=unused-import  (public names)
 
 
 # ---------------------------------------------------------------------------
@@ -110,17 +96,11 @@ def make_train_step(model, tx, schedule, grad_accum_steps: int = 1, nan_at_step:
     grad_fn = jax.grad(loss_fn, has_aux=True)
     sums, grads = optim.accumulate_gradients(lambda p, b: grad_fn(p, b)[::-1], state.params, batch,
                                              grad_accum_steps)
-    grad_norm = optax.tree.norm(grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
     loss = sums["mlm_loss_sum"] / jnp.maximum(sums["mlm_count"], 1.0) + sums["sop_loss_sum"] / sums["sop_count"]
     if nan_at_step >= 0:
       loss = jnp.where(state.step == nan_at_step, jnp.nan, loss)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
-                           opt_state=keep(opt_state, state.opt_state))
-    metrics = dict(sums, grad_norm=grad_norm, learning_rate=schedule(state.step), nonfinite=(~finite).astype(jnp.int32))
+    new_state, grad_norm, nonfinite = trainer_lib.apply_gradients(state, grads, tx, loss)
+    metrics = dict(sums, grad_norm=grad_norm, learning_rate=schedule(state.step), nonfinite=nonfinite)
     return new_state, metrics
 
   return train_step
@@ -179,13 +159,8 @@ def prepare_tokenizer(config, workdir: pathlib.Path) -> tokenizer_lib.Tokenizer:
     else:
       raise TrainingError(f"config.data.source={config.data.source!r} needs a vocabulary: set config.data.vocab to "
                           "a SentencePiece model (e.g. the official ALBERT spiece.model).")
-  _sync("vocabulary")
+  trainer_lib.sync("vocabulary")
   return tokenizer_lib.Tokenizer(target)
-
-
-def _sync(name: str):
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(name)
 
 
 def _check_workdir_model(workdir: pathlib.Path, model_config: model_lib.AlbertConfig):
@@ -210,79 +185,6 @@ def _write_workdir_config(workdir, config, model_config):
         {"format": checkpoints.FORMAT, "format_version": checkpoints.FORMAT_VERSION, "model": model_config.to_dict()},
         indent=2, sort_keys=True))
     (workdir / "experiment.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
-
-
-def create_train_state(model, tx, rng, seq_len: int):
-  ids = jnp.zeros((1, seq_len), jnp.int32)
-  params = model.init(rng, ids)["params"]
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-
-
-def _abstract_with_shardings(abstract, shardings):
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-
-
-class MetricWriter:
-  """Metrics to metrics.jsonl and TensorBoard event files (tensorboardX: no TensorFlow needed), process 0 only."""
-
-  def __init__(self, workdir: pathlib.Path):
-    self._active = jax.process_index() == 0
-    if not self._active:
-      return
-    self._jsonl = open(workdir / "metrics.jsonl", "a")
-    try:
-      from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(str(workdir / "tensorboard"))
-    except ImportError:
-      logging.warning("tensorboardX is not installed; TensorBoard event files are not written.")
-      self._tb = None
-
-  def write(self, step: int, prefix: str, values: dict[str, float]):
-    if not self._active:
-      return
-    self._jsonl.write(json.dumps({"step": step, **{f"{prefix}/{k}": float(v) for k, v in values.items()}}) + "\n")
-    self._jsonl.flush()
-    if self._tb is not None:
-      for k, v in values.items():
-        self._tb.add_scalar(f"{prefix}/{k}", float(v), step)
-      self._tb.flush()
-
-  def close(self):
-    if self._active:
-      self._jsonl.close()
-      if self._tb is not None:
-        self._tb.close()
-
-
-class _Preemption:
-  """SIGTERM sets a flag; the loop saves a checkpoint at the current step and exits cleanly."""
-
-  def __init__(self):
-    self.requested = False
-    if threading.current_thread() is threading.main_thread():
-      signal.signal(signal.SIGTERM, self._handle)
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM received: saving a checkpoint at the current step, then exiting.")
-    self.requested = True
-
-
-def _restore_newest(manager, abstract_state, train_iter):
-  """The newest checkpoint that restores completely; damaged newer ones are reported and skipped."""
-  for step in sorted(manager.all_steps(), reverse=True):
-    try:
-      restored = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state), data_iter=grain.checkpoint.CheckpointRestore(train_iter)))
-      logging.info("Resumed from checkpoint at step %d.", step)
-      return restored["state"]
-    except Exception as e:  # pylint: disable=broad-except
-      logging.error("Checkpoint at step %d cannot be restored (%s: %s); trying an older one.", step,
-                    type(e).__name__, e)
-  if manager.all_steps():
-    raise TrainingError(f"No checkpoint in {manager.directory} could be restored; see the errors above. Move the "
-                        "damaged step folders away or start a new --workdir.")
-  return None
 
 
 def shared_layer_gather(model_config: model_lib.AlbertConfig, param_shardings) -> Callable:
@@ -338,13 +240,12 @@ def build(config, model_config: model_lib.AlbertConfig, mesh, rules) -> Setup:
   """
   model = model_lib.AlbertForPreTraining(model_config)
   seq_len = config.data.max_seq_length
-  rng = jax.random.PRNGKey(0)
-  abstract_params = jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, seq_len), jnp.int32)), rng)["params"]
+  init_params = lambda r: model.init(r, jnp.zeros((1, seq_len), jnp.int32))["params"]
+  abstract_params = jax.eval_shape(init_params, jax.random.PRNGKey(0))
   tx, schedule = optim.make_optimizer(config, stacked_layers=optim.stacked_layers_mask(abstract_params))
   with jax.set_mesh(mesh), nn_partitioning.axis_rules(rules):
-    abstract = jax.eval_shape(lambda r: create_train_state(model, tx, r, seq_len), rng)
-    state_shardings = sharding.logical_shardings(abstract, mesh, rules)
-    init = jax.jit(lambda r: nn.unbox(create_train_state(model, tx, r, seq_len)), out_shardings=state_shardings)
+    sharded = trainer_lib.shard_train_state(init_params, tx, mesh, rules)
+    state_shardings = sharded.shardings
     batch_sharding = sharding.batch_sharding(mesh)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     train_step = jax.jit(
@@ -354,8 +255,7 @@ def build(config, model_config: model_lib.AlbertConfig, mesh, rules) -> Setup:
         donate_argnums=0)
     eval_step = jax.jit(make_eval_step(model), in_shardings=(state_shardings.params, batch_sharding),
                         out_shardings=replicated)
-  return Setup(model, schedule, _abstract_with_shardings(sharding.unboxed(abstract), state_shardings),
-               state_shardings, init, train_step, eval_step)
+  return Setup(model, schedule, sharded.abstract, state_shardings, sharded.init, train_step, eval_step)
 
 
 # ---------------------------------------------------------------------------
@@ -368,11 +268,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   workdir.mkdir(parents=True, exist_ok=True)
 
   # Mesh.
-  mesh = sharding.create_mesh(config.mesh)
-  rules = sharding.axis_rules(config)
-  if config.batch_size % sharding.data_parallel_size(mesh):
-    raise TrainingError(f"config.batch_size={config.batch_size} is not divisible by the data-parallel size "
-                        f"{sharding.data_parallel_size(mesh)} (mesh data x fsdp); choose a multiple.")
+  mesh, rules = trainer_lib.setup_mesh(config)
 
   # Data.
   tokenizer = prepare_tokenizer(config, workdir)
@@ -383,7 +279,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   data_kwargs = dict(data_dir=data_dir, model_vocab_size=model_config.vocab_size)
   if jax.process_index() == 0:  # prepare once, before the other processes read
     pretraining_data.document_source(config.data, tokenizer, "train", data_dir)
-  _sync("data")
+  trainer_lib.sync("data")
   train_iter = pretraining_data.make_process_iterator(
       config.data, tokenizer, config.batch_size, config.seed, "train", num_shards=config.data.num_shards,
       **data_kwargs)
@@ -397,13 +293,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     init_rng, dropout_rng = jax.random.split(rng)
 
     # Checkpoints: resume from the newest complete one.
-    manager = ocp.CheckpointManager(
-        workdir / "checkpoints", item_names=("state", "data_iter"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints,
-                                             enable_async_checkpointing=True))
-    state = _restore_newest(manager, setup.abstract_state, train_iter)
-    if state is None:
-      state = setup.init(init_rng)
+    manager = trainer_lib.checkpoint_manager(workdir / "checkpoints", ("state", "data_iter"),
+                                             config.keep_checkpoints)
+    restored = trainer_lib.restore_newest(manager, ocp.args.Composite(
+        state=ocp.args.StandardRestore(setup.abstract_state),
+        data_iter=grain.checkpoint.CheckpointRestore(train_iter)))
+    state = setup.init(init_rng) if restored is None else restored["state"]
     step = int(jax.device_get(state.step))
 
     def save():  # asynchronous; the loop decides when (orbax's own policy would also save the first step)
@@ -411,8 +306,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                                  data_iter=grain.checkpoint.CheckpointSave(train_iter)), force=True)
 
     # The loop.
-    writer = MetricWriter(workdir)
-    preemption = _Preemption()
+    writer = trainer_lib.MetricWriter(workdir)
+    preemption = trainer_lib.Preemption()
     step_flops = flops_lib.train_flops_per_step(model_config, config.batch_size, seq_len,
                                                 config.data.max_predictions_per_seq)
     peak = flops_lib.device_peak_flops()
@@ -423,7 +318,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     start_step, timer = step, time.perf_counter()
     run_start = timer
     while step < config.num_train_steps:
-      if preemption.requested or manager.reached_preemption(step):
+      if preemption.stop_now(manager, step):
         save()
         manager.wait_until_finished()
         logging.warning("Preempted: checkpoint saved at step %d; exiting. Run again with the same --workdir to "
@@ -433,15 +328,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       state, metrics = train_step(state, batch, dropout_rng)
       step += 1
       if int(metrics["nonfinite"]):
-        if config.nan_policy == "stop":
-          manager.wait_until_finished()
-          last_saved = manager.latest_step()
-          raise TrainingError(
-              f"Non-finite loss or gradient at step {step} (loss={float(summarize(jax.device_get(metrics))['loss'])}"
-              f", grad_norm={float(metrics['grad_norm'])}). The update was not applied and training stopped; the "
-              f"last good checkpoint is step {last_saved}. Lower the learning rate or inspect the data, or set "
-              "--config.nan_policy=skip to skip such steps.")
-        logging.warning("Non-finite loss at step %d: update skipped (nan_policy=skip).", step)
+        trainer_lib.check_nonfinite(step, config.nan_policy, manager, float(summarize(jax.device_get(metrics))["loss"]),
+                                    float(metrics["grad_norm"]))
       pending.append(metrics)
       if step % config.checkpoint_every_steps == 0:
         save()
@@ -462,7 +350,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                      "%.0f tokens/s  MFU %s  ETA %s", step, config.num_train_steps, last["loss"], last["mlm_loss"],
                      last["mlm_accuracy"], last["sop_loss"], last["sop_accuracy"], last["learning_rate"],
                      last["grad_norm"], last["tokens_per_second"],
-                     f"{100 * last['mfu']:.1f}%" if "mfu" in last else "n/a", _duration(eta))
+                     f"{100 * last['mfu']:.1f}%" if "mfu" in last else "n/a", trainer_lib.duration(eta))
         writer.write(step, "train", last)
         pending, timer = [], time.perf_counter()
       if config.eval_every_steps and (step % config.eval_every_steps == 0 or step == config.num_train_steps):
@@ -477,7 +365,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     manager.close()
     writer.close()
   logging.info("Finished at step %d (%d steps in %s).", step, step - start_step,
-               _duration(time.perf_counter() - run_start))
+               trainer_lib.duration(time.perf_counter() - run_start))
   return last
 
 
@@ -497,32 +385,8 @@ def evaluate(config, tokenizer, eval_step, params, mesh, data_kwargs) -> dict[st
   return summarize({k: float(v) for k, v in totals.items()})
 
 
-class _QuietLibraries(logging_std.Filter):
-  """Drops the INFO chatter of orbax and tensorflow_datasets (dozens of lines per checkpoint); warnings pass."""
-
-  def filter(self, record):
-    noisy = any(lib in record.pathname for lib in ("/orbax/", "/tensorflow_datasets/", "/etils/"))
-    return record.levelno >= logging_std.WARNING or not noisy
-
-
-def quiet_library_logs():
-  logging.get_absl_handler().addFilter(_QuietLibraries())
-
-
-def _duration(seconds: float) -> str:
-  seconds = int(seconds)
-  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
-
-
 def main(argv, config, workdir):
-  if len(argv) > 1:
-    raise SystemExit(f"Unexpected arguments: {argv[1:]}")
-  quiet_library_logs()
-  try:
-    train_and_evaluate(config, workdir)
-  except (TrainingError, ValueError, OSError) as e:  # CheckpointError is a ValueError
-    logging.debug("Stopped by", exc_info=True)
-    raise SystemExit(f"error: {e}") from None
+  trainer_lib.run_main(argv, lambda: train_and_evaluate(config, workdir))
 
 
 if __name__ == "__main__":
