@@ -132,7 +132,7 @@ def _get(task_config: Any, field: str, default: Any) -> Any:
 
 def _file_override(task_config: Any, split: str) -> str | None:
   files = _get(task_config, 'files', {})
-  return files.get(split) if files else None
+  return (files.get(split) or None) if files else None  # '' = the default file
 
 
 def _first(examples: list[Any], task_config: Any) -> list[Any]:

@@ -1,0 +1,25 @@
+"""SQuAD fine-tuning as the ALBERT README: seq 384, doc stride 128; v1.1 lr 5e-5 batch 48 3,649 steps, v2.0 3e-5 48 8,144.
+
+  python -m albert_jax.finetune --config=experiments/squad.py:v2 --workdir=DIR \
+      --config.init_checkpoint=PRETRAINED_SRC --config.task.data_dir=SQUAD_DIR
+
+SQUAD_DIR holds {train,dev}-v{1.1,2.0}.json (or .json.zip); --config.task.files.train=...
+points at another file. The argument is `v1` or `v2`, optionally followed by ',tiny' for a
+few-step CPU run with a tiny random model. Every field is commented in
+`albert_jax.config_lib.finetuning`.
+"""
+
+from albert_jax import config_lib
+
+DATA_DIR = "../shared/data/squad"  # folder of the SQuAD JSON files
+TINY_VOCAB = "../shared/data/spm/albert_30k_spiece.model"  # the official ALBERT vocabulary
+
+
+def get_config(arg: str = "v1"):
+  version, *options = arg.split(",")
+  if version not in ("v1", "v2"):
+    raise ValueError(f"experiments/squad.py:{arg}: use v1 or v2 (optionally ',tiny').")
+  config = config_lib.finetuning(f"squad_{version}", DATA_DIR)
+  if "tiny" in options:
+    config_lib.tiny_finetuning(config, TINY_VOCAB)
+  return config
