@@ -37,7 +37,7 @@ def main():
   parser.add_argument("--layers", default="12,24,48")
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--seq", type=int, default=128)
-  parser.add_argument("--remat", default="none")
+  parser.add_argument("--remat", default=model_lib.AlbertConfig.remat_policy)
   parser.add_argument("--scan_unroll", type=int, default=model_lib.AlbertConfig.scan_unroll)
   parser.add_argument("--repeats", type=int, default=3, help="best of N (compilation cache disabled)")
   parser.add_argument("--json", default="")
