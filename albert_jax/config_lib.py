@@ -24,6 +24,19 @@ def model_config(config: ml_collections.ConfigDict) -> model_lib.AlbertConfig:
   return model_lib.AlbertConfig(**values)
 
 
+def _add_parallelism(c: ml_collections.ConfigDict) -> None:
+  """`config.mesh` and `config.distributed`, the same for pretraining and fine-tuning."""
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # data-parallel size; -1 = the devices left over
+  c.mesh.fsdp = 1  # parameter/optimizer-state sharding (ZeRO-3 style)
+  c.mesh.tensor = 1  # tensor parallelism over heads and the FFN's inner dimension
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.coordinator_address = ""  # 'host:port' of process 0 for multi-process runs; '' = single process
+  c.distributed.num_processes = 1
+  c.distributed.process_id = 0
+  c.distributed.auto = False  # True: let JAX detect the cluster (Cloud TPU pod, SLURM)
+
+
 def pretraining(preset: str = "base") -> ml_collections.ConfigDict:
   """The paper's pretraining recipe (Lan et al. 2019, §4.1) for a model preset."""
   c = ml_collections.ConfigDict()
@@ -57,15 +70,7 @@ def pretraining(preset: str = "base") -> ml_collections.ConfigDict:
   c.grad_clip_norm = 1.0  # global-norm clipping; 0 disables
   c.grad_accum_steps = 1  # microbatches per update (same update, less activation memory)
 
-  c.mesh = ml_collections.ConfigDict()
-  c.mesh.data = -1  # data-parallel size; -1 = the devices left over
-  c.mesh.fsdp = 1  # parameter/optimizer-state sharding (ZeRO-3 style)
-  c.mesh.tensor = 1  # tensor parallelism over heads and the FFN's inner dimension
-  c.distributed = ml_collections.ConfigDict()
-  c.distributed.coordinator_address = ""  # 'host:port' of process 0 for multi-process runs; '' = single process
-  c.distributed.num_processes = 1
-  c.distributed.process_id = 0
-  c.distributed.auto = False  # True: let JAX detect the cluster (Cloud TPU pod, SLURM)
+  _add_parallelism(c)
 
   c.log_every_steps = 100  # metrics to the log, metrics.jsonl and TensorBoard
   c.eval_every_steps = 5000  # held-out evaluation; 0 disables
@@ -128,15 +133,7 @@ def finetuning(task: str, data_dir: str, preset: str = "base") -> ml_collections
   c.lr_schedule = "albert"  # 'albert' (the original's decay line) or 'linear' (transformers' linear schedule)
   c.grad_accum_steps = 1  # microbatches per update (same update, less activation memory)
 
-  c.mesh = ml_collections.ConfigDict()
-  c.mesh.data = -1  # data-parallel size; -1 = the devices left over
-  c.mesh.fsdp = 1  # parameter/optimizer-state sharding (ZeRO-3 style)
-  c.mesh.tensor = 1  # tensor parallelism over heads and the FFN's inner dimension
-  c.distributed = ml_collections.ConfigDict()
-  c.distributed.coordinator_address = ""  # 'host:port' of process 0 for multi-process runs; '' = single process
-  c.distributed.num_processes = 1
-  c.distributed.process_id = 0
-  c.distributed.auto = False  # True: let JAX detect the cluster (Cloud TPU pod, SLURM)
+  _add_parallelism(c)
 
   c.log_every_steps = 100  # training metrics to the log, metrics.jsonl and TensorBoard
   c.eval_every_steps = 1000  # dev evaluation with the task's metric, keeping the best checkpoint; 0 = at the end only
