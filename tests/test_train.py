@@ -173,11 +173,22 @@ def _assert_same_params(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+def _spawn(cmd, log, devices=1):
+  """Starts a training run in the background, its stderr going to `log` (a pipe nobody reads would fill and block it)."""
+  proc = subprocess.Popen(cmd, cwd=REPO, env=_env(devices), stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+  proc.log = pathlib.Path(log)
+  return proc
+
+
+def _tail(proc):
+  return proc.log.read_text()[-3000:]
+
+
 def _wait_for(predicate, proc, timeout=240):
   deadline = time.time() + timeout
   while not predicate():
     if proc.poll() is not None:
-      raise AssertionError(f"training exited early: {proc.stderr.read()[-3000:]}")
+      raise AssertionError(f"training exited early: {_tail(proc)}")
     if time.time() > deadline:
       proc.kill()
       raise AssertionError("timed out waiting for the training run")
@@ -187,7 +198,7 @@ def _wait_for(predicate, proc, timeout=240):
 def test_sigkill_after_a_save_then_resume_is_bitwise_exact(straight_run, shared_data_dir, tmp_path):
   workdir = tmp_path / "killed"
   cmd = _train_command(workdir, shared_data_dir, STEPS, "--config.checkpoint_every_steps=20")
-  proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  proc = _spawn(cmd, tmp_path / "stderr.log")
   _wait_for(lambda: (workdir / "checkpoints" / "20" / "state").is_dir(), proc)
   proc.send_signal(signal.SIGKILL)
   proc.wait(timeout=60)
@@ -204,7 +215,7 @@ def test_sigkill_after_a_save_then_resume_is_bitwise_exact(straight_run, shared_
 def test_sigterm_saves_the_current_step_and_resumes_exactly(straight_run, shared_data_dir, tmp_path):
   workdir = tmp_path / "preempted"
   cmd = _train_command(workdir, shared_data_dir, STEPS, "--config.checkpoint_every_steps=100")
-  proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  proc = _spawn(cmd, tmp_path / "stderr.log")
   _wait_for(lambda: len(_losses(workdir)) >= 2 if (workdir / "metrics.jsonl").exists() else False, proc)
   proc.send_signal(signal.SIGTERM)
   assert proc.wait(timeout=120) == 0
@@ -249,20 +260,24 @@ def test_two_processes_train_checkpoint_resume_and_match_one_process(shared_data
       cmd = _train_command(pair, shared_data_dir, steps, *common,
                            f"--config.distributed.coordinator_address=127.0.0.1:{port}",
                            "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}")
-      procs.append(subprocess.Popen(cmd, cwd=REPO, env=_env(4), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                    text=True))
+      procs.append(_spawn(cmd, tmp_path / f"stderr{i}_{int(stop_after_checkpoint)}.log", devices=4))
     if stop_after_checkpoint:
       _wait_for(lambda: (pair / "checkpoints" / "3" / "state").is_dir(), procs[0])
       for p in procs:
         p.kill()
-    for p in procs:
-      p.wait(timeout=300)
+    try:
+      for p in procs:
+        p.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+      for p in procs:
+        p.kill()
+      raise AssertionError(f"the two processes did not finish: {_tail(procs[0])}\n---\n{_tail(procs[1])}")
     return procs
 
   launch(stop_after_checkpoint=True)
   port += 1
   procs = launch(stop_after_checkpoint=False)
-  assert [p.returncode for p in procs] == [0, 0], procs[0].stderr.read()[-3000:]
+  assert [p.returncode for p in procs] == [0, 0], _tail(procs[0]) + _tail(procs[1])
   single_losses, pair_losses = _losses(single), _losses(pair)
   assert sorted(pair_losses) == list(range(1, steps + 1))
   for step in range(1, steps + 1):
