@@ -2,11 +2,8 @@
 
 import json
 import os
-import pathlib
 import signal
 import subprocess
-import sys
-import time
 
 import jax
 import numpy as np
@@ -18,8 +15,8 @@ from albert_jax import config_lib
 from albert_jax import model as model_lib
 from albert_jax import sharding
 from albert_jax import train
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from tests import cli_helpers as cli
+from tests.cli_helpers import shared_data_dir, straight_run  # noqa: F401  (fixtures)
 
 
 def _small_config(**mesh):
@@ -112,124 +109,44 @@ def test_workdir_of_another_model_names_the_field(tmp_path):
 # ---------------------------------------------------------------------------
 # The command line, in subprocesses: resume, preemption, NaN, two processes.
 
-TINY_FLAGS = [
-    "--config.model.hidden_size=32", "--config.model.embedding_size=16", "--config.model.num_attention_heads=2",
-    "--config.model.intermediate_size=64", "--config.model.num_hidden_layers=2",
-    "--config.data.max_seq_length=32", "--config.data.max_predictions_per_seq=5", "--config.batch_size=8",
-    "--config.warmup_steps=2", "--config.log_every_steps=1", "--config.eval_every_steps=0",
-    "--config.data.read_threads=1",
-]
-
-
-def _train_command(workdir, data_dir, steps, *extra):
-  return [sys.executable, "-m", "albert_jax.train", "--config=experiments/tiny.py", f"--workdir={workdir}",
-          f"--config.num_train_steps={steps}", f"--config.data.data_dir={data_dir}",
-          f"--config.data.vocab={data_dir / 'spiece.model'}", *TINY_FLAGS, *extra]
-
-
-def _env(devices=1):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
-  env["PYTHONPATH"] = str(REPO)
-  return env
-
-
-def _run(cmd, devices=1, timeout=300):
-  result = subprocess.run(cmd, cwd=REPO, env=_env(devices), capture_output=True, text=True, timeout=timeout)
-  return result
-
-
-def _losses(workdir):
-  rows = [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
-  return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
-
-
-def _final_params(workdir):
-  from albert_jax import checkpoints
-  return checkpoints.load(workdir)[1]
-
-
-@pytest.fixture(scope="module")
-def shared_data_dir(tmp_path_factory):
-  """A vocabulary and prepared built-in corpus shared by the CLI runs (prepared once)."""
-  data_dir = tmp_path_factory.mktemp("data")
-  from albert_jax import builtin_corpus
-  builtin_corpus.write_vocab(data_dir / "spiece.model", 1000)
-  return data_dir
-
-
-STEPS = 60  # long enough that a signal sent early lands mid-run
-
-
-@pytest.fixture(scope="module")
-def straight_run(tmp_path_factory, shared_data_dir):
-  workdir = tmp_path_factory.mktemp("straight")
-  result = _run(_train_command(workdir, shared_data_dir, STEPS, "--config.checkpoint_every_steps=20"))
-  assert result.returncode == 0, result.stderr[-3000:]
-  return workdir
-
-
-def _assert_same_params(a, b):
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
-def _spawn(cmd, log, devices=1):
-  """Starts a training run in the background, its stderr going to `log` (a pipe nobody reads would fill and block it)."""
-  proc = subprocess.Popen(cmd, cwd=REPO, env=_env(devices), stdout=subprocess.DEVNULL, stderr=open(log, "w"))
-  proc.log = pathlib.Path(log)
-  return proc
-
-
-def _tail(proc):
-  return proc.log.read_text()[-3000:]
-
-
-def _wait_for(predicate, proc, timeout=240):
-  deadline = time.time() + timeout
-  while not predicate():
-    if proc.poll() is not None:
-      raise AssertionError(f"training exited early: {_tail(proc)}")
-    if time.time() > deadline:
-      proc.kill()
-      raise AssertionError("timed out waiting for the training run")
-    time.sleep(0.02)
+STEPS = cli.STEPS
 
 
 def test_sigkill_after_a_save_then_resume_is_bitwise_exact(straight_run, shared_data_dir, tmp_path):
   workdir = tmp_path / "killed"
-  cmd = _train_command(workdir, shared_data_dir, STEPS, "--config.checkpoint_every_steps=20")
-  proc = _spawn(cmd, tmp_path / "stderr.log")
-  _wait_for(lambda: (workdir / "checkpoints" / "20" / "state").is_dir(), proc)
+  cmd = cli.train_command(workdir, shared_data_dir, STEPS, "--config.checkpoint_every_steps=20")
+  proc = cli.spawn(cmd, tmp_path / "stderr.log")
+  cli.wait_for(lambda: (workdir / "checkpoints" / "20" / "state").is_dir(), proc)
   proc.send_signal(signal.SIGKILL)
   proc.wait(timeout=60)
   from albert_jax import checkpoints
   assert checkpoints.training_steps(workdir)[-1] < STEPS, "the kill came too late to test a resume"
-  result = _run(cmd)
+  result = cli.run(cmd)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "Resumed from checkpoint" in result.stderr
-  _assert_same_params(_final_params(workdir), _final_params(straight_run))
-  straight, resumed = _losses(straight_run), _losses(workdir)
+  cli.assert_same_params(cli.final_params(workdir), cli.final_params(straight_run))
+  straight, resumed = cli.losses(straight_run), cli.losses(workdir)
   assert all(resumed[s] == straight[s] for s in resumed)
 
 
 def test_sigterm_saves_the_current_step_and_resumes_exactly(straight_run, shared_data_dir, tmp_path):
   workdir = tmp_path / "preempted"
-  cmd = _train_command(workdir, shared_data_dir, STEPS, "--config.checkpoint_every_steps=100")
-  proc = _spawn(cmd, tmp_path / "stderr.log")
-  _wait_for(lambda: len(_losses(workdir)) >= 2 if (workdir / "metrics.jsonl").exists() else False, proc)
+  cmd = cli.train_command(workdir, shared_data_dir, STEPS, "--config.checkpoint_every_steps=100")
+  proc = cli.spawn(cmd, tmp_path / "stderr.log")
+  cli.wait_for(lambda: len(cli.losses(workdir)) >= 2 if (workdir / "metrics.jsonl").exists() else False, proc)
   proc.send_signal(signal.SIGTERM)
   assert proc.wait(timeout=120) == 0
   saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-  assert len(saved) == 1 and 2 <= saved[0] < STEPS and saved[0] == max(_losses(workdir))
-  result = _run(cmd)
+  assert len(saved) == 1 and 2 <= saved[0] < STEPS and saved[0] == max(cli.losses(workdir))
+  result = cli.run(cmd)
   assert result.returncode == 0, result.stderr[-3000:]
-  _assert_same_params(_final_params(workdir), _final_params(straight_run))
+  cli.assert_same_params(cli.final_params(workdir), cli.final_params(straight_run))
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(shared_data_dir, tmp_path):
   workdir = tmp_path / "nan"
-  result = _run(_train_command(workdir, shared_data_dir, 8, "--config.checkpoint_every_steps=2",
-                               "--config.nan_at_step=4"))
+  result = cli.run(cli.train_command(workdir, shared_data_dir, 8, "--config.checkpoint_every_steps=2",
+                                     "--config.nan_at_step=4"))
   assert result.returncode != 0
   assert "Non-finite loss or gradient at step 5" in result.stderr, result.stderr[-3000:]
   assert "last good checkpoint is step 4" in result.stderr
@@ -239,7 +156,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
 
 
 def test_unknown_config_key_is_refused(shared_data_dir, tmp_path):
-  result = _run(_train_command(tmp_path, shared_data_dir, STEPS, "--config.data.max_seq_len=64"))
+  result = cli.run(cli.train_command(tmp_path, shared_data_dir, STEPS, "--config.data.max_seq_len=64"))
   assert result.returncode != 0
   assert "max_seq_len" in result.stderr
 
@@ -248,7 +165,7 @@ def test_two_processes_train_checkpoint_resume_and_match_one_process(shared_data
   steps = 6
   common = ["--config.checkpoint_every_steps=3", "--config.data.num_shards=2", "--config.mesh.data=-1"]
   single = tmp_path / "single"
-  result = _run(_train_command(single, shared_data_dir, steps, *common), devices=8)
+  result = cli.run(cli.train_command(single, shared_data_dir, steps, *common), devices=8)
   assert result.returncode == 0, result.stderr[-3000:]
 
   pair = tmp_path / "pair"
@@ -257,12 +174,12 @@ def test_two_processes_train_checkpoint_resume_and_match_one_process(shared_data
   def launch(stop_after_checkpoint):
     procs = []
     for i in range(2):
-      cmd = _train_command(pair, shared_data_dir, steps, *common,
-                           f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-                           "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}")
-      procs.append(_spawn(cmd, tmp_path / f"stderr{i}_{int(stop_after_checkpoint)}.log", devices=4))
+      cmd = cli.train_command(pair, shared_data_dir, steps, *common,
+                              f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+                              "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}")
+      procs.append(cli.spawn(cmd, tmp_path / f"stderr{i}_{int(stop_after_checkpoint)}.log", devices=4))
     if stop_after_checkpoint:
-      _wait_for(lambda: (pair / "checkpoints" / "3" / "state").is_dir(), procs[0])
+      cli.wait_for(lambda: (pair / "checkpoints" / "3" / "state").is_dir(), procs[0])
       for p in procs:
         p.kill()
     try:
@@ -271,14 +188,14 @@ def test_two_processes_train_checkpoint_resume_and_match_one_process(shared_data
     except subprocess.TimeoutExpired:
       for p in procs:
         p.kill()
-      raise AssertionError(f"the two processes did not finish: {_tail(procs[0])}\n---\n{_tail(procs[1])}")
+      raise AssertionError(f"the two processes did not finish: {cli.tail(procs[0])}\n---\n{cli.tail(procs[1])}")
     return procs
 
   launch(stop_after_checkpoint=True)
   port += 1
   procs = launch(stop_after_checkpoint=False)
-  assert [p.returncode for p in procs] == [0, 0], _tail(procs[0]) + _tail(procs[1])
-  single_losses, pair_losses = _losses(single), _losses(pair)
+  assert [p.returncode for p in procs] == [0, 0], cli.tail(procs[0]) + cli.tail(procs[1])
+  single_losses, pair_losses = cli.losses(single), cli.losses(pair)
   assert sorted(pair_losses) == list(range(1, steps + 1))
   for step in range(1, steps + 1):
     assert pair_losses[step] == pytest.approx(single_losses[step], rel=1e-5)
