@@ -311,8 +311,25 @@ def _load_albert_jax(directory: pathlib.Path, meta: dict[str, Any]):
     try:
       params = checkpointer.restore(directory / "params", abstract)
     except (ValueError, FileNotFoundError) as e:
-      raise CheckpointError(f"The parameters in {directory} cannot be read with its config.json: {e}") from e
+      differ = _shape_mismatches(checkpointer, directory / "params", abstract)
+      raise CheckpointError(f"The parameters in {directory} cannot be read with its config.json: "
+                            f"{differ or e}") from e
   return cfg, params
+
+
+def _shape_mismatches(checkpointer, path: pathlib.Path, abstract) -> str:
+  """'name: stored (a, b), config.json (c, d); ...' for the stored arrays whose shape the config does not give."""
+  try:
+    stored = dict(jax.tree_util.tree_flatten_with_path(checkpointer.metadata(path).item_metadata)[0])
+  except Exception:  # pylint: disable=broad-except  (unreadable metadata: the caller reports the restore error)
+    return ""
+  wanted = dict(jax.tree_util.tree_flatten_with_path(abstract)[0])
+  differ = [f"{jax.tree_util.keystr(k, simple=True, separator='/')}: stored {tuple(v.shape)}, config.json "
+            f"{tuple(wanted[k].shape)}" for k, v in stored.items() if k in wanted and v.shape != wanted[k].shape]
+  if not differ:
+    return ""
+  return (f"{'; '.join(differ[:4])}. The weights belong to another model (vocab_size and hidden sizes must match "
+          "config.json); fix config.json or use the matching weights.")
 
 
 def training_steps(workdir) -> list[int]:

@@ -35,6 +35,8 @@ def _add_parallelism(c: ml_collections.ConfigDict) -> None:
   c.distributed.num_processes = 1
   c.distributed.process_id = 0
   c.distributed.auto = False  # True: let JAX detect the cluster (Cloud TPU pod, SLURM)
+  c.distributed.heartbeat_timeout_seconds = 60  # a process silent this long is dead: the others stop with an error
+  c.distributed.shutdown_timeout_seconds = 60  # at exit, how long each process waits for the others to finish
 
 
 def pretraining(preset: str = "base") -> ml_collections.ConfigDict:
@@ -79,8 +81,23 @@ def pretraining(preset: str = "base") -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3  # newest checkpoints kept
   c.nan_policy = "stop"  # on a non-finite loss: 'stop' (keep the last good checkpoint) or 'skip' the update
   c.seed = 0  # parameters, data order, masks and dropout all derive from it
-  c.nan_at_step = -1  # fault injection for tests: a NaN loss at this step (-1: never)
+  c.nan_at_step = -1  # fault injection for tests: a non-finite loss at this step (-1: never)
+  c.nan_value = "nan"  # the loss injected at nan_at_step: 'nan' or 'inf'
   return c
+
+
+def check(c: ml_collections.ConfigDict) -> None:
+  """Refuses values the trainers cannot run with, naming the field (types and unknown keys: ml_collections)."""
+  for name in ("batch_size", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+    if c[name] < 1:
+      raise ValueError(f"config.{name}={c[name]}: must be at least 1.")
+  for name in ("num_train_steps", "eval_every_steps"):
+    if c[name] < 0:
+      raise ValueError(f"config.{name}={c[name]}: must be 0 or more.")
+  if c.nan_policy not in ("stop", "skip"):
+    raise ValueError(f"config.nan_policy={c.nan_policy!r}: use 'stop' or 'skip'.")
+  if c.get("nan_value", "nan") not in ("nan", "inf"):
+    raise ValueError(f"config.nan_value={c.nan_value!r}: use 'nan' or 'inf'.")
 
 
 # Model fields a fine-tuning run takes from its config even when the shape comes from `init_checkpoint`.

@@ -283,6 +283,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     {'best_step': step, <eval split>: scores of the best checkpoint}, also
     written to WORKDIR/eval_results.json; {} when preempted.
   """
+  config_lib.check(config)
   sharding.maybe_initialize_distributed(config)
   workdir = pathlib.Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
@@ -337,7 +338,8 @@ def finetune(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     start_step, preempted = step, False
     while step < config.num_train_steps:
       if preemption.stop_now(manager, step):
-        save()
+        if manager.latest_step() != step:  # the periodic save may have just saved this step
+          save()
         manager.wait_until_finished()
         logging.warning("Preempted: checkpoint saved at step %d; exiting. Run again with the same --workdir to "
                         "resume.", step)

@@ -191,6 +191,9 @@ def maybe_initialize_distributed(config: Any = None) -> bool:
     process_id           this process, 0..num_processes-1 (JAX_PROCESS_ID).
     auto                 True: let JAX detect the cluster (Cloud TPU pod,
                          SLURM, ...) with no other field.
+    heartbeat_timeout_seconds, shutdown_timeout_seconds: when set, how soon
+                         a process whose peer died stops with an error, and
+                         how long a finishing process waits for the others.
   With none of them set this is a single-process run and nothing happens.
 
   Returns:
@@ -207,6 +210,9 @@ def maybe_initialize_distributed(config: Any = None) -> bool:
   address = field('coordinator_address', 'JAX_COORDINATOR_ADDRESS')
   num_processes = field('num_processes', 'JAX_NUM_PROCESSES')
   process_id = field('process_id', 'JAX_PROCESS_ID')
+  timeouts = {name: int(getattr(dist, name)) for name in
+              ('heartbeat_timeout_seconds', 'shutdown_timeout_seconds')
+              if getattr(dist, name, None)}
   if jax.distributed.is_initialized():
     return False
   if address:
@@ -217,9 +223,9 @@ def maybe_initialize_distributed(config: Any = None) -> bool:
           '.process_id (or JAX_NUM_PROCESSES / JAX_PROCESS_ID).')
     jax.distributed.initialize(coordinator_address=address,
                                num_processes=int(num_processes),
-                               process_id=int(process_id))
+                               process_id=int(process_id), **timeouts)
     return True
   if getattr(dist, 'auto', False):
-    jax.distributed.initialize()
+    jax.distributed.initialize(**timeouts)
     return True
   return False

@@ -73,15 +73,16 @@ def _apply(model, params, batch, deterministic, rng=None):
 
 
 def make_train_step(model, tx, schedule, grad_accum_steps: int = 1, nan_at_step: int = -1,
-                    prepare_params: Callable = lambda params: params):
+                    prepare_params: Callable = lambda params: params, nan_value: str = "nan"):
   """The pure `train_step(state, batch, rng) -> (state, metrics)` for this model and optimizer.
 
   A non-finite loss or gradient leaves the state untouched (the update is
   skipped) and is reported in `metrics['nonfinite']`; the loop decides whether
-  to stop. `nan_at_step` >= 0 injects a NaN loss at that step (fault-injection
-  tests only). `prepare_params` maps the parameters before the forward pass
-  (`shared_layer_gather`).
+  to stop. `nan_at_step` >= 0 injects a `nan_value` ('nan' or 'inf') loss at
+  that step (fault-injection tests only). `prepare_params` maps the
+  parameters before the forward pass (`shared_layer_gather`).
   """
+  injected = float(nan_value)
 
   def train_step(state: TrainState, batch, rng):
     dropout_rng = jax.random.fold_in(rng, state.step)
@@ -90,7 +91,7 @@ def make_train_step(model, tx, schedule, grad_accum_steps: int = 1, nan_at_step:
       sums = pretraining_losses(_apply(model, prepare_params(params), micro, False, dropout_rng), micro)
       loss = sums["mlm_loss_sum"] / jnp.maximum(sums["mlm_count"], 1.0) + sums["sop_loss_sum"] / sums["sop_count"]
       if nan_at_step >= 0:
-        loss = jnp.where(state.step == nan_at_step, jnp.nan, loss)
+        loss = jnp.where(state.step == nan_at_step, injected, loss)
       return loss, sums
 
     grad_fn = jax.grad(loss_fn, has_aux=True)
@@ -98,7 +99,7 @@ def make_train_step(model, tx, schedule, grad_accum_steps: int = 1, nan_at_step:
                                              grad_accum_steps)
     loss = sums["mlm_loss_sum"] / jnp.maximum(sums["mlm_count"], 1.0) + sums["sop_loss_sum"] / sums["sop_count"]
     if nan_at_step >= 0:
-      loss = jnp.where(state.step == nan_at_step, jnp.nan, loss)
+      loss = jnp.where(state.step == nan_at_step, injected, loss)
     new_state, grad_norm, nonfinite = trainer_lib.apply_gradients(state, grads, tx, loss)
     metrics = dict(sums, grad_norm=grad_norm, learning_rate=schedule(state.step), nonfinite=nonfinite)
     return new_state, metrics
@@ -250,7 +251,7 @@ def build(config, model_config: model_lib.AlbertConfig, mesh, rules) -> Setup:
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     train_step = jax.jit(
         make_train_step(model, tx, schedule, config.grad_accum_steps, config.get("nan_at_step", -1),
-                        shared_layer_gather(model_config, state_shardings.params)),
+                        shared_layer_gather(model_config, state_shardings.params), config.get("nan_value", "nan")),
         in_shardings=(state_shardings, batch_sharding, replicated), out_shardings=(state_shardings, replicated),
         donate_argnums=0)
     eval_step = jax.jit(make_eval_step(model), in_shardings=(state_shardings.params, batch_sharding),
@@ -263,6 +264,7 @@ def build(config, model_config: model_lib.AlbertConfig, mesh, rules) -> Setup:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Pretrains as configured, resuming from the newest checkpoint in `workdir`; returns the last metrics."""
+  config_lib.check(config)
   sharding.maybe_initialize_distributed(config)
   workdir = pathlib.Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
@@ -319,7 +321,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     run_start = timer
     while step < config.num_train_steps:
       if preemption.stop_now(manager, step):
-        save()
+        if manager.latest_step() != step:  # the periodic save may have just saved this step
+          save()
         manager.wait_until_finished()
         logging.warning("Preempted: checkpoint saved at step %d; exiting. Run again with the same --workdir to "
                         "resume.", step)

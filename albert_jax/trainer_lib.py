@@ -7,17 +7,23 @@ non-finite guard, orbax checkpoints with resume and preemption, the metric
 writer, and the command-line error handling.
 """
 
+import contextlib
+import errno
 import json
 import logging as logging_std
+import os
 import pathlib
 import signal
+import sys
 import threading
+import time
 from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from absl import logging
@@ -28,6 +34,11 @@ from albert_jax import sharding
 
 class TrainingError(RuntimeError):
   """A run that cannot go on; the message says why and what to do."""
+
+
+class CheckpointWriteError(TrainingError):
+  """A checkpoint could not be written. orbax's background threads may then wait forever (a read-only disk), so
+  the command line exits without waiting for them."""
 
 
 @flax.struct.dataclass
@@ -116,35 +127,120 @@ def check_nonfinite(step: int, nan_policy: str, manager: ocp.CheckpointManager, 
 # ---------------------------------------------------------------------------
 # Checkpoints.
 
+class CheckpointManager(ocp.CheckpointManager):
+  """orbax's manager, whose failed writes (a full or read-only disk) end as a `TrainingError` saying what to do.
+
+  orbax writes a step into a temporary folder and renames it when complete,
+  and deletes old steps only after a new one is complete: a failed write
+  leaves every checkpoint already written intact.
+  """
+
+  def save(self, step, *args, **kwargs):
+    with self._explained_errors():
+      # orbax waits forever when it cannot create the step folder: fail here first.
+      probe = self.directory / f".write-check-{jax.process_index()}"
+      probe.write_text("ok")
+      probe.unlink()
+      return super().save(step, *args, **kwargs)
+
+  def wait_until_finished(self):
+    with self._explained_errors():
+      return super().wait_until_finished()
+
+  @contextlib.contextmanager
+  def _explained_errors(self):
+    try:
+      yield
+    except TrainingError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  (orbax, tensorstore and the OS raise many kinds)
+      if peer_lost(e):
+        raise
+      raise CheckpointWriteError(
+          f"Writing a checkpoint to {self.directory} failed: {root_cause(e)}. If that disk is full or read-only, "
+          "make room or make it writable; then run again with the same --workdir: training resumes from the newest "
+          f"complete checkpoint (step {self._newest_complete()}); the checkpoints already written are intact.") from e
+
+  def _newest_complete(self):
+    try:
+      self.reload()  # forgets the step whose write failed
+      return self.latest_step()
+    except Exception:  # pylint: disable=broad-except
+      return "unknown"
+
+
 def checkpoint_manager(directory: pathlib.Path, item_names: tuple[str, ...], max_to_keep: int,
-                       **options) -> ocp.CheckpointManager:
-  """An orbax manager with asynchronous saves; the loop decides when to save (always `force=True`)."""
-  return ocp.CheckpointManager(directory, item_names=item_names, options=ocp.CheckpointManagerOptions(
+                       **options) -> CheckpointManager:
+  """A manager with asynchronous saves; the loop decides when to save (always `force=True`)."""
+  return CheckpointManager(directory, item_names=item_names, options=ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, enable_async_checkpointing=True, **options))
 
 
 def restore_newest(manager: ocp.CheckpointManager, args: ocp.args.Composite):
-  """The newest checkpoint that restores completely (a Composite), or None; damaged newer ones are skipped."""
-  for step in sorted(manager.all_steps(), reverse=True):
+  """The newest checkpoint that restores completely (a Composite), or None when there is none.
+
+  Newer steps that cannot be restored (a truncated or missing file) are
+  reported and, once an older one restores, moved aside to
+  `<step>.damaged-<time>` so that the run can save those steps again. With
+  several processes all restore the same step: process 0's newest, given up
+  by all when any process cannot read it (processes resuming from different
+  steps would wait for each other forever).
+  """
+  damaged = []
+  while (step := agreed(max((s for s in manager.all_steps() if s not in damaged), default=-1))) >= 0:
     try:
-      restored = manager.restore(step, args=args)
+      restored, error = manager.restore(step, args=args), None
+    except Exception as e:  # pylint: disable=broad-except  (a damaged file fails in many ways)
+      restored, error = None, root_cause(e)
+    if all_processes(error is None):
       logging.info("Resumed from checkpoint at step %d.", step)
+      _move_aside(manager, damaged)
       return restored
-    except Exception as e:  # pylint: disable=broad-except
-      logging.error("Checkpoint at step %d cannot be restored (%s: %s); trying an older one.", step,
-                    type(e).__name__, e)
-  if manager.all_steps():
+    logging.error("Checkpoint at step %d cannot be restored (%s); trying an older one.", step,
+                  error or "another process could not read it")
+    damaged.append(step)
+  if damaged:
     raise TrainingError(f"No checkpoint in {manager.directory} could be restored; see the errors above. Move the "
                         "damaged step folders away or start a new --workdir.")
   return None
 
 
+def _move_aside(manager: ocp.CheckpointManager, steps: list[int]):
+  for step in steps:
+    aside = manager.directory / f"{step}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+    logging.warning("Moving the damaged checkpoint of step %d aside to %s.", step, aside)
+    if jax.process_index() == 0:
+      (manager.directory / str(step)).rename(aside)
+  if steps:
+    sync("damaged checkpoints moved aside")
+    manager.reload()
+
+
+def agreed(value: int) -> int:
+  """Process 0's `value`, on every process."""
+  if jax.process_count() == 1:
+    return value
+  return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
+
+
+def all_processes(flag: bool) -> bool:
+  """True when `flag` is true on every process."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.all(multihost_utils.process_allgather(np.int32(flag))))
+
+
 class Preemption:
-  """SIGTERM sets a flag; the loop saves a checkpoint at the current step and exits cleanly."""
+  """SIGTERM makes the loop save a checkpoint at the current step and exit cleanly.
+
+  One process: a Python handler sets a flag. Several: JAX's preemption sync
+  manager (its own SIGTERM handler, left in place) has every process stop at
+  the same step, whichever of them got the signal.
+  """
 
   def __init__(self):
     self.requested = False
-    if threading.current_thread() is threading.main_thread():
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
       signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
@@ -154,7 +250,8 @@ class Preemption:
 
   def stop_now(self, manager: ocp.CheckpointManager, step: int) -> bool:
     """True when SIGTERM arrived here or orbax saw a preemption on any host."""
-    return self.requested or manager.reached_preemption(step)
+    self.requested = self.requested or manager.reached_preemption(step)
+    return self.requested
 
 
 # ---------------------------------------------------------------------------
@@ -193,10 +290,16 @@ class MetricWriter:
 
 
 class _QuietLibraries(logging_std.Filter):
-  """Drops the INFO chatter of orbax and tensorflow_datasets (dozens of lines per checkpoint); warnings pass."""
+  """Drops the INFO chatter of orbax and tensorflow_datasets (dozens of lines per checkpoint); warnings pass.
+
+  Their errors pass without the traceback of the library's background thread:
+  the trainer reports the failure itself, with what to do.
+  """
 
   def filter(self, record):
     noisy = any(lib in record.pathname for lib in ("/orbax/", "/tensorflow_datasets/", "/etils/"))
+    if noisy:
+      record.exc_info = record.exc_text = None
     return record.levelno >= logging_std.WARNING or not noisy
 
 
@@ -209,13 +312,59 @@ def duration(seconds: float) -> str:
   return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
 
 
+def first_line(e: BaseException) -> str:
+  return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def root_cause(e: BaseException) -> str:
+  """The first line of the innermost exception behind `e` (orbax wraps the file error that says what is wrong)."""
+  while (e.__cause__ or e.__context__) is not None:
+    e = e.__cause__ or e.__context__
+  return f"{type(e).__name__}: {first_line(e)}"
+
+
+def peer_lost(e: BaseException) -> bool:
+  """Whether `e` says that another process of a multi-process run is gone (a collective or barrier failed)."""
+  return jax.distributed.is_initialized() and any(
+      sign in str(e) for sign in ("Connection closed by peer", "Connection reset by peer", "heartbeat timeout",
+                                  "Barrier timed out", "Barrier failed", "Gloo", "coordination service"))
+
+
+def _explain(e: BaseException) -> str:
+  """The one-line message for an error that ends a run: what failed and what to do."""
+  if peer_lost(e):
+    return (f"lost contact with another process of this {jax.process_count()}-process run ({first_line(e)}). A "
+            "process probably died or was stopped: see its log. Start all processes again with the same --workdir; "
+            "training resumes from the newest complete checkpoint.")
+  if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):
+    return f"{e}. Free space on that disk, make it writable, or choose another --workdir."
+  return str(e)
+
+
 def run_main(argv, run: Callable[[], Any]):
-  """The body of an entry point: user errors end as one `error: ...` line, not a traceback."""
+  """The body of an entry point: user errors end as one `error: ...` line, not a traceback.
+
+  A process of a multi-process run that fails exits at once, skipping JAX's
+  shutdown barrier (which would wait for the others while they wait for it
+  in a collective): the others then fail their next collective and exit too.
+  So does a process whose checkpoint write failed (see CheckpointWriteError).
+  """
   if len(argv) > 1:
     raise SystemExit(f"Unexpected arguments: {argv[1:]}")
   quiet_library_logs()
   try:
     run()
-  except (TrainingError, ValueError, OSError) as e:  # CheckpointError is a ValueError
+  except Exception as e:  # pylint: disable=broad-except
+    expected = isinstance(e, (TrainingError, ValueError, OSError)) or peer_lost(e)  # CheckpointError: ValueError
+    message = f"error: {_explain(e)}" if expected else None
+    if jax.distributed.is_initialized() or isinstance(e, CheckpointWriteError):
+      if expected:
+        print(message, file=sys.stderr, flush=True)
+      else:
+        logging.exception("Stopped by")
+      logging.flush()
+      os._exit(1)  # pylint: disable=protected-access
+    if not expected:
+      raise
     logging.debug("Stopped by", exc_info=True)
-    raise SystemExit(f"error: {e}") from None
+    raise SystemExit(message) from None
