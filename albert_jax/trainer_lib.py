@@ -135,13 +135,20 @@ class CheckpointManager(ocp.CheckpointManager):
   leaves every checkpoint already written intact.
   """
 
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self._check_writable()  # before any training: a read-only disk is found at once, not at the first save
+
   def save(self, step, *args, **kwargs):
+    self._check_writable()  # orbax waits forever when it cannot create the step folder: fail here first
     with self._explained_errors():
-      # orbax waits forever when it cannot create the step folder: fail here first.
+      return super().save(step, *args, **kwargs)
+
+  def _check_writable(self):
+    with self._explained_errors():
       probe = self.directory / f".write-check-{jax.process_index()}"
       probe.write_text("ok")
       probe.unlink()
-      return super().save(step, *args, **kwargs)
 
   def wait_until_finished(self):
     with self._explained_errors():

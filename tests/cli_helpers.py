@@ -50,8 +50,8 @@ def tail(proc, chars=3000):
   return proc.log.read_text()[-chars:]
 
 
-def wait_for(predicate, proc, timeout=240):
-  """Polls `predicate` every 20 ms; the run is killed if it ends first or the time runs out."""
+def wait_for(predicate, proc, timeout=240, poll=0.02):
+  """Polls `predicate` every `poll` seconds; the run is killed if it ends first or the time runs out."""
   deadline = time.time() + timeout
   while not predicate():
     if proc.poll() is not None:
@@ -59,7 +59,7 @@ def wait_for(predicate, proc, timeout=240):
     if time.time() > deadline:
       proc.kill()
       raise AssertionError(f"timed out waiting for the training run: {tail(proc)}")
-    time.sleep(0.02)
+    time.sleep(poll)
 
 
 def finish(procs, timeout):
@@ -77,12 +77,16 @@ def finish(procs, timeout):
   return [p.returncode for p in procs]
 
 
-def losses(workdir):
+def loss_rows(workdir) -> list[tuple[int, float]]:
+  """(step, training loss) as logged, in order: a resumed run logs the steps after its checkpoint again."""
   path = pathlib.Path(workdir) / "metrics.jsonl"
-  if not path.exists():
-    return {}
-  rows = [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
-  return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
+  lines = path.read_text().splitlines() if path.exists() else []
+  rows = [json.loads(line) for line in lines if line.endswith("}")]  # the last line may be half written
+  return [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r]
+
+
+def losses(workdir) -> dict[int, float]:
+  return dict(loss_rows(workdir))
 
 
 def final_params(workdir):
