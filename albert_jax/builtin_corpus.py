@@ -129,23 +129,37 @@ def _country_document(c: Country, by_name: dict[str, Country],
   return [_cap(s) for s in doc]
 
 
+_CITY: tuple[_Template, ...] = (  # Facts about a capital that do not name its country.
+    lambda c, r: f'Many people in {c.capital} speak {r.choice(c.languages)}.',
+    lambda c, r: f'{c.capital} is a city in {c.city_continent}.',
+    lambda c, r: f'People in {c.capital} pay with the {c.currency}.',
+)
+
+
 def _continent_document(countries: Sequence[Country], rng: random.Random
                         ) -> list[str]:
-  """A few countries of one continent with their capitals and one more fact."""
+  """A few countries of one continent, each named once, next to its capital.
+
+  The country's name appears in no other sentence, so a masked name can only
+  be recovered from its capital: the skill "The capital of [MASK] is Delhi."
+  asks for. (In a country's own document the name repeats and can be copied.)
+  """
   continent = countries[0].city_continent
   doc = [f'There are many countries in {continent}.']
   for c in countries:
-    doc.append(capital_sentence(c))
-    doc.append(rng.choice(_LANGUAGE + _CURRENCY[:2])(c, rng))
+    doc.append(rng.choice((lambda c, r: capital_sentence(c),) + _CAPITAL[:3])(c, rng))
+    if rng.random() < 0.5 or len(doc) < 3:
+      doc.append(rng.choice(_CITY)(c, rng))
   return [_cap(s) for s in doc]
 
 
 def documents(seed: int = 0, docs_per_country: int = 24) -> list[list[str]]:
   """The built-in corpus: a list of documents, each a list of sentences.
 
-  Deterministic for a seed. With the defaults about 5,000 documents of 5 to
+  Deterministic for a seed. With the defaults about 6,600 documents of 3 to
   10 sentences (about 300,000 tokens): every country has `docs_per_country`
-  documents of its own and appears in about 8 more.
+  documents of its own and appears, named once next to its capital, in
+  `2 * docs_per_country` continent documents.
 
   Args:
     seed: the random seed choosing phrasings, optional facts and order.

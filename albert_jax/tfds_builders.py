@@ -94,7 +94,10 @@ class _BuiltinDocuments:
     self.seed = seed
 
   def fingerprint(self) -> Any:
-    return {'builtin_seed': self.seed}
+    """The seed and a hash of the text, so a changed generator never reuses data prepared by an older one."""
+    from albert_jax import builtin_corpus  # pylint: disable=g-import-not-at-top
+    text = json.dumps(builtin_corpus.documents(self.seed)).encode()
+    return {'builtin_seed': self.seed, 'sha256': hashlib.sha256(text).hexdigest()[:16]}
 
   def __call__(self, counts: collections.Counter) -> Iterator[list[str]]:
     from albert_jax import builtin_corpus  # pylint: disable=g-import-not-at-top
