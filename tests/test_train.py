@@ -2,7 +2,6 @@
 
 import json
 import os
-import signal
 
 import jax
 import numpy as np
@@ -146,12 +145,15 @@ def test_two_processes_train_checkpoint_resume_and_match_one_process(shared_data
             for i in range(2)]
     return [cli.spawn(cmd, tmp_path / f"stderr{i}_{attempt}.log", devices=4) for i, cmd in enumerate(cmds)]
 
-  # Process 1 dies after the first checkpoint: process 0 sees it gone and exits with a clear error, no hang.
+  # Process 1 dies after the first checkpoint. Process 0 exits on its own with a clear error: ours when its
+  # next collective fails, or JAX's when process 1 misses its heartbeats (20 s); never a hang.
   procs = launch(0)
   cli.wait_for(lambda: (pair / "checkpoints" / "3" / "state").is_dir(), procs[0])
   procs[1].kill()
-  assert cli.finish(procs, timeout=90) == [1, -signal.SIGKILL], cli.tail(procs[0])
-  assert "error: lost contact with another process of this 2-process run" in cli.tail(procs[0])
+  assert cli.finish(procs, timeout=90)[0] != 0
+  log = procs[0].log.read_text()
+  assert ("error: lost contact with another process of this 2-process run" in log or
+          "another task died" in log and "stopped sending heartbeats" in log), log[-3000:]
 
   procs = launch(1)
   assert cli.finish(procs, timeout=300) == [0, 0], cli.tail(procs[0]) + cli.tail(procs[1])
