@@ -338,11 +338,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     start_step, preempted = step, False
     while step < config.num_train_steps:
       if preemption.stop_now(manager, step):
-        if manager.latest_step() != step:  # the periodic save may have just saved this step
-          save()
-        manager.wait_until_finished()
-        logging.warning("Preempted: checkpoint saved at step %d; exiting. Run again with the same --workdir to "
-                        "resume.", step)
+        preemption.save_before_exit(manager, step, save)
         preempted = True
         break
       rows = batch_rows(train_rows, config.batch_size, config.seed, step)

@@ -321,11 +321,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     run_start = timer
     while step < config.num_train_steps:
       if preemption.stop_now(manager, step):
-        if manager.latest_step() != step:  # the periodic save may have just saved this step
-          save()
-        manager.wait_until_finished()
-        logging.warning("Preempted: checkpoint saved at step %d; exiting. Run again with the same --workdir to "
-                        "resume.", step)
+        preemption.save_before_exit(manager, step, save)
         break
       batch = sharding.global_batch(next(train_iter), mesh)
       state, metrics = train_step(state, batch, dropout_rng)

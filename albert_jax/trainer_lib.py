@@ -260,6 +260,14 @@ class Preemption:
     self.requested = self.requested or manager.reached_preemption(step)
     return self.requested
 
+  def save_before_exit(self, manager: ocp.CheckpointManager, step: int, save: Callable[[], Any]):
+    """Saves `step` (unless the periodic save just did) and waits for the write; the loop then exits."""
+    if manager.latest_step() != step:
+      save()
+    manager.wait_until_finished()
+    logging.warning("Preempted: checkpoint saved at step %d; exiting. Run again with the same --workdir to resume.",
+                    step)
+
 
 # ---------------------------------------------------------------------------
 # Metrics and logs.
