@@ -320,6 +320,19 @@ class _QuietLibraries(logging_std.Filter):
 
 def quiet_library_logs():
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  sys.unraisablehook = _quiet_closed_loop
+
+
+def _quiet_closed_loop(unraisable):
+  """Keeps tensorstore's late callbacks into an event loop orbax has closed (after a failed write) out of the log.
+
+  They arrive from C++ threads as "Exception ignored" tracebacks, dozens at a
+  time, and would bury the one `error:` line that says what went wrong.
+  """
+  if isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value):
+    logging.debug("Ignored a callback into a closed event loop (%s)", unraisable.object)
+  else:
+    sys.__unraisablehook__(unraisable)
 
 
 def duration(seconds: float) -> str:
@@ -373,11 +386,12 @@ def run_main(argv, run: Callable[[], Any]):
     expected = isinstance(e, (TrainingError, ValueError, OSError)) or peer_lost(e)  # CheckpointError: ValueError
     message = f"error: {_explain(e)}" if expected else None
     if jax.distributed.is_initialized() or isinstance(e, CheckpointWriteError):
-      if expected:
-        print(message, file=sys.stderr, flush=True)
-      else:
+      if not expected:
         logging.exception("Stopped by")
       logging.flush()
+      logging_std.disable(logging_std.CRITICAL)  # background threads' errors would come after the one that matters
+      if expected:
+        print(message, file=sys.stderr, flush=True)
       os._exit(1)  # pylint: disable=protected-access
     if not expected:
       raise
