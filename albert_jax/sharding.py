@@ -83,8 +83,17 @@ def create_mesh(mesh_config: Any,
         f'Mesh {described} needs {known} devices but {len(devices)} are '
         'present; make the product of the sizes equal the device count, or '
         'set one axis to -1 to give it the rest.')
-  return jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * 3,
-                       devices=devices)
+  try:
+    return jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * 3,
+                         devices=devices)
+  except NotImplementedError as e:  # the sizes divide the count, but not the physical torus
+    physical = getattr(devices[0], 'coords', None) and 'x'.join(
+        str(max(d.coords[i] for d in devices) + 1) for i in range(len(devices[0].coords)))
+    raise ValueError(
+        f'Mesh {described} cannot be laid out on these {len(devices)} devices'
+        f'{f" (a {physical} torus)" if physical else ""}: each axis size must be '
+        f'a product of some of the torus dimensions (on 4x4x4: 4, 16 or 64, '
+        f'not 8).') from e
 
 
 def axis_rules(config: Any = None) -> tuple[tuple[str, Any], ...]:

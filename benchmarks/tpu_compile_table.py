@@ -21,7 +21,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 PRESETS = ("base", "large", "xlarge", "xxlarge")
 TOPOLOGIES = ("v3:16x16", "v4:4x4x4", "v5e:16x16", "v5p:4x4x4")
 # What to try, in order, when the config as written does not fit.
-FALLBACKS = ({}, {"model.remat_policy": "full"}, {"model.remat_policy": "full", "mesh.fsdp": 8, "mesh.data": -1})
+FALLBACKS = ({}, {"model.remat_policy": "full"}, {"model.remat_policy": "full", "mesh.fsdp": 16, "mesh.data": -1})
 
 
 def load_config(preset: str):
@@ -95,7 +95,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--presets", default=",".join(PRESETS))
   parser.add_argument("--topologies", default=",".join(TOPOLOGIES))
-  parser.add_argument("--set", default="", help="extra overrides for every row, e.g. mesh.fsdp=8,mesh.data=-1")
+  parser.add_argument("--set", default="", help="extra overrides for every row, e.g. mesh.fsdp=16,mesh.data=-1")
   parser.add_argument("--output", default="", help="write the markdown table here")
   parser.add_argument("--json", default="", help="write the reports here")
   args = parser.parse_args()

@@ -105,6 +105,7 @@ def test_fsdp_gathers_the_shared_layer_once_per_step(fsdp_report):
     ("tpu9:2x2", dict(data=4), 16, "Unknown TPU topology 'tpu9:2x2'"),
     (TOPOLOGY, dict(data=3), 16, "needs 3 devices but 4 are present.*v5e:2x2 has 4 devices"),
     (TOPOLOGY, dict(data=-1, fsdp=3), 16, "4 devices are not divisible by 3"),
+    ("v4:4x4x4", dict(data=-1, fsdp=8), 64, "cannot be laid out on these 64 devices.*product of some of the torus"),
     (TOPOLOGY, dict(data=4), 10, "batch_size=10 is not divisible by the data-parallel size 4.*multiple of 4"),
 ])
 def test_bad_input_says_what_to_change(topology, mesh, batch_size, message):
