@@ -1,15 +1,18 @@
 """Does pretraining pay? SST-2 dev accuracy of one small ALBERT fine-tuned from albert_jax pretraining vs from random init.
 
-  nice -n 5 python benchmarks/pretraining_pays.py --out=/tmp/pretraining_pays
+  nice -n 5 python -m benchmarks.pretraining_pays --out=/tmp/pretraining_pays
+  nice -n 5 python -m benchmarks.pretraining_pays --pretrained=workdirs/shared_text   # reuse a pretraining run
 
-Runs the two command-line tools as a user would: `albert_jax.train` on the
-shared text (WikiText-2 valid + four Gutenberg books, the official ALBERT
-vocabulary), then `albert_jax.finetune` on SST-2 twice with the same budget,
-model shape, data order and hyperparameters: once from the pretraining
-workdir, once from a random initialisation. About 15-20 minutes on 2 CPU cores.
-"""
+Runs the command-line tools as a user would: `albert_jax.train
+--config=experiments/shared_text.py` (WikiText-2 valid + four Gutenberg
+books, the official ALBERT vocabulary; skipped with --pretrained), then
+`albert_jax.finetune` on SST-2 twice with the same budget, model shape, data
+order and hyperparameters: once from the pretraining workdir, once from a
+random initialisation. Fine-tuning takes about 10 minutes on 2 CPU cores,
+pretraining 1000 steps about 20 more."""
 
 import argparse
+import importlib.util
 import json
 import pathlib
 import subprocess
@@ -17,8 +20,18 @@ import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
-SHAPE = dict(embedding_size=64, hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512,
-             max_position_embeddings=128)
+PRETRAIN_CONFIG = REPO / "experiments" / "shared_text.py"
+SHAPE_FIELDS = ("embedding_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                "max_position_embeddings")
+
+
+def _shape() -> dict:
+  """The model shape of experiments/shared_text.py: the random-init run uses the same one."""
+  spec = importlib.util.spec_from_file_location("shared_text", PRETRAIN_CONFIG)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  model = module.get_config().model
+  return {field: model[field] for field in SHAPE_FIELDS}
 
 
 def _flags(prefix, values):
@@ -26,13 +39,9 @@ def _flags(prefix, values):
 
 
 def pretrain(workdir: pathlib.Path, steps: int):
-  files = ",".join([str(DATA / "text" / "wikitext-2-raw" / "wiki.valid.raw"), str(DATA / "text" / "gutenberg" / "*.txt")])
-  _run([sys.executable, "-m", "albert_jax.train", "--config=experiments/tiny.py", f"--workdir={workdir}",
-        "--config.data.source=files", f"--config.data.files={files}",
-        f"--config.data.vocab={DATA / 'spm' / 'albert_30k_spiece.model'}", "--config.data.max_seq_length=128",
-        "--config.data.max_predictions_per_seq=20", "--config.batch_size=16", f"--config.num_train_steps={steps}",
-        f"--config.warmup_steps={steps // 10}", "--config.learning_rate=0.005", "--config.log_every_steps=25",
-        "--config.eval_every_steps=0", f"--config.checkpoint_every_steps={steps}", *_flags("model.", SHAPE)])
+  _run([sys.executable, "-m", "albert_jax.train", f"--config={PRETRAIN_CONFIG}", f"--workdir={workdir}",
+        f"--config.num_train_steps={steps}", f"--config.warmup_steps={steps // 10}",
+        f"--config.checkpoint_every_steps={steps}"])
 
 
 def finetune(workdir: pathlib.Path, init_checkpoint: str, steps: int) -> dict:
@@ -42,7 +51,7 @@ def finetune(workdir: pathlib.Path, init_checkpoint: str, steps: int) -> dict:
         f"--config.task.data_dir={DATA / 'glue'}", "--config.task.max_seq_length=64", "--config.batch_size=32",
         "--config.eval_batch_size=128", f"--config.num_train_steps={steps}", f"--config.warmup_steps={steps // 10}",
         "--config.learning_rate=2e-4", "--config.log_every_steps=50", f"--config.eval_every_steps={steps // 4}",
-        f"--config.checkpoint_every_steps={steps}", *_flags("model.", SHAPE)])
+        f"--config.checkpoint_every_steps={steps}", *_flags("model.", _shape())])
   curve = {}
   for line in (workdir / "metrics.jsonl").read_text().splitlines():
     row = json.loads(line)
@@ -59,15 +68,19 @@ def _run(cmd):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out", default="/tmp/pretraining_pays")
-  parser.add_argument("--pretrain_steps", type=int, default=300)
+  parser.add_argument("--pretrain_steps", type=int, default=1000)
+  parser.add_argument("--pretrained", default="", help="an existing albert_jax.train workdir of "
+                      "experiments/shared_text.py to fine-tune from, instead of pretraining again")
   parser.add_argument("--finetune_steps", type=int, default=400)
   args = parser.parse_args()
   out = pathlib.Path(args.out)
-  pretrain(out / "pretrain", args.pretrain_steps)
-  curves = {"pretrained": finetune(out / "sst2_pretrained", str(out / "pretrain"), args.finetune_steps),
+  pretrained = pathlib.Path(args.pretrained) if args.pretrained else out / "pretrain"
+  if not args.pretrained:
+    pretrain(pretrained, args.pretrain_steps)
+  curves = {"pretrained": finetune(out / "sst2_pretrained", str(pretrained), args.finetune_steps),
             "random init": finetune(out / "sst2_random", "", args.finetune_steps)}
   print(f"\nSST-2 dev accuracy (872 examples), {args.finetune_steps} fine-tuning steps of 32; pretraining "
-        f"{args.pretrain_steps} steps of 16 x 128 tokens")
+        f"{pretrained} (experiments/shared_text.py)")
   print("step  " + "  ".join(f"{name:>12}" for name in curves))
   for step in sorted(curves["pretrained"]):
     print(f"{step:4d}  " + "  ".join(f"{100 * c[step]:12.2f}" for c in curves.values()))

@@ -24,12 +24,12 @@ def get_config():
   config.data.max_seq_length = 128
   config.data.max_predictions_per_seq = 20
   config.data.validation_percent = 5.0  # about 3 of the 64 documents (articles and books)
-  config.batch_size = 16
-  config.num_train_steps = 1000
-  config.warmup_steps = 100
+  config.batch_size = 32
+  config.num_train_steps = 1500
+  config.warmup_steps = 150
   config.learning_rate = 0.005
   config.log_every_steps = 25
   config.eval_every_steps = 250
   config.eval_batches = 8
-  config.checkpoint_every_steps = 500
+  config.checkpoint_every_steps = 250
   return config
