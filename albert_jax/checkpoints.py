@@ -340,6 +340,7 @@ def training_steps(workdir) -> list[int]:
 
 def _load_workdir_params(workdir: pathlib.Path, abstract):
   """The parameters of the newest checkpoint of a training workdir that can be read."""
+  workdir = workdir.absolute()
   steps = training_steps(workdir)
   if not steps:
     raise CheckpointError(f"The training workdir {workdir} has no complete checkpoint yet.")
@@ -369,7 +370,7 @@ def load(path) -> tuple[model_lib.AlbertConfig, dict[str, Any]]:
   tf_prefix = tf_checkpoint.find_prefix(path)
   if tf_prefix is not None:
     return tf_checkpoint.load(tf_prefix)
-  directory = pathlib.Path(path)
+  directory = pathlib.Path(path).absolute()  # orbax reads absolute paths only: `--checkpoint=workdirs/tiny`
   if not directory.is_dir():
     raise CheckpointError(f"{path} is not a directory; pass an albert_jax checkpoint directory, a training workdir, "
                           "a Hugging Face ALBERT directory or a TensorFlow ALBERT checkpoint prefix.")

@@ -1,5 +1,7 @@
 """Fill-mask: top-k tokens and probabilities against a NumPy softmax of the model's logits; bad input."""
 
+import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -24,6 +26,7 @@ TEXTS = ["The capital of [MASK] is Delhi.",
          "[MASK] was born in 1879, and [MASK] [MASK] physics.",
          "a [MASK]"]
 PAIR = re.compile(r"(\S+) \((\S+)\)")
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +93,11 @@ def test_one_compilation_serves_texts_of_different_lengths_within_a_bucket(check
 def test_cli_prints_a_block_per_text_and_a_line_per_mask(checkpoint, reference, tmp_path):
   texts_file = tmp_path / "texts.txt"
   texts_file.write_text(f"{TEXTS[1]}\n\n{TEXTS[2]}\n", encoding="utf-8")
-  result = subprocess.run([sys.executable, "-m", "albert_jax.predict", f"--checkpoint={checkpoint}",
+  # A relative --checkpoint, as the README's quickstart passes it (orbax itself reads absolute paths only).
+  result = subprocess.run([sys.executable, "-m", "albert_jax.predict", f"--checkpoint={checkpoint.name}",
                            f"--text={TEXTS[0]}", f"--input_file={texts_file}", "--top_k=3"],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, cwd=checkpoint.parent,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
   assert result.returncode == 0, result.stderr[-3000:]
   expected, tokenizer = reference
   blocks = result.stdout.strip().split("\n\n")
