@@ -143,27 +143,35 @@ def _continent_document(countries: Sequence[Country], rng: random.Random
   The country's name appears in no other sentence, so a masked name can only
   be recovered from its capital: the skill "The capital of [MASK] is Delhi."
   asks for. (In a country's own document the name repeats and can be copied.)
+  Half of them use exactly that phrasing.
   """
   continent = countries[0].city_continent
   doc = [f'There are many countries in {continent}.']
   for c in countries:
-    doc.append(rng.choice((lambda c, r: capital_sentence(c),) + _CAPITAL[:3])(c, rng))
-    if rng.random() < 0.5 or len(doc) < 3:
+    doc.append(capital_sentence(c) if rng.random() < 0.5
+               else rng.choice(_CAPITAL[:3])(c, rng))
+    if rng.random() < 0.1:
       doc.append(rng.choice(_CITY)(c, rng))
   return [_cap(s) for s in doc]
 
 
-def documents(seed: int = 0, docs_per_country: int = 24) -> list[list[str]]:
+def documents(seed: int = 0, docs_per_country: int = 2,
+              continent_rounds: int = 80) -> list[list[str]]:
   """The built-in corpus: a list of documents, each a list of sentences.
 
-  Deterministic for a seed. With the defaults about 6,600 documents of 3 to
-  10 sentences (about 300,000 tokens): every country has `docs_per_country`
-  documents of its own and appears, named once next to its capital, in
-  `2 * docs_per_country` continent documents.
+  Deterministic for a seed. With the defaults about 4,100 documents (about
+  145,000 words), mostly continent documents: every country has
+  `docs_per_country` documents of its own (several facts in varied
+  phrasings) and appears, named once next to its capital, in
+  `continent_rounds` continent documents. The mix is tuned for the tiny
+  config: with more country documents a 10-minute run learns the phrasing
+  but not which capital belongs to which country.
 
   Args:
     seed: the random seed choosing phrasings, optional facts and order.
     docs_per_country: documents about each single country.
+    continent_rounds: how many times every country appears in a continent
+      document.
   """
   rng = random.Random(seed)
   countries = load_facts()
@@ -173,7 +181,7 @@ def documents(seed: int = 0, docs_per_country: int = 24) -> list[list[str]]:
   by_continent = {}
   for c in countries:
     by_continent.setdefault(c.city_continent, []).append(c)
-  for _ in range(docs_per_country * 2):
+  for _ in range(continent_rounds):
     for group in by_continent.values():  # Every country, in random groups.
       rng.shuffle(group)
       docs.extend(_continent_document(group[i:i + 4], rng)

@@ -161,7 +161,7 @@ def test_builtin_corpus_size_and_coverage():
   countries = builtin_corpus.load_facts()
   docs = builtin_corpus.documents()
   assert len(countries) >= 150 and len({c.name for c in countries}) == len(countries)
-  assert len(docs) >= 4000 and all(3 <= len(d) <= 12 for d in docs)
+  assert len(docs) >= 4000 and all(2 <= len(d) <= 12 for d in docs)
   counts = collections.Counter(s for d in docs for s in d)
   for c in countries:
     assert counts[builtin_corpus.capital_sentence(c)] >= 24, c.name
