@@ -196,7 +196,7 @@ def write_vocab(output_path: str | os.PathLike, vocab_size: int = 1000,
 
   Every word of the corpus can become a piece, so country and capital names
   are single pieces. The corpus holds only about 700 distinct pieces' worth of
-  text, so the result may be smaller than `vocab_size` (683 pieces for seed 0);
+  text, so the result may be smaller than `vocab_size` (703 pieces for seed 0);
   size the model from the returned tokenizer's `vocab_size`.
   """
   texts = ['\n'.join(doc) for doc in documents(seed)]
