@@ -339,8 +339,7 @@ def training_steps(workdir) -> list[int]:
 
 
 def _load_workdir_params(workdir: pathlib.Path, abstract):
-  """The parameters of the newest checkpoint of a training workdir that can be read."""
-  workdir = workdir.absolute()
+  """The parameters of the newest checkpoint of a training workdir (an absolute path: see `load`) that can be read."""
   steps = training_steps(workdir)
   if not steps:
     raise CheckpointError(f"The training workdir {workdir} has no complete checkpoint yet.")

@@ -5,10 +5,20 @@ and changes a few fields; every field is commented here, once.
 """
 
 import dataclasses
+import importlib.util
+import os
 
 import ml_collections
 
 from albert_jax import model as model_lib
+
+
+def load_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
+  """The config of an experiment file (`get_config()` of e.g. experiments/base.py), as `--config=PATH` reads it."""
+  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
 def model_section(preset: str, **overrides) -> ml_collections.ConfigDict:

@@ -20,6 +20,7 @@ Usage, as in train.py:
     state = jax.jit(init_fn, out_shardings=shardings)(rng)
 """
 
+import itertools
 import logging
 import math
 import os
@@ -87,13 +88,15 @@ def create_mesh(mesh_config: Any,
     return jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * 3,
                          devices=devices)
   except NotImplementedError as e:  # the sizes divide the count, but not the physical torus
-    physical = getattr(devices[0], 'coords', None) and 'x'.join(
-        str(max(d.coords[i] for d in devices) + 1) for i in range(len(devices[0].coords)))
+    if not hasattr(devices[0], 'coords'):
+      raise
+    dims = [max(d.coords[i] for d in devices) + 1 for i in range(len(devices[0].coords))]
+    fitting = sorted({math.prod(subset) for r in range(len(dims) + 1)
+                      for subset in itertools.combinations(dims, r)})
     raise ValueError(
-        f'Mesh {described} cannot be laid out on these {len(devices)} devices'
-        f'{f" (a {physical} torus)" if physical else ""}: each axis size must be '
-        f'a product of some of the torus dimensions (on 4x4x4: 4, 16 or 64, '
-        f'not 8).') from e
+        f'Mesh {described} cannot be laid out on these {len(devices)} devices '
+        f'(a {"x".join(map(str, dims))} torus): each axis size must be a '
+        f'product of some of the torus dimensions, one of {fitting}.') from e
 
 
 def axis_rules(config: Any = None) -> tuple[tuple[str, Any], ...]:

@@ -12,11 +12,12 @@ random initialisation. Fine-tuning takes about 10 minutes on 2 CPU cores,
 pretraining 1000 steps about 20 more."""
 
 import argparse
-import importlib.util
 import json
 import pathlib
 import subprocess
 import sys
+
+from albert_jax import config_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -27,10 +28,7 @@ SHAPE_FIELDS = ("embedding_size", "hidden_size", "num_hidden_layers", "num_atten
 
 def _shape() -> dict:
   """The model shape of experiments/shared_text.py: the random-init run uses the same one."""
-  spec = importlib.util.spec_from_file_location("shared_text", PRETRAIN_CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  model = module.get_config().model
+  model = config_lib.load_file(PRETRAIN_CONFIG).model
   return {field: model[field] for field in SHAPE_FIELDS}
 
 

@@ -10,12 +10,12 @@ rematerialisation, then with FSDP, and the row says which one fits.
 """
 
 import argparse
-import importlib.util
 import json
 import pathlib
 import time
 
 from albert_jax import compile_check
+from albert_jax import config_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PRESETS = ("base", "large", "xlarge", "xxlarge")
@@ -25,10 +25,7 @@ FALLBACKS = ({}, {"model.remat_policy": "full"}, {"model.remat_policy": "full", 
 
 
 def load_config(preset: str):
-  spec = importlib.util.spec_from_file_location(preset, REPO / "experiments" / f"{preset}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_lib.load_file(REPO / "experiments" / f"{preset}.py")
 
 
 def with_overrides(config, overrides: dict):
