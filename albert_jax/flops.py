@@ -32,12 +32,24 @@ PEAK_FLOPS = {
 
 
 def forward_flops_per_sequence(config: model_lib.AlbertConfig, seq_len: int, num_predictions: int | None) -> float:
-  """Forward-pass FLOPs for one sequence; MLM logits at `num_predictions` positions (None: every position)."""
+  """Forward-pass FLOPs for one sequence; MLM logits at `num_predictions` positions (None: every position).
+
+  With `num_predictions`, the last layer of a fully shared single-group model
+  runs its queries, attention output and FFN at [CLS] and the predicted
+  positions only, as `model.AlbertEncoder` does; keys and values stay at every
+  position.
+  """
   T, E, H, I, V = seq_len, config.embedding_size, config.hidden_size, config.intermediate_size, config.vocab_size
-  layer = 2 * T * H * (4 * H + 2 * I) + 2 * 2 * T * T * H  # projections + FFN, then scores and context
+
+  def layer(queries):  # key/value projections at T, the rest at `queries` positions
+    return 2 * T * H * 2 * H + 2 * queries * H * (2 * H + 2 * I) + 2 * 2 * queries * T * H
+
   applications = config.num_hidden_layers * config.inner_group_num
   P = T if num_predictions is None else num_predictions
-  return 2 * T * E * H + applications * layer + 2 * H * H + 2 * H * 2 + 2 * P * (H * E + E * V)
+  gathered = (num_predictions is not None and config.sharing == "all" and config.num_hidden_groups == 1
+              and config.num_hidden_layers > 1)
+  last = layer(min(T, P + 1)) if gathered else layer(T)
+  return 2 * T * E * H + (applications - 1) * layer(T) + last + 2 * H * H + 2 * H * 2 + 2 * P * (H * E + E * V)
 
 
 def train_flops_per_step(config: model_lib.AlbertConfig, batch_size: int, seq_len: int,

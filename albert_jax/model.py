@@ -169,18 +169,20 @@ class AlbertAttention(nn.Module):
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x, bias):
+  def __call__(self, x, bias, positions=None):
+    """`positions` [B, P]: queries (and the output) only there; keys and values still from all of `x`."""
     cfg = self.config
     heads = (cfg.num_attention_heads, cfg.head_dim)
-    q, k, v = (_Projection(cfg, (cfg.hidden_size,), heads, ("hidden",), ("heads", "kv"), name=n)(x)
-               for n in ("query", "key", "value"))
+    x_q = x if positions is None else gather_positions(x, positions)
+    q, k, v = (_Projection(cfg, (cfg.hidden_size,), heads, ("hidden",), ("heads", "kv"), name=n)(y)
+               for n, y in (("query", x_q), ("key", x), ("value", x)))
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
     probs = jax.nn.softmax(scores / jnp.sqrt(cfg.head_dim).astype(jnp.float32) + bias, axis=-1)
     probs = nn.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=self.deterministic)
     context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
     out = _Projection(cfg, heads, (cfg.hidden_size,), ("heads", "kv"), ("hidden",), name="dense")(context)
     out = nn.Dropout(cfg.hidden_dropout_prob)(out, deterministic=self.deterministic)
-    return _layer_norm(cfg, "hidden", "LayerNorm")(x + out)
+    return _layer_norm(cfg, "hidden", "LayerNorm")(x_q + out)
 
 
 class _Projection(nn.Module):
@@ -236,20 +238,22 @@ class AlbertLayerGroup(nn.Module):
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x, bias, shared_params):
+  def __call__(self, x, bias, shared_params, positions=None):
+    """`positions` [B, P]: the group's last layer computes its output only there (see AlbertEncoder)."""
     cfg = self.config
     attention = functools.partial(AlbertAttention, cfg, deterministic=self.deterministic)
     ffn = functools.partial(AlbertFeedForward, cfg, deterministic=self.deterministic)
     for j in range(cfg.inner_group_num):
       name = f"layer_{j}"
+      where = positions if j == cfg.inner_group_num - 1 else None
       if cfg.sharing == "attention":
-        x = _apply_shared(self, attention(parent=None), shared_params, x, bias)
+        x = _apply_shared(self, attention(parent=None), shared_params, x, bias, where)
         x = ffn(name=f"{name}_ffn")(x)
       elif cfg.sharing == "ffn":
-        x = attention(name=f"{name}_attention")(x, bias)
+        x = attention(name=f"{name}_attention")(x, bias, where)
         x = _apply_shared(self, ffn(parent=None), shared_params, x)
       else:
-        x = attention(name=f"{name}_attention")(x, bias)
+        x = attention(name=f"{name}_attention")(x, bias, where)
         x = ffn(name=f"{name}_ffn")(x)
     x = nn.with_logical_constraint(x, ("batch", "length", "act_hidden"))
     return x, None
@@ -274,12 +278,25 @@ class AlbertEncoder(nn.Module):
   config: AlbertConfig
 
   @nn.compact
-  def __call__(self, x, bias, deterministic=True):
+  def __call__(self, x, bias, deterministic=True, positions=None):
+    """[B, T, E] → [B, T, H]; with `positions` [B, P], the output at those positions only, [B, P, H].
+
+    With one shared layer (the released models) and `positions`, the scan runs
+    L-1 layers and the last one computes queries, attention output and FFN at
+    the P positions alone (keys and values from every position): the same
+    numbers as the full encoder followed by a gather, without the last layer's
+    work at positions nobody reads (pretraining reads only [CLS] and the masks).
+    """
     cfg = self.config
     x = _dense(cfg, cfg.hidden_size, ("embed", "hidden"), "embedding_hidden_mapping_in")(x)
     x = nn.with_logical_constraint(x, ("batch", "length", "act_hidden"))
     shared = self._shared_block_params()
     body = _layer_body(cfg)
+    if cfg.sharing == "all" and cfg.num_hidden_groups == 1 and cfg.num_hidden_layers > 1 and positions is not None:
+      layers = _broadcast_scan(body, cfg, cfg.num_hidden_layers - 1)
+      x = layers(cfg, deterministic=deterministic, name="layer_group")(x, bias, shared)[0]
+      last = AlbertLayerGroup(cfg, deterministic, parent=None)
+      return _apply_shared(self, last, self.variables["params"]["layer_group"], x, bias, shared, positions)[0]
     if cfg.sharing == "all" and cfg.num_hidden_groups == 1:
       layers = _broadcast_scan(body, cfg, cfg.num_hidden_layers)
     else:
@@ -292,7 +309,8 @@ class AlbertEncoder(nn.Module):
           body, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
           in_axes=(nn.broadcast, nn.broadcast), length=length, unroll=cfg.scan_unroll,
           metadata_params={nn.PARTITION_NAME: "layers"})
-    return layers(cfg, deterministic=deterministic, name="layer_group")(x, bias, shared)[0]
+    x = layers(cfg, deterministic=deterministic, name="layer_group")(x, bias, shared)[0]
+    return x if positions is None else gather_positions(x, positions)
 
   def _shared_block_params(self):
     """Parameters of the block that `sharing='attention'|'ffn'` shares across the stacked layers."""
@@ -345,7 +363,8 @@ class AlbertModel(nn.Module):
     self.encoder = AlbertEncoder(cfg)
     self.pooler = _dense(cfg, cfg.hidden_size, ("hidden", None), "pooler")
 
-  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, deterministic=True):
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, deterministic=True, output_positions=None):
+    """(sequence [B, T, H], pooled [B, H]); with `output_positions` [B, P] the sequence there only, [B, P, H]."""
     cfg = self.config
     if attention_mask is None:
       attention_mask = jnp.ones_like(input_ids)
@@ -354,9 +373,13 @@ class AlbertModel(nn.Module):
     x = self.embeddings(input_ids, token_type_ids, deterministic)
     # Additive mask in float32: padded keys get the most negative value, as in the original.
     bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
-    sequence = self.encoder(x, bias, deterministic)
+    if output_positions is None:
+      sequence = self.encoder(x, bias, deterministic)
+    else:  # [CLS] (for the pooler) and the requested positions
+      cls = jnp.zeros_like(output_positions[:, :1], jnp.int32)
+      sequence = self.encoder(x, bias, deterministic, jnp.concatenate([cls, output_positions.astype(jnp.int32)], 1))
     pooled = jnp.tanh(self.pooler(sequence[:, 0])) if self.add_pooling_layer else None
-    return sequence, pooled
+    return (sequence if output_positions is None else sequence[:, 1:]), pooled
 
   def attend(self, x):
     """Scores against the word embeddings: the tied MLM decoder."""
@@ -394,9 +417,7 @@ class AlbertForPreTraining(nn.Module):
 
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, masked_positions=None,
                deterministic=True):
-    sequence, pooled = self.albert(input_ids, attention_mask, token_type_ids, deterministic)
-    if masked_positions is not None:
-      sequence = gather_positions(sequence, masked_positions)
+    sequence, pooled = self.albert(input_ids, attention_mask, token_type_ids, deterministic, masked_positions)
     return {
         "mlm_logits": self.predictions(sequence, self.albert.attend),
         "sop_logits": self.sop_classifier(pooled, deterministic),

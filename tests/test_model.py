@@ -72,8 +72,36 @@ def test_logits_equal_hugging_face(name, tmp_path):
   np.testing.assert_allclose(out["sop_logits"], hf_sop, atol=1e-4, rtol=0)
 
   positions = np.array([[0, 5, 11], [2, 2, 7], [10, 1, 3]], np.int32)
-  masked = model.apply(params, ids, mask, types, masked_positions=positions)["mlm_logits"]
-  np.testing.assert_allclose(masked, np.take_along_axis(hf_mlm, positions[..., None], axis=1), atol=1e-4, rtol=0)
+  masked = model.apply(params, ids, mask, types, masked_positions=positions)
+  np.testing.assert_allclose(masked["mlm_logits"], np.take_along_axis(hf_mlm, positions[..., None], axis=1), atol=1e-4,
+                             rtol=0)
+  np.testing.assert_allclose(masked["sop_logits"], hf_sop, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"remat_policy": "none"}, {"num_hidden_layers": 1}])
+def test_last_layer_at_the_masked_positions_only_gives_the_full_models_gradients(overrides):
+  # With masked_positions the last layer runs at [CLS] and those positions alone; the loss and every gradient
+  # must equal those of the whole encoder followed by a gather.
+  config = model_lib.AlbertConfig(**dict(SMALL, **overrides))
+  ids, mask, types = (jnp.asarray(x) for x in hf_reference.random_inputs(SMALL["vocab_size"]))
+  positions = jnp.array([[0, 5, 11], [2, 2, 7], [10, 1, 3]], jnp.int32)
+  model = model_lib.AlbertForPreTraining(config)
+  params = _init(config, ids)
+
+  def full_then_gather(m):
+    sequence, pooled = m.albert(ids, mask, types)
+    mlm = m.predictions(model_lib.gather_positions(sequence, positions), m.albert.attend)
+    return {"mlm_logits": mlm, "sop_logits": m.sop_classifier(pooled, True)}
+
+  def loss(p, gathered):
+    out = model.apply(p, ids, mask, types, masked_positions=positions) if gathered else model.apply(
+        p, method=full_then_gather)
+    return jnp.sum(out["mlm_logits"] ** 2) + jnp.sum(out["sop_logits"] ** 2)
+
+  (got, got_grads), (want, want_grads) = (jax.value_and_grad(loss)(params, g) for g in (True, False))
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def _init(config, ids):
