@@ -72,6 +72,11 @@ def _apply(model, params, batch, deterministic, rng=None):
       batch["masked_lm_positions"], deterministic=deterministic, rngs=None if rng is None else {"dropout": rng})
 
 
+def _total_loss(sums):
+  """MLM cross-entropy per masked token plus SOP cross-entropy per sequence, as ALBERT sums them."""
+  return sums["mlm_loss_sum"] / jnp.maximum(sums["mlm_count"], 1.0) + sums["sop_loss_sum"] / sums["sop_count"]
+
+
 def make_train_step(model, tx, schedule, grad_accum_steps: int = 1, nan_at_step: int = -1,
                     prepare_params: Callable = lambda params: params, nan_value: str = "nan"):
   """The pure `train_step(state, batch, rng) -> (state, metrics)` for this model and optimizer.
@@ -89,16 +94,13 @@ def make_train_step(model, tx, schedule, grad_accum_steps: int = 1, nan_at_step:
 
     def loss_fn(params, micro):
       sums = pretraining_losses(_apply(model, prepare_params(params), micro, False, dropout_rng), micro)
-      loss = sums["mlm_loss_sum"] / jnp.maximum(sums["mlm_count"], 1.0) + sums["sop_loss_sum"] / sums["sop_count"]
-      if nan_at_step >= 0:
-        loss = jnp.where(state.step == nan_at_step, injected, loss)
-      return loss, sums
+      return _total_loss(sums), sums
 
     grad_fn = jax.grad(loss_fn, has_aux=True)
     sums, grads = optim.accumulate_gradients(lambda p, b: grad_fn(p, b)[::-1], state.params, batch,
                                              grad_accum_steps)
-    loss = sums["mlm_loss_sum"] / jnp.maximum(sums["mlm_count"], 1.0) + sums["sop_loss_sum"] / sums["sop_count"]
-    if nan_at_step >= 0:
+    loss = _total_loss(sums)
+    if nan_at_step >= 0:  # the loss the update is judged by; the gradients stay those of the real loss
       loss = jnp.where(state.step == nan_at_step, injected, loss)
     new_state, grad_norm, nonfinite = trainer_lib.apply_gradients(state, grads, tx, loss)
     metrics = dict(sums, grad_norm=grad_norm, learning_rate=schedule(state.step), nonfinite=nonfinite)
