@@ -9,7 +9,7 @@ books, a vocabulary trained on them; skipped with --pretrained), then
 `albert_jax.finetune` on SST-2 twice with the same budget, model shape,
 vocabulary, data order and hyperparameters: once from the pretraining
 workdir, once from a random initialisation. Fine-tuning takes about 10
-minutes on 2 CPU cores, pretraining (3,000 steps) about 40 more."""
+minutes on 2 CPU cores, pretraining (3,000 steps) about 30 more."""
 
 import argparse
 import json
@@ -41,7 +41,7 @@ def pretrain(workdir: pathlib.Path, steps: int):
         *([f"--config.num_train_steps={steps}"] if steps else [])])
 
 
-def finetune(workdir: pathlib.Path, init_checkpoint: str, steps: int, vocab: pathlib.Path) -> dict:
+def finetune(workdir: pathlib.Path, init_checkpoint: str, steps: int, vocab: pathlib.Path, examples: int) -> dict:
   """SST-2 from `init_checkpoint` ('' = random initialisation) with the pretraining run's vocabulary."""
   vocab = "" if init_checkpoint else str(vocab)  # '' = the checkpoint's own (the same file)
   _run([sys.executable, "-m", "albert_jax.finetune", "--config=experiments/glue.py:sst2", f"--workdir={workdir}",
@@ -49,7 +49,8 @@ def finetune(workdir: pathlib.Path, init_checkpoint: str, steps: int, vocab: pat
         f"--config.task.data_dir={DATA / 'glue'}", "--config.task.max_seq_length=64", "--config.batch_size=32",
         "--config.eval_batch_size=128", f"--config.num_train_steps={steps}", f"--config.warmup_steps={steps // 10}",
         "--config.learning_rate=2e-4", "--config.log_every_steps=50", f"--config.eval_every_steps={steps // 4}",
-        f"--config.checkpoint_every_steps={steps}", *_flags("model.", _shape())])
+        f"--config.checkpoint_every_steps={steps}", f"--config.task.max_examples={examples}",
+        *_flags("model.", _shape())])
   curve = {}
   for line in (workdir / "metrics.jsonl").read_text().splitlines():
     row = json.loads(line)
@@ -70,15 +71,22 @@ def main():
   parser.add_argument("--pretrained", default="", help="an existing albert_jax.train workdir of "
                       "experiments/shared_text.py to fine-tune from, instead of pretraining again")
   parser.add_argument("--finetune_steps", type=int, default=400)
+  parser.add_argument("--train_examples", type=int, default=0,
+                      help="fine-tune on the first N SST-2 training sentences only (0: all 67,349); the limit "
+                      "applies to every split, so N >= 872 keeps dev whole")
   args = parser.parse_args()
+  if 0 < args.train_examples < 872:
+    parser.error("--train_examples below 872 would also cut SST-2 dev (872 sentences); use 0 or >= 872")
   out = pathlib.Path(args.out)
   pretrained = pathlib.Path(args.pretrained) if args.pretrained else out / "pretrain"
   if not args.pretrained:
     pretrain(pretrained, args.pretrain_steps)
   vocab = pretrained.absolute() / "spiece.model"
-  curves = {"pretrained": finetune(out / "sst2_pretrained", str(pretrained), args.finetune_steps, vocab),
-            "random init": finetune(out / "sst2_random", "", args.finetune_steps, vocab)}
-  print(f"\nSST-2 dev accuracy (872 examples), {args.finetune_steps} fine-tuning steps of 32; pretraining "
+  runs = {"pretrained": str(pretrained), "random init": ""}
+  curves = {name: finetune(out / f"sst2_{name.split()[0]}", init, args.finetune_steps, vocab, args.train_examples)
+            for name, init in runs.items()}
+  print(f"\nSST-2 dev accuracy (872 examples), {args.finetune_steps} fine-tuning steps of 32 on "
+        f"{args.train_examples or 67349} training sentences; pretraining "
         f"{pretrained} (experiments/shared_text.py)")
   print("step  " + "  ".join(f"{name:>12}" for name in curves))
   for step in sorted(curves["pretrained"]):

@@ -6,7 +6,7 @@
 Paths are relative to the repository root, with ../shared/data beside it (the layout of this project's
 machines); point --config.data.files elsewhere for other text. The model is the tiny config's shape.
 
-The recipe is what makes sentence-order prediction leave chance on 2 CPU cores in about 40 minutes
+The recipe is what makes sentence-order prediction leave chance on 2 CPU cores in about 30 minutes
 (benchmarks/RESULTS.md): an 8,000-piece vocabulary trained on this corpus (the official 30k vocabulary
 spends half the step on an output layer over pieces this text barely uses, and MLM plateaued near 6 with it),
 64-token sequences, batch 64 and LAMB at 1e-2. SOP moves only once MLM has learned some syntax: with
