@@ -35,10 +35,11 @@ def forward_flops_per_sequence(config: model_lib.AlbertConfig, seq_len: int, num
                                full_last_layer: bool = False) -> float:
   """Forward-pass FLOPs for one sequence; MLM logits at `num_predictions` positions (None: every position).
 
-  With `num_predictions`, the last layer of a fully shared single-group model
-  runs its queries, attention output and FFN at [CLS] and the predicted
-  positions only, as `model.AlbertEncoder` does; keys and values stay at every
-  position. `full_last_layer=True` counts that layer at every position instead.
+  With `num_predictions`, the last layer of a model that
+  `model.gathers_last_layer` runs its queries, attention output and FFN at
+  [CLS] and the predicted positions only, as `model.AlbertEncoder` does; keys
+  and values stay at every position. `full_last_layer=True` counts that layer
+  at every position instead.
   """
   T, E, H, I, V = seq_len, config.embedding_size, config.hidden_size, config.intermediate_size, config.vocab_size
 
@@ -47,8 +48,7 @@ def forward_flops_per_sequence(config: model_lib.AlbertConfig, seq_len: int, num
 
   applications = config.num_hidden_layers * config.inner_group_num
   P = T if num_predictions is None else num_predictions
-  gathered = (not full_last_layer and num_predictions is not None and config.sharing == "all"
-              and config.num_hidden_groups == 1 and config.num_hidden_layers > 1)
+  gathered = not full_last_layer and num_predictions is not None and model_lib.gathers_last_layer(config)
   last = layer(min(T, P + 1)) if gathered else layer(T)
   return 2 * T * E * H + (applications - 1) * layer(T) + last + 2 * H * H + 2 * H * 2 + 2 * P * (H * E + E * V)
 

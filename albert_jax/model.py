@@ -292,7 +292,7 @@ class AlbertEncoder(nn.Module):
     x = nn.with_logical_constraint(x, ("batch", "length", "act_hidden"))
     shared = self._shared_block_params()
     body = _layer_body(cfg)
-    if cfg.sharing == "all" and cfg.num_hidden_groups == 1 and cfg.num_hidden_layers > 1 and positions is not None:
+    if positions is not None and gathers_last_layer(cfg):
       layers = _broadcast_scan(body, cfg, cfg.num_hidden_layers - 1)
       x = layers(cfg, deterministic=deterministic, name="layer_group")(x, bias, shared)[0]
       last = AlbertLayerGroup(cfg, deterministic, parent=None)
@@ -322,6 +322,11 @@ class AlbertEncoder(nn.Module):
     else:
       return None
     return self.param(f"shared_{cfg.sharing}", lambda rng: block.init(rng, *args)["params"])
+
+
+def gathers_last_layer(config: AlbertConfig) -> bool:
+  """Whether `AlbertEncoder` runs the last layer at the requested positions only (else: all, then a gather)."""
+  return config.sharing == "all" and config.num_hidden_groups == 1 and config.num_hidden_layers > 1
 
 
 def _layer_body(config):
