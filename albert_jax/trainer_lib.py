@@ -272,6 +272,24 @@ class Preemption:
 # ---------------------------------------------------------------------------
 # Metrics and logs.
 
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter, imported without PyTorch.
+
+  tensorboardX imports torch when it is installed, only to accept torch tensors (3-4 s of every start on 2
+  cores). Scalars need none of it, so while tensorboardX loads, `import torch` fails as on a machine without
+  it; a later `import torch` elsewhere works as usual.
+  """
+  if "torch" in sys.modules or "tensorboardX" in sys.modules:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    return SummaryWriter
+  sys.modules["torch"] = None  # type: ignore[assignment]  # makes `import torch` raise ImportError
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  finally:
+    del sys.modules["torch"]
+  return SummaryWriter
+
+
 class MetricWriter:
   """Metrics to metrics.jsonl and TensorBoard event files (tensorboardX: no TensorFlow needed), process 0 only."""
 
@@ -281,8 +299,7 @@ class MetricWriter:
       return
     self._jsonl = open(workdir / "metrics.jsonl", "a")
     try:
-      from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(str(workdir / "tensorboard"))
+      self._tb = _summary_writer_class()(str(workdir / "tensorboard"))
     except ImportError:
       logging.warning("tensorboardX is not installed; TensorBoard event files are not written.")
       self._tb = None

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -162,3 +164,27 @@ def test_two_processes_train_checkpoint_resume_and_match_one_process(shared_data
   assert sorted(pair_losses) == list(range(1, steps + 1))
   for step in range(1, steps + 1):
     assert pair_losses[step] == pytest.approx(single_losses[step], rel=1e-5)
+
+
+def test_metrics_reach_tensorboard_without_importing_torch(tmp_path):
+  """The event files hold what metrics.jsonl holds; tensorboardX loads without torch, and torch still imports."""
+  script = f"""
+import sys
+from albert_jax import trainer_lib
+writer = trainer_lib.MetricWriter(__import__("pathlib").Path({str(tmp_path)!r}))
+for step in (1, 2):
+  writer.write(step, "train", {{"loss": 7.5 / step}})
+writer.close()
+assert "torch" not in sys.modules, "tensorboardX pulled in torch"
+import torch
+print(torch.ones(1).item())
+"""
+  result = subprocess.run([sys.executable, "-c", script], cwd=cli.REPO, env=cli.env(), capture_output=True, text=True,
+                          timeout=120)
+  assert result.returncode == 0 and result.stdout.strip() == "1.0", result.stderr[-3000:]
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  events = [(e.step, v.tag, v.simple_value) for path in (tmp_path / "tensorboard").iterdir()
+            for e in tf.compat.v1.train.summary_iterator(str(path)) for v in e.summary.value]
+  assert events == [(1, "train/loss", 7.5), (2, "train/loss", 3.75)]
+  assert [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [
+      {"step": 1, "train/loss": 7.5}, {"step": 2, "train/loss": 3.75}]
