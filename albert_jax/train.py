@@ -184,10 +184,10 @@ def _check_workdir_model(workdir: pathlib.Path, model_config: model_lib.AlbertCo
 
 def _write_workdir_config(workdir, config, model_config):
   if jax.process_index() == 0:
-    (workdir / "config.json").write_text(json.dumps(
+    trainer_lib.write_text_atomic(workdir / "config.json", json.dumps(
         {"format": checkpoints.FORMAT, "format_version": checkpoints.FORMAT_VERSION, "model": model_config.to_dict()},
         indent=2, sort_keys=True))
-    (workdir / "experiment.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+    trainer_lib.write_text_atomic(workdir / "experiment.json", config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def shared_layer_gather(model_config: model_lib.AlbertConfig, param_shardings) -> Callable:

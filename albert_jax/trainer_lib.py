@@ -272,6 +272,16 @@ class Preemption:
 # ---------------------------------------------------------------------------
 # Metrics and logs.
 
+def write_text_atomic(path: pathlib.Path, text: str):
+  """Replaces `path` whole: a reader (another process resuming) or a kill mid-write never sees half a file."""
+  partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+  try:
+    partial.write_text(text)
+    os.replace(partial, path)
+  finally:
+    partial.unlink(missing_ok=True)
+
+
 def _summary_writer_class():
   """tensorboardX's SummaryWriter, imported without PyTorch.
 

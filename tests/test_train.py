@@ -188,3 +188,14 @@ print(torch.ones(1).item())
   assert events == [(1, "train/loss", 7.5), (2, "train/loss", 3.75)]
   assert [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [
       {"step": 1, "train/loss": 7.5}, {"step": 2, "train/loss": 3.75}]
+
+
+def test_workdir_config_is_replaced_whole_or_not_at_all(tmp_path):
+  """Another process resuming reads config.json while process 0 rewrites it: it must never see half a file."""
+  from albert_jax import trainer_lib  # pylint: disable=g-import-not-at-top
+  path = tmp_path / "config.json"
+  trainer_lib.write_text_atomic(path, '{"model": {"hidden_size": 32}}')
+  with pytest.raises(UnicodeEncodeError):  # a write that fails half way, as a kill or a full disk would
+    trainer_lib.write_text_atomic(path, '{"model": ' + "x" * 100_000 + "\ud800}")
+  assert json.loads(path.read_text()) == {"model": {"hidden_size": 32}}
+  assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
