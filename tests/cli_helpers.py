@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import time
@@ -31,8 +32,10 @@ def train_command(workdir, data_dir, steps, *extra):
 
 
 def env(devices=1):
-  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
-              PYTHONPATH=str(REPO))
+  """The test environment (its XLA flags included) with `devices` simulated CPU devices."""
+  flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", "")).split()
+  return dict(os.environ, XLA_FLAGS=" ".join([f"--xla_force_host_platform_device_count={devices}", *flags]),
+              JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
 
 
 def run(cmd, devices=1, timeout=300):

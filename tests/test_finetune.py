@@ -2,7 +2,6 @@
 
 import importlib.util
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -20,6 +19,7 @@ from albert_jax import finetune
 from albert_jax import model as model_lib
 from albert_jax import tasks
 from albert_jax import trainer_lib
+from tests import cli_helpers as cli
 from tests import hf_finetune
 from tests.conftest import REPO, SPM_MODEL
 
@@ -194,7 +194,7 @@ def test_first_steps_match_hugging_face_adamw(shared_data):
 # Bad input through the command line: one clear line, no traceback.
 
 def _cli(workdir, *flags):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), XLA_FLAGS="")
+  env = cli.env()
   return subprocess.run([sys.executable, "-m", "albert_jax.finetune", "--config=experiments/glue.py:sst2,tiny",
                          f"--workdir={workdir}", f"--config.task.vocab={SPM_MODEL}", *flags],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
