@@ -101,7 +101,7 @@ def test_last_layer_at_the_masked_positions_only_gives_the_full_models_gradients
   (got, got_grads), (want, want_grads) = (jax.value_and_grad(loss)(params, g) for g in (True, False))
   np.testing.assert_allclose(got, want, rtol=1e-6)
   for a, b in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)  # float32 rounding of reordered sums
 
 
 def _init(config, ids):
