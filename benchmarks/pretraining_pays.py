@@ -1,21 +1,24 @@
-"""Does pretraining pay? SST-2 dev accuracy of one small ALBERT fine-tuned from albert_jax pretraining vs from random init.
+"""Does pretraining pay? SST-2 dev accuracy of a small ALBERT fine-tuned from albert_jax pretraining vs random init.
 
   nice -n 5 python -m benchmarks.pretraining_pays --out=/tmp/pretraining_pays
   nice -n 5 python -m benchmarks.pretraining_pays --pretrained=workdirs/shared_text   # reuse a pretraining run
+  nice -n 5 python -m benchmarks.pretraining_pays --pretrained=workdirs/shared_text --seeds=0,1,2  # mean and sd
 
 Runs the command-line tools as a user would: `albert_jax.train
 --config=experiments/shared_text.py` (WikiText-2 valid + four Gutenberg
 books, a vocabulary trained on them; skipped with --pretrained), then
 `albert_jax.finetune` on SST-2 twice with the same budget, model shape,
 vocabulary, data order and hyperparameters: once from the pretraining
-workdir, once from a random initialisation. Fine-tuning takes about 10
-minutes on 2 CPU cores, pretraining (3,000 steps) about 30 more."""
+workdir, once from a random initialisation. Fine-tuning takes about 2
+minutes a run on 2 CPU cores, pretraining (3,000 steps) about 30 more."""
 
 import argparse
 import json
 import pathlib
 import subprocess
 import sys
+
+import numpy as np
 
 from albert_jax import config_lib
 
@@ -41,14 +44,16 @@ def pretrain(workdir: pathlib.Path, steps: int):
         *([f"--config.num_train_steps={steps}"] if steps else [])])
 
 
-def finetune(workdir: pathlib.Path, init_checkpoint: str, steps: int, vocab: pathlib.Path, examples: int) -> dict:
+def finetune(workdir: pathlib.Path, init_checkpoint: str, steps: int, vocab: pathlib.Path, examples: int,
+             learning_rate: float, seed: int) -> dict:
   """SST-2 from `init_checkpoint` ('' = random initialisation) with the pretraining run's vocabulary."""
   vocab = "" if init_checkpoint else str(vocab)  # '' = the checkpoint's own (the same file)
   _run([sys.executable, "-m", "albert_jax.finetune", "--config=experiments/glue.py:sst2", f"--workdir={workdir}",
         f"--config.init_checkpoint={init_checkpoint}", f"--config.task.vocab={vocab}",
         f"--config.task.data_dir={DATA / 'glue'}", "--config.task.max_seq_length=64", "--config.batch_size=32",
         "--config.eval_batch_size=128", f"--config.num_train_steps={steps}", f"--config.warmup_steps={steps // 10}",
-        "--config.learning_rate=2e-4", "--config.log_every_steps=50", f"--config.eval_every_steps={steps // 4}",
+        f"--config.learning_rate={learning_rate}", f"--config.seed={seed}", "--config.log_every_steps=50",
+        f"--config.eval_every_steps={steps // 4}",
         f"--config.checkpoint_every_steps={steps}", f"--config.task.max_examples={examples}",
         *_flags("model.", _shape())])
   curve = {}
@@ -74,6 +79,9 @@ def main():
   parser.add_argument("--train_examples", type=int, default=0,
                       help="fine-tune on the first N SST-2 training sentences only (0: all 67,349); the limit "
                       "applies to every split, so N >= 872 keeps dev whole")
+  parser.add_argument("--learning_rate", type=float, default=2e-4)
+  parser.add_argument("--seeds", default="0", help="comma-separated fine-tuning seeds (data order, head and, for "
+                      "the random arm, every initial weight); with several, the mean and spread of the best")
   args = parser.parse_args()
   if 0 < args.train_examples < 872:
     parser.error("--train_examples below 872 would also cut SST-2 dev (872 sentences); use 0 or >= 872")
@@ -83,16 +91,21 @@ def main():
     pretrain(pretrained, args.pretrain_steps)
   vocab = pretrained.absolute() / "spiece.model"
   runs = {"pretrained": str(pretrained), "random init": ""}
-  curves = {name: finetune(out / f"sst2_{name.split()[0]}", init, args.finetune_steps, vocab, args.train_examples)
-            for name, init in runs.items()}
+  seeds = [int(seed) for seed in args.seeds.split(",")]
+  curves = {(name, seed): finetune(out / f"sst2_{name.split()[0]}_seed{seed}", init, args.finetune_steps, vocab,
+                                   args.train_examples, args.learning_rate, seed)
+            for seed in seeds for name, init in runs.items()}
   print(f"\nSST-2 dev accuracy (872 examples), {args.finetune_steps} fine-tuning steps of 32 on "
-        f"{args.train_examples or 67349} training sentences; pretraining "
+        f"{args.train_examples or 67349} training sentences, AdamW {args.learning_rate:g}; pretraining "
         f"{pretrained} (experiments/shared_text.py)")
-  print("step  " + "  ".join(f"{name:>12}" for name in curves))
-  for step in sorted(curves["pretrained"]):
-    print(f"{step:4d}  " + "  ".join(f"{100 * c[step]:12.2f}" for c in curves.values()))
-  best = {name: max(c.values()) for name, c in curves.items()}
-  print("best  " + "  ".join(f"{100 * b:12.2f}" for b in best.values()))
+  print("step  " + "  ".join(f"{name + ' s' + str(seed):>16}" for name, seed in curves))
+  for step in sorted(next(iter(curves.values()))):
+    print(f"{step:4d}  " + "  ".join(f"{100 * c[step]:16.2f}" for c in curves.values()))
+  print("best  " + "  ".join(f"{100 * max(c.values()):16.2f}" for c in curves.values()))
+  for name in runs:
+    best = np.array([100 * max(curves[name, seed].values()) for seed in seeds])
+    print(f"{name}: best dev accuracy {best.mean():.2f} (sd {best.std(ddof=1) if len(best) > 1 else 0:.2f}, "
+          f"{len(best)} seeds)")
 
 
 if __name__ == "__main__":
