@@ -69,6 +69,13 @@ def _run(cmd):
   subprocess.run(cmd, cwd=REPO, check=True)
 
 
+def _seeds(text: str) -> list[int]:
+  try:
+    return [int(seed) for seed in text.split(",")]
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers, e.g. 0,1,2") from None
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out", default="/tmp/pretraining_pays")
@@ -80,8 +87,9 @@ def main():
                       help="fine-tune on the first N SST-2 training sentences only (0: all 67,349); the limit "
                       "applies to every split, so N >= 872 keeps dev whole")
   parser.add_argument("--learning_rate", type=float, default=2e-4)
-  parser.add_argument("--seeds", default="0", help="comma-separated fine-tuning seeds (data order, head and, for "
-                      "the random arm, every initial weight); with several, the mean and spread of the best")
+  parser.add_argument("--seeds", type=_seeds, default=[0], help="comma-separated fine-tuning seeds (data order, "
+                      "head and, for the random arm, every initial weight); with several, the mean and spread of "
+                      "the best")
   args = parser.parse_args()
   if 0 < args.train_examples < 872:
     parser.error("--train_examples below 872 would also cut SST-2 dev (872 sentences); use 0 or >= 872")
@@ -91,21 +99,21 @@ def main():
     pretrain(pretrained, args.pretrain_steps)
   vocab = pretrained.absolute() / "spiece.model"
   runs = {"pretrained": str(pretrained), "random init": ""}
-  seeds = [int(seed) for seed in args.seeds.split(",")]
   curves = {(name, seed): finetune(out / f"sst2_{name.split()[0]}_seed{seed}", init, args.finetune_steps, vocab,
                                    args.train_examples, args.learning_rate, seed)
-            for seed in seeds for name, init in runs.items()}
+            for seed in args.seeds for name, init in runs.items()}
   print(f"\nSST-2 dev accuracy (872 examples), {args.finetune_steps} fine-tuning steps of 32 on "
         f"{args.train_examples or 67349} training sentences, AdamW {args.learning_rate:g}; pretraining "
         f"{pretrained} (experiments/shared_text.py)")
   print("step  " + "  ".join(f"{name + ' s' + str(seed):>16}" for name, seed in curves))
   for step in sorted(next(iter(curves.values()))):
     print(f"{step:4d}  " + "  ".join(f"{100 * c[step]:16.2f}" for c in curves.values()))
-  print("best  " + "  ".join(f"{100 * max(c.values()):16.2f}" for c in curves.values()))
+  best = {key: 100 * max(c.values()) for key, c in curves.items()}
+  print("best  " + "  ".join(f"{b:16.2f}" for b in best.values()))
   for name in runs:
-    best = np.array([100 * max(curves[name, seed].values()) for seed in seeds])
-    print(f"{name}: best dev accuracy {best.mean():.2f} (sd {best.std(ddof=1) if len(best) > 1 else 0:.2f}, "
-          f"{len(best)} seeds)")
+    arm = np.array([best[name, seed] for seed in args.seeds])
+    print(f"{name}: best dev accuracy {arm.mean():.2f} (sd {arm.std(ddof=1) if len(arm) > 1 else 0:.2f}, "
+          f"{len(arm)} seeds)")
 
 
 if __name__ == "__main__":
