@@ -308,12 +308,14 @@ def _load_albert_jax(directory: pathlib.Path, meta: dict[str, Any]):
   if (directory / "checkpoints").is_dir():
     return cfg, _load_workdir_params(directory, abstract)
   with ocp.StandardCheckpointer() as checkpointer:
+    # Shapes first: a restore that fails part-way leaves tensorstore reads running after the error.
+    differ = _shape_mismatches(checkpointer, directory / "params", abstract)
+    if differ:
+      raise CheckpointError(f"The parameters in {directory} cannot be read with its config.json: {differ}")
     try:
       params = checkpointer.restore(directory / "params", abstract)
     except (ValueError, FileNotFoundError) as e:
-      differ = _shape_mismatches(checkpointer, directory / "params", abstract)
-      raise CheckpointError(f"The parameters in {directory} cannot be read with its config.json: "
-                            f"{differ or e}") from e
+      raise CheckpointError(f"The parameters in {directory} cannot be read with its config.json: {e}") from e
   return cfg, params
 
 

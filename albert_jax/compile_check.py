@@ -65,8 +65,15 @@ def topology_devices(topology: str) -> list[Any]:
     raise CompileCheckError(f"Compiling for a TPU topology needs libtpu; install it with: {libtpu_install_line()}")
   # Compiling needs no TPU, so several checks (or a check beside a TPU job) may load libtpu at once.
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   generation = topology.split(":")[0].lower()
+  from jax._src import hardware_utils  # pylint: disable=g-import-not-at-top
+  if hardware_utils.num_available_tpu_chips_and_device_id()[0] == 0:
+    # Off a TPU VM, libtpu looks for its accelerator type and peer hosts (a screenful of warnings when it finds
+    # none). Compiling for a named topology needs neither; these values leave the compiled program unchanged.
+    known = generation in ("v2", "v3", "v4", "v5e", "v5p", "v6e")  # else libtpu reports the unknown topology below
+    os.environ.setdefault("TPU_ACCELERATOR_TYPE", f"{generation if known else 'v4'}-8")
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   kwargs = {"chip_config_name": _CHIP_CONFIG[generation]} if generation in _CHIP_CONFIG else {}
   try:
     return list(topologies.get_topology_desc(platform="tpu", topology_name=topology, **kwargs).devices)
@@ -240,19 +247,13 @@ def use_host_backend():
   jax.config.update("jax_platforms", "cpu")
 
 
-def main(argv, config, topology: str, json_path: str):
-  if len(argv) > 1:
-    raise SystemExit(f"Unexpected arguments: {argv[1:]}")
+def main(config, topology: str, json_path: str):
   if topology:
     use_host_backend()
-  try:
-    run(config, topology, json_path)
-  except CompileCheckError as e:
-    raise SystemExit(f"error: {e}") from None
+  run(config, topology, json_path)
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
@@ -262,4 +263,5 @@ if __name__ == "__main__":
                                   "libtpu); '' = this machine's own devices.")
   _JSON = flags.DEFINE_string("json", "", "Also write the report as JSON to this path.")
   flags.mark_flags_as_required(["config"])
-  app.run(lambda argv: main(argv, _CONFIG.value, _TOPOLOGY.value, _JSON.value))
+  from albert_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.run(lambda: main(_CONFIG.value, _TOPOLOGY.value, _JSON.value))

@@ -10,7 +10,6 @@ releases' 30k-clean.model) is copied along as spiece.model.
 
 import pathlib
 
-from absl import app
 from absl import flags
 
 from albert_jax import checkpoints
@@ -29,16 +28,11 @@ def convert(source, output, overwrite: bool = False) -> pathlib.Path:
   return checkpoints.save(output, config, params, spiece_model=checkpoints.find_vocab(source))
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  try:
-    out = convert(_INPUT.value, _OUTPUT.value, _OVERWRITE.value)
-  except checkpoints.CheckpointError as e:
-    raise SystemExit(f"error: {e}") from None
-  print(f"Wrote {out}")
+def main():
+  print(f"Wrote {convert(_INPUT.value, _OUTPUT.value, _OVERWRITE.value)}")
 
 
 if __name__ == "__main__":
+  from albert_jax import cli  # pylint: disable=g-import-not-at-top
   flags.mark_flags_as_required(["input", "output"])
-  app.run(main)
+  cli.run(main)

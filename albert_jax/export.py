@@ -40,7 +40,6 @@ import shutil
 import tempfile
 import unicodedata
 
-from absl import app
 from absl import flags
 
 from albert_jax import checkpoints
@@ -257,15 +256,9 @@ def export(source, output, overwrite: bool = False, vocab=None,
   return output
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+def main():
   f = flags.FLAGS
-  try:
-    out = export(f.checkpoint, f.output, f.overwrite, f.vocab, f.architecture)
-  except checkpoints.CheckpointError as e:
-    raise SystemExit(f"error: {e}") from None
-  print(f"Wrote {out}")
+  print(f"Wrote {export(f.checkpoint, f.output, f.overwrite, f.vocab, f.architecture)}")
 
 
 def _define_flags():
@@ -280,4 +273,5 @@ def _define_flags():
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  from albert_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main)

@@ -421,12 +421,7 @@ def _final_predictions(config, spec, setup, state, best_manager, eval_data, toke
   return results
 
 
-def main(argv, config, workdir):
-  trainer_lib.run_main(argv, lambda: finetune(config, workdir))
-
-
 if __name__ == "__main__":
-  from absl import app
   from absl import flags
   from ml_collections import config_flags
 
@@ -435,4 +430,5 @@ if __name__ == "__main__":
       lock_config=True)
   _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and predictions.")
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(lambda argv: main(argv, _CONFIG.value, _WORKDIR.value))
+  from albert_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.run(lambda: trainer_lib.run_main(lambda: finetune(_CONFIG.value, _WORKDIR.value)), errors=(TrainingError,))

@@ -18,7 +18,6 @@ import functools
 import pathlib
 from typing import Sequence
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
@@ -165,17 +164,12 @@ def _read_texts(texts: Sequence[str], input_file: str | None) -> list[str]:
   return texts
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+def main():
   f = flags.FLAGS
-  try:
-    texts = _read_texts(f.text, f.input_file)
-    config, params = checkpoints.load(f.checkpoint)
-    tokenizer = load_tokenizer(f.checkpoint, f.vocab)
-    results = fill_mask(config, params, tokenizer, texts, f.top_k, f.batch_size)
-  except (InputError, checkpoints.CheckpointError) as e:
-    raise SystemExit(f"error: {e}") from None
+  texts = _read_texts(f.text, f.input_file)
+  config, params = checkpoints.load(f.checkpoint)
+  tokenizer = load_tokenizer(f.checkpoint, f.vocab)
+  results = fill_mask(config, params, tokenizer, texts, f.top_k, f.batch_size)
   print(format_predictions(texts, results))
 
 
@@ -191,4 +185,5 @@ def _define_flags():
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  from albert_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main)

@@ -9,7 +9,6 @@ Prints one row per module (path, shape of each parameter, count) and ends with
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
@@ -50,12 +49,11 @@ def format_table(config: model_lib.AlbertConfig) -> str:
   return "\n".join(lines)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+def main():
   print(format_table(config_lib.model_config(_CONFIG.value)))
 
 
 if __name__ == "__main__":
+  from albert_jax import cli  # pylint: disable=g-import-not-at-top
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  cli.run(main)

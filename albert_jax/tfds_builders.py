@@ -26,6 +26,7 @@ import glob
 import hashlib
 import json
 import os
+import time
 from typing import Any
 
 from absl import logging
@@ -36,6 +37,7 @@ import tensorflow_datasets as tfds
 from albert_jax import corpus
 
 _GOLDEN = 0.6180339887498949  # Spreads consecutive indices evenly over [0, 1).
+_REPORT_SECONDS = 60  # a progress line this often while a large corpus is tokenised
 
 
 def is_validation(index: int | np.ndarray, validation_percent: float) -> bool | np.ndarray:
@@ -135,6 +137,13 @@ class TokenizedDocuments(tfds.core.GeneratorBasedBuilder):
     self._validation_percent = validation_percent
     super().__init__(**{'file_format': 'array_record', **kwargs})
 
+  def _log_download_bytes(self):
+    """TFDS would print 'Downloading and preparing dataset Unknown size': nothing is downloaded here."""
+    logging.info('Tokenising the corpus once into %s (later runs reuse it).', self.data_dir)
+
+  def _log_download_done(self):
+    pass  # the split lines of _generate_examples say what was prepared
+
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
         builder=self,
@@ -154,7 +163,11 @@ class TokenizedDocuments(tfds.core.GeneratorBasedBuilder):
     """Tokenised documents of `split`; what is dropped is counted."""
     counts = collections.Counter()
     held_out = split == 'validation'
+    next_report = time.monotonic() + _REPORT_SECONDS
     for index, sentences in enumerate(self._documents(counts)):
+      if time.monotonic() > next_report:
+        logging.info('Preparing %r: %d documents, %d tokens so far.', split, counts['documents'], counts['tokens'])
+        next_report = time.monotonic() + _REPORT_SECONDS
       if is_validation(index, self._validation_percent) != held_out:
         continue
       ids = [s for s in self._tokenizer.encode_batch(sentences) if s]

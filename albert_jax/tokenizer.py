@@ -342,22 +342,21 @@ def _prepend(first: str, rest: Iterator[str]) -> Iterator[str]:
   yield from rest
 
 
-def main(argv):
-  del argv
+def main():
   from absl import flags  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   files = [pathlib.Path(p) for p in f.input.split(',') if p]
   missing = [str(p) for p in files if not p.is_file()]
   if missing:
-    raise SystemExit(f'--input: no such file(s): {", ".join(missing)}')
+    raise ValueError(f'--input: no such file(s): {", ".join(missing)}')
   tok = train_vocab(files, f.output, f.vocab_size, text_format=f.format,
                     input_sentence_size=f.input_sentence_size)
   print(f'Wrote {f.output}: {tok.vocab_size} pieces.')
 
 
 if __name__ == '__main__':
-  from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
+  from albert_jax import cli  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string('input', None, 'Comma-separated text files.', required=True)
   flags.DEFINE_string('output', None, 'Output model, e.g. DIR/spiece.model.',
                       required=True)
@@ -366,4 +365,4 @@ if __name__ == '__main__':
                     'Corpus format of the inputs; detected when unset.')
   flags.DEFINE_integer('input_sentence_size', 10_000_000,
                        'Sample at most this many sentences.')
-  app.run(main)
+  cli.run(main)

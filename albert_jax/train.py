@@ -316,8 +316,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                                 config.data.max_predictions_per_seq)
     peak = flops_lib.device_peak_flops()
     peak_total = peak if jax.devices()[0].platform == "cpu" else (peak and peak * jax.device_count())
-    logging.info("Model %s: %s; %d devices, mesh %s; %.3g FLOPs per step.", config.model.get("preset", ""),
-                 model_config, jax.device_count(), dict(mesh.shape), step_flops)
+    c = model_config
+    logging.info("Model %s: %d layers sharing %s, hidden %d, embedding %d, %d pieces, %s; %d devices, mesh %s; "
+                 "%.3g FLOPs per step (experiment.json has the whole config).", config.model.get("preset", ""),
+                 c.num_hidden_layers, c.sharing, c.hidden_size, c.embedding_size, c.vocab_size, c.dtype,
+                 jax.device_count(), dict(mesh.shape), step_flops)
     pending, last = [], {}
     start_step, timer = step, time.perf_counter()
     run_start = timer
@@ -386,12 +389,7 @@ def evaluate(config, tokenizer, eval_step, params, mesh, data_kwargs) -> dict[st
   return summarize({k: float(v) for k, v in totals.items()})
 
 
-def main(argv, config, workdir):
-  trainer_lib.run_main(argv, lambda: train_and_evaluate(config, workdir))
-
-
 if __name__ == "__main__":
-  from absl import app
   from absl import flags
   from ml_collections import config_flags
 
@@ -405,11 +403,12 @@ if __name__ == "__main__":
                                   "e.g. v3:16x16 or v4:4x4x4 (needs libtpu); '' = this machine's devices.")
   flags.mark_flags_as_required(["config", "workdir"])
 
-  def _main(argv):
+  def _main():
     if _COMPILE_ONLY.value:
       from albert_jax import compile_check  # pylint: disable=g-import-not-at-top  (it imports this module)
-      compile_check.main(argv, _CONFIG.value, _TOPOLOGY.value, "")
+      compile_check.main(_CONFIG.value, _TOPOLOGY.value, "")
     else:
-      main(argv, _CONFIG.value, _WORKDIR.value)
+      trainer_lib.run_main(lambda: train_and_evaluate(_CONFIG.value, _WORKDIR.value))
 
-  app.run(_main)
+  from albert_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.run(_main, errors=(TrainingError,))

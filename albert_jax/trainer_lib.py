@@ -331,37 +331,6 @@ class MetricWriter:
         self._tb.close()
 
 
-class _QuietLibraries(logging_std.Filter):
-  """Drops the INFO chatter of orbax and tensorflow_datasets (dozens of lines per checkpoint); warnings pass.
-
-  Their errors pass without the traceback of the library's background thread:
-  the trainer reports the failure itself, with what to do.
-  """
-
-  def filter(self, record):
-    noisy = any(lib in record.pathname for lib in ("/orbax/", "/tensorflow_datasets/", "/etils/"))
-    if noisy:
-      record.exc_info = record.exc_text = None
-    return record.levelno >= logging_std.WARNING or not noisy
-
-
-def quiet_library_logs():
-  logging.get_absl_handler().addFilter(_QuietLibraries())
-  sys.unraisablehook = _quiet_closed_loop
-
-
-def _quiet_closed_loop(unraisable):
-  """Keeps tensorstore's late callbacks into an event loop orbax has closed (after a failed write) out of the log.
-
-  They arrive from C++ threads as "Exception ignored" tracebacks, dozens at a
-  time, and would bury the one `error:` line that says what went wrong.
-  """
-  if isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value):
-    logging.debug("Ignored a callback into a closed event loop (%s)", unraisable.object)
-  else:
-    sys.__unraisablehook__(unraisable)
-
-
 def duration(seconds: float) -> str:
   seconds = int(seconds)
   return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
@@ -396,31 +365,26 @@ def _explain(e: BaseException) -> str:
   return str(e)
 
 
-def run_main(argv, run: Callable[[], Any]):
-  """The body of an entry point: user errors end as one `error: ...` line, not a traceback.
+def run_main(run: Callable[[], Any]):
+  """Runs a trainer: errors the user can act on are re-raised as one `TrainingError` line (`cli.run` prints it).
 
   A process of a multi-process run that fails exits at once, skipping JAX's
   shutdown barrier (which would wait for the others while they wait for it
   in a collective): the others then fail their next collective and exit too.
   So does a process whose checkpoint write failed (see CheckpointWriteError).
   """
-  if len(argv) > 1:
-    raise SystemExit(f"Unexpected arguments: {argv[1:]}")
-  quiet_library_logs()
   try:
     run()
   except Exception as e:  # pylint: disable=broad-except
     expected = isinstance(e, (TrainingError, ValueError, OSError)) or peer_lost(e)  # CheckpointError: ValueError
-    message = f"error: {_explain(e)}" if expected else None
     if jax.distributed.is_initialized() or isinstance(e, CheckpointWriteError):
       if not expected:
         logging.exception("Stopped by")
       logging.flush()
       logging_std.disable(logging_std.CRITICAL)  # background threads' errors would come after the one that matters
       if expected:
-        print(message, file=sys.stderr, flush=True)
+        print(f"error: {_explain(e)}", file=sys.stderr, flush=True)
       os._exit(1)  # pylint: disable=protected-access
     if not expected:
       raise
-    logging.debug("Stopped by", exc_info=True)
-    raise SystemExit(message) from None
+    raise TrainingError(_explain(e)) from e

@@ -20,7 +20,7 @@ def get_config():
   config.num_train_steps = 2000
   config.warmup_steps = 100
   config.learning_rate = 0.01
-  config.log_every_steps = 50
+  config.log_every_steps = 100
   config.eval_every_steps = 500
   config.eval_batches = 4
   config.checkpoint_every_steps = 500
