@@ -13,6 +13,13 @@ import ml_collections
 from albert_jax import model as model_lib
 
 
+def data_root() -> str:
+  """The folder of real data (GLUE, SQuAD, text, the official vocabulary; README "Data"): $ALBERT_JAX_DATA, else
+  `shared/data` beside the checkout that holds this package."""
+  default = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.pardir, "shared", "data")
+  return os.environ.get("ALBERT_JAX_DATA") or os.path.normpath(default)
+
+
 def load_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
   """The config of an experiment file (`get_config()` of e.g. experiments/base.py), as `--config=PATH` reads it."""
   spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)

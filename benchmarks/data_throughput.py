@@ -30,11 +30,12 @@ from absl import flags
 import ml_collections
 import numpy as np
 
+from albert_jax import config_lib
 from albert_jax import corpus
 from albert_jax import pretraining_data
 from albert_jax.tokenizer import Tokenizer
 
-_DATA = os.path.normpath(os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data'))
+_DATA = config_lib.data_root()
 flags.DEFINE_string('spm_model', os.path.join(_DATA, 'spm', 'albert_30k_spiece.model'),
                     'SentencePiece model.')
 _TEXT = os.path.join(_DATA, 'text')

@@ -25,9 +25,10 @@ import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")  # float32 matmuls, as PyTorch on CPU
 
+from albert_jax import config_lib  # noqa: E402
 from tests import hf_finetune  # noqa: E402
 
-DATA = REPO.parent / "shared" / "data"
+DATA = pathlib.Path(config_lib.data_root())
 
 
 def main():

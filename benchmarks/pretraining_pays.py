@@ -23,7 +23,7 @@ import numpy as np
 from albert_jax import config_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+DATA = pathlib.Path(config_lib.data_root())
 PRETRAIN_CONFIG = REPO / "experiments" / "shared_text.py"
 SHAPE_FIELDS = ("embedding_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                 "max_position_embeddings")

@@ -11,8 +11,8 @@ optionally followed by ',tiny' for a few-step CPU run with a tiny random model
 
 from albert_jax import config_lib
 
-DATA_DIR = "../shared/data/glue"  # the GLUE root (or a task folder); override with --config.task.data_dir
-TINY_VOCAB = "../shared/data/spm/albert_30k_spiece.model"  # the official ALBERT vocabulary
+DATA_DIR = f"{config_lib.data_root()}/glue"  # the GLUE root (or a task folder); override with --config.task.data_dir
+TINY_VOCAB = f"{config_lib.data_root()}/spm/albert_30k_spiece.model"  # the official ALBERT vocabulary
 
 
 def get_config(arg: str = "sst2"):

@@ -11,7 +11,7 @@ model. Every field is commented in `albert_jax.config_lib.finetuning`.
 from albert_jax import config_lib
 
 DATA_DIR = "data/RACE"  # the unpacked RACE release
-TINY_VOCAB = "../shared/data/spm/albert_30k_spiece.model"  # the official ALBERT vocabulary
+TINY_VOCAB = f"{config_lib.data_root()}/spm/albert_30k_spiece.model"  # the official ALBERT vocabulary
 
 
 def get_config(arg: str = ""):

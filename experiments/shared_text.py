@@ -3,8 +3,8 @@
   python -m albert_jax.train --config=experiments/shared_text.py --workdir=workdirs/shared_text
   python -m albert_jax.plotting workdirs/shared_text        # curves.png from metrics.jsonl
 
-Paths are relative to the repository root, with ../shared/data beside it (the layout of this project's
-machines); point --config.data.files elsewhere for other text. The model is the tiny config's shape.
+The text comes from the data folder (README "Data": $ALBERT_JAX_DATA, else ../shared/data beside the
+checkout); point --config.data.files elsewhere for other text. The model is the tiny config's shape.
 
 The recipe is what makes sentence-order prediction leave chance on 2 CPU cores in about 30 minutes
 (benchmarks/RESULTS.md): an 8,000-piece vocabulary trained on this corpus (the official 30k vocabulary
@@ -17,7 +17,7 @@ official vocabulary.
 
 from albert_jax import config_lib
 
-DATA = "../shared/data"
+DATA = config_lib.data_root()  # $ALBERT_JAX_DATA, else ../shared/data beside the checkout
 
 
 def get_config():

@@ -11,8 +11,8 @@ few-step CPU run with a tiny random model. Every field is commented in
 
 from albert_jax import config_lib
 
-DATA_DIR = "../shared/data/squad"  # folder of the SQuAD JSON files
-TINY_VOCAB = "../shared/data/spm/albert_30k_spiece.model"  # the official ALBERT vocabulary
+DATA_DIR = f"{config_lib.data_root()}/squad"  # folder of the SQuAD JSON files
+TINY_VOCAB = f"{config_lib.data_root()}/spm/albert_30k_spiece.model"  # the official ALBERT vocabulary
 
 
 def get_config(arg: str = "v1"):
