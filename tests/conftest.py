@@ -1,4 +1,12 @@
-"""Shared test setup: 8 simulated CPU devices, quick compiles, exact float32 matmuls, and the shared data folder.
+"""Shared test setup: 8 simulated CPU devices, quick compiles, exact float32 matmuls, the shared data folder, and
+the small inputs tests generate for themselves.
+
+Two kinds of data. Tests whose subject is the real data or the official vocabulary (official ids, corpus readers
+on the real books, parity with Hugging Face on real corpora, SQuAD dev-set scores, quirks of the real GLUE files)
+read ../shared/data (or $ALBERT_JAX_DATA); they carry `@pytest.mark.needs_data("what")` and skip without it,
+the reason shown in the summary ("needs ../shared/data (set ALBERT_JAX_DATA): what"). Every other test runs
+everywhere on the session fixtures below (`generated_vocab`, `generated_glue`, `generated_squad`,
+`generated_corpus`; tests/fixtures.py makes them in a few seconds).
 
 The suite also shares one JAX compilation cache, new for each session, with every training command it
 runs in a subprocess: the same small train step is otherwise compiled again by each of them (about 40 s
@@ -24,6 +32,8 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+from tests import fixtures  # noqa: E402
+
 jax.config.update("jax_default_matmul_precision", "highest")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -31,8 +41,61 @@ SHARED_DATA = pathlib.Path(os.environ.get("ALBERT_JAX_DATA", REPO.parent / "shar
 SPM_MODEL = SHARED_DATA / "spm" / "albert_30k_spiece.model"
 
 
+SKIP_REASON = "needs ../shared/data (set ALBERT_JAX_DATA)"
+
+
+def needs_data(what: str) -> pytest.MarkDecorator:
+  """Marks a test (or a fixture parameter) whose subject is the shared data: without it, it skips saying `what`."""
+  return pytest.mark.needs_data(what)
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "needs_data(what): the test's subject is the shared data (../shared/data or "
+                          "$ALBERT_JAX_DATA); without it the test skips, saying what it needs")
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  if SHARED_DATA.is_dir():
+    return
+  for item in items:
+    marker = item.get_closest_marker("needs_data")
+    if marker is not None:
+      item.add_marker(pytest.mark.skip(reason=f"{SKIP_REASON}: {marker.args[0]}"))
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> pathlib.Path:
+  """The shared data folder; skips without it (tests mark themselves `needs_data` to say what they need)."""
   if not SHARED_DATA.is_dir():
-    pytest.skip(f"shared data not found at {SHARED_DATA}; set ALBERT_JAX_DATA")
+    pytest.skip(f"{SKIP_REASON}: not found at {SHARED_DATA}")
   return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def generated_vocab(tmp_path_factory) -> pathlib.Path:
+  """An ALBERT-style 500-piece SentencePiece model ([CLS], [SEP], [MASK] at 2, 3, 4) for tests that need some
+  vocabulary, not the official one."""
+  path = tmp_path_factory.mktemp("generated_vocab") / "spiece.model"
+  fixtures.write_vocab(path)
+  return path
+
+
+@pytest.fixture(scope="session")
+def generated_glue(tmp_path_factory) -> pathlib.Path:
+  """A GLUE root with SST-2, CoLA, MRPC and STS-B train.tsv (80 rows) and dev.tsv (40 rows)."""
+  return fixtures.write_glue(tmp_path_factory.mktemp("generated_glue"))
+
+
+@pytest.fixture(scope="session")
+def generated_squad(tmp_path_factory) -> pathlib.Path:
+  """A SQuAD folder with {train,dev}-v1.1.json (36 questions each) and {train,dev}-v2.0.json (30, 12 of them
+  unanswerable)."""
+  return fixtures.write_squad(tmp_path_factory.mktemp("generated_squad"))
+
+
+@pytest.fixture(scope="session")
+def generated_corpus(tmp_path_factory) -> pathlib.Path:
+  """A pretraining corpus in the BERT "lines" format: 1,000 documents of 2 to 30 sentences."""
+  return fixtures.write_lines_corpus(tmp_path_factory.mktemp("generated_corpus") / "corpus.txt",
+                                     fixtures.documents(1000))
