@@ -1,4 +1,5 @@
-"""Corpus readers on the real files, the sentence splitter, and the built-in corpus."""
+"""Corpus readers on the real files (shared data) and on generated ones, the sentence splitter, and the built-in
+corpus."""
 
 import collections
 import logging
@@ -8,6 +9,8 @@ import pytest
 
 from albert_jax import builtin_corpus
 from albert_jax import corpus
+from tests import fixtures
+from tests.conftest import needs_data
 
 
 def _read(path, **kwargs):
@@ -15,6 +18,7 @@ def _read(path, **kwargs):
   return list(corpus.read_documents(path, stats=stats, **kwargs)), stats
 
 
+@needs_data('text/bert_sample_text.txt, the BERT sample in the "lines" format')
 def test_lines_format_bert_sample(shared_data):
   path = shared_data / 'text' / 'bert_sample_text.txt'
   raw = path.read_text('utf-8')
@@ -27,6 +31,7 @@ def test_lines_format_bert_sample(shared_data):
   assert stats.documents == 3 and stats.sentences == 31 and stats.bad_lines == 0
 
 
+@needs_data('text/wikitext-2-raw/wiki.valid.raw, its 60 articles')
 def test_wikitext_valid_has_60_articles(shared_data):
   path = shared_data / 'text' / 'wikitext-2-raw' / 'wiki.valid.raw'
   lines = path.read_text('utf-8').splitlines()
@@ -43,6 +48,7 @@ def test_wikitext_valid_has_60_articles(shared_data):
   assert 6000 < len(sentences) < 10000  # About 2 sentences per 100 words of 200k.
 
 
+@needs_data('text/hf_fixture_wiki_00.txt, two WikiExtractor documents')
 def test_wikiextractor(shared_data):
   path = shared_data / 'text' / 'hf_fixture_wiki_00.txt'
   raw = path.read_text('utf-8')
@@ -53,6 +59,7 @@ def test_wikiextractor(shared_data):
   assert not any('<doc' in s or '</doc>' in s for d in docs for s in d)
 
 
+@needs_data('the four Gutenberg books, split into chapters')
 @pytest.mark.parametrize('name,chapters', [
     ('pg11_alice_in_wonderland.txt', 12), ('pg120_treasure_island.txt', 34),
     ('pg35_the_time_machine.txt', 16), ('pg1342_pride_and_prejudice.txt', 61)])
@@ -68,6 +75,7 @@ def test_gutenberg_books(shared_data, name, chapters):
   assert stats.bad_lines == 0
 
 
+@needs_data("the Gutenberg Alice's first and last sentences")
 def test_alice_first_sentences(shared_data):
   docs, _ = _read(shared_data / 'text' / 'gutenberg' / 'pg11_alice_in_wonderland.txt')
   assert docs[0][0].startswith('Alice was beginning to get very tired')
@@ -75,6 +83,7 @@ def test_alice_first_sentences(shared_data):
   assert docs[-1][-1].endswith('and the happy summer days.')
 
 
+@needs_data('text/botchan.txt and text/tinyshakespeare.txt')
 def test_other_prose_files(shared_data):
   for name in ('botchan.txt', 'tinyshakespeare.txt'):
     docs, stats = _read(shared_data / 'text' / name)
@@ -102,12 +111,45 @@ def test_split_sentences(text, expected):
   assert corpus.split_sentences(text) == expected
 
 
-def test_format_override_and_unknown(shared_data):
-  path = shared_data / 'text' / 'bert_sample_text.txt'
+def test_format_override_and_unknown(tmp_path):
+  path = fixtures.write_lines_corpus(tmp_path / 'sample.txt', fixtures.documents(3, max_sentences=12))
+  assert corpus.detect_format(path.read_text('utf-8')) == 'lines' and len(_read(path)[0]) == 3
   docs, _ = _read(path, format='prose')
   assert len(docs) == 1  # One chapterless "book".
   with pytest.raises(ValueError, match='Unknown corpus format'):
     corpus.read_documents(path, format='csv')
+
+
+# One small file per format with the quirks of the real ones (the shared files are read above).
+_SMALL_FILES = {
+    'lines': (b'First sentence.\nSecond one.\n\n\nA new document.\n',
+              [['First sentence.', 'Second one.'], ['A new document.']]),
+    'wikiextractor': (b'<doc id="1" url="u" title="Alpha">\nAlpha\nAlpha is a letter. It comes first.\n'
+                      b'</doc>\n<doc id="2" url="v" title="Beta">\nBeta\n\nBeta follows it.\n</doc>\n',
+                      [['Alpha is a letter.', 'It comes first.'], ['Beta follows it.']]),
+    'wikitext': (b' = Alpha = \n \n Alpha is a letter @-@ like sign . It has 1 @,@ 000 uses in 3 @.@ 5 '
+                 b'places . \n \n = = History = = \n \n It came first . \n \n = Beta = \n \n Beta follows . \n',
+                 [['Alpha is a letter-like sign .', 'It has 1,000 uses in 3.5 places .', 'It came first .'],
+                  ['Beta follows .']]),
+    'prose': (('\ufeffThe Project Gutenberg eBook of Alpha\r\n\r\n*** START OF THE PROJECT GUTENBERG EBOOK '
+               'ALPHA ***\r\n\r\nALPHA\r\n\r\nby A. Writer\r\n\r\nCHAPTER I. The Start\r\n\r\nMr. Darcy came. He sat'
+               '\r\ndown.\r\n\r\n[Illustration: a chair\r\nwith legs]\r\n\r\n‘Oh dear!’ she said.\r\n\r\n'
+               'CHAPTER II.\r\n\r\nIt ended.\r\n\r\n*** END OF THE PROJECT GUTENBERG EBOOK ALPHA ***\r\n\r\n'
+               'License. More text.\r\n').encode(),
+              [['Mr. Darcy came.', 'He sat down.', '‘Oh dear!’ she said.'], ['It ended.']]),
+}
+
+
+@pytest.mark.parametrize('name', sorted(_SMALL_FILES))
+def test_every_format_on_a_small_file(tmp_path, name):
+  content, expected = _SMALL_FILES[name]
+  path = tmp_path / f'{name}.txt'
+  path.write_bytes(content)
+  assert corpus.detect_format(content.decode('utf-8-sig')) == name
+  docs, stats = _read(path)
+  assert docs == expected
+  assert (stats.documents, stats.sentences, stats.bad_lines) == (len(expected), sum(map(len, expected)), 0)
+  assert _read(path, format=name)[0] == expected
 
 
 def test_missing_directory_and_empty_files(tmp_path):
