@@ -77,7 +77,7 @@ def _glue_rows(rng, split):
 def write_glue(root: pathlib.Path, seed: int = 0) -> pathlib.Path:
   """SST-2, CoLA, MRPC and STS-B train.tsv and dev.tsv in their original layouts (MRPC's BOM included).
 
-  Labels are drawn at random, both classes in every file (STS-B: scores 0 to 5 with three decimals).
+  Labels: 1 and 0 in the first two rows, then at random (STS-B: 5.000, 0.000, then scores in [0, 5]).
   """
   rng = random.Random(seed)
   for split in GLUE_ROWS:
@@ -85,11 +85,11 @@ def write_glue(root: pathlib.Path, seed: int = 0) -> pathlib.Path:
         "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"],
              "MRPC": ["\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String"]}
     for i, (a, b, u) in enumerate(_glue_rows(rng, split)):
-      label = i % 2 if i < 2 else int(u < 0.5)
+      label = 1 - i if i < 2 else int(u < 0.5)  # 1, 0, then at random
       files["SST-2"].append(f"{a.lower()} \t{label}")
       files["CoLA"].append(f"src{i % 7}\t{label}\t{'' if label else '*'}\t{a}")
       files["MRPC"].append(f"{label}\t{1000 + i}\t{2000 + i}\t{a}\t{b}")
-      score = 5.0 * u if i > 1 else 5.0 * i
+      score = 5.0 * (1 - i) if i < 2 else 5.0 * u  # 5, 0, then at random
       files["STS-B"].append(f"{i}\tmain-news\tnews\t2016\t{i}\tnone\tnone\t{a}\t{b}\t{score:.3f}")
     for folder, lines in files.items():
       (root / folder).mkdir(parents=True, exist_ok=True)

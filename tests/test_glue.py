@@ -1,4 +1,4 @@
-"""GLUE: task table, readers of the real TSVs, features equal to Hugging Face's, bad input."""
+"""GLUE: task table, readers of the real TSVs and of generated ones, features equal to Hugging Face's, bad input."""
 
 import collections
 import logging
@@ -10,7 +10,9 @@ from sentencepiece import sentencepiece_model_pb2
 from albert_jax import glue
 from albert_jax import tasks
 from albert_jax import tokenizer as tokenizer_lib
+from tests import fixtures
 from tests.conftest import SPM_MODEL
+from tests.conftest import needs_data
 
 # (task, split, rows, label counts): the shared files, read completely.
 SHARED = [
@@ -31,14 +33,13 @@ def glue_dir(shared_data):
 
 
 @pytest.fixture(scope='module')
-def tok_no_rule(shared_data):
+def tok_no_rule(generated_vocab):
   """Without ALBERT's "9," split, which Hugging Face does not implement."""
-  return tokenizer_lib.Tokenizer(SPM_MODEL, split_digit_comma=False)
+  return tokenizer_lib.Tokenizer(generated_vocab, split_digit_comma=False)
 
 
-@pytest.fixture(scope='module')
-def hf_unigram(shared_data):
-  """Hugging Face's Unigram tokenizer of the official vocabulary.
+def _hf_unigram(spm_model):
+  """Hugging Face's Unigram tokenizer of a SentencePiece model.
 
   Not `AlbertTokenizer.from_pretrained(dir)`: transformers 5 then splits the
   text at ALBERT's user-defined pieces ( ) " - . (tests/test_tokenizer.py pins
@@ -47,12 +48,24 @@ def hf_unigram(shared_data):
   the pair layout, token types and longest-first truncation.
   """
   transformers = pytest.importorskip('transformers')
-  proto = sentencepiece_model_pb2.ModelProto.FromString(SPM_MODEL.read_bytes())
+  proto = sentencepiece_model_pb2.ModelProto.FromString(spm_model.read_bytes())
   return transformers.AlbertTokenizer(
       vocab=[(p.piece, p.score) for p in proto.pieces],
       _spm_precompiled_charsmap=proto.normalizer_spec.precompiled_charsmap)
 
 
+@pytest.fixture(scope='module', params=['generated', pytest.param('shared', marks=needs_data(
+    'the GLUE TSVs with the official vocabulary (pairs as Hugging Face encodes them, CoLA dev loaded whole)'))])
+def glue_case(request, generated_glue, generated_vocab, tok_no_rule):
+  """(GLUE root, Tokenizer without the "9," rule, Hugging Face's Unigram of the same vocabulary, CoLA dev rows)."""
+  if request.param == 'generated':
+    return generated_glue, tok_no_rule, _hf_unigram(generated_vocab), fixtures.GLUE_ROWS['dev']
+  shared_data = request.getfixturevalue('shared_data')
+  return (shared_data / 'glue', tokenizer_lib.Tokenizer(SPM_MODEL, split_digit_comma=False),
+          _hf_unigram(SPM_MODEL), 1043)
+
+
+@needs_data('the GLUE TSVs, read completely (row and label counts)')
 @pytest.mark.parametrize('name,split,rows,label_counts', SHARED)
 def test_shared_files_read_completely(glue_dir, name, split, rows, label_counts):
   task = glue.get_task(name)
@@ -69,6 +82,7 @@ def test_shared_files_read_completely(glue_dir, name, split, rows, label_counts)
     assert dict(collections.Counter(e.label for e in examples)) == label_counts
 
 
+@needs_data("MRPC dev.tsv's BOM and unbalanced quotes")
 def test_mrpc_bom_and_unbalanced_quotes(glue_dir):
   task = glue.get_task('MRPC')
   examples = glue.read_tsv(task, glue.task_file(task, glue_dir, 'dev'), 'dev')
@@ -76,13 +90,36 @@ def test_mrpc_bom_and_unbalanced_quotes(glue_dir):
   assert examples[0].text_b.startswith('"The foodservice pie')  # Quote never closed.
 
 
+def test_generated_files_read_completely_bom_included(generated_glue):
+  for name in ('sst2', 'cola', 'mrpc', 'stsb'):
+    task = glue.get_task(name)
+    for split, rows in fixtures.GLUE_ROWS.items():
+      counts = collections.Counter()
+      path = glue.task_file(task, generated_glue, split)
+      examples = glue.read_tsv(task, path, split, counts)
+      assert counts == {'examples': rows, 'malformed_lines': 0}, path
+      assert [e.label for e in examples[:2]] == ([5.0, 0.0] if task.is_regression else [1, 0])
+  assert glue.task_file(glue.get_task('mrpc'), generated_glue, 'dev').read_bytes().startswith(b'\xef\xbb\xbfQuality')
+
+
+def test_mrpc_bom_header_and_unbalanced_quotes_in_a_small_file(tmp_path):
+  path = tmp_path / 'dev.tsv'
+  path.write_text('\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n'
+                  '1\t1\t2\tHe said the pie "was fine.\t"The pie business\n0\t3\t4\tA b.\tC d.\n', 'utf-8')
+  counts = collections.Counter()
+  examples = glue.read_tsv(glue.get_task('MRPC'), path, 'dev', counts)
+  assert counts == {'examples': 2, 'malformed_lines': 0}
+  assert [(e.label, e.text_a, e.text_b) for e in examples] == [
+      (1, 'He said the pie "was fine.', '"The pie business'), (0, 'A b.', 'C d.')]
+
+
 @pytest.mark.parametrize('name', ['sst2', 'cola', 'mrpc', 'stsb'])
 @pytest.mark.parametrize('max_length', [16, 17, 128])
-def test_features_equal_hugging_face_pair_encoding(glue_dir, tok_no_rule, hf_unigram,
-                                                   name, max_length):
+def test_features_equal_hugging_face_pair_encoding(glue_case, name, max_length):
+  glue_dir, tok_no_rule, hf_unigram, _ = glue_case
   task = glue.get_task(name)
   examples = glue.read_tsv(task, glue.task_file(task, glue_dir, 'train'), 'train')
-  sample = examples[::len(examples) // 150][:150]
+  sample = examples[::max(1, len(examples) // 150)][:150]
   counts = collections.Counter()
   ours = glue.to_features(sample, tok_no_rule, max_length, task.is_regression, counts)
   hf = hf_unigram([e.text_a for e in sample],
@@ -277,20 +314,21 @@ class _Config:
     self.__dict__.update(fields)
 
 
-def test_load_task_and_evaluate_on_shared_data(glue_dir, tok_no_rule, tmp_path):
+def test_load_task_and_evaluate(glue_case, tmp_path):
+  glue_dir, tok_no_rule, _, cola_dev_rows = glue_case
   config = _Config(name='cola', data_dir=str(glue_dir), max_seq_length=64)
   spec = tasks.get_spec(config)
   assert (spec.head, spec.num_labels, spec.main_metric) == ('classification', 2,
                                                             'matthews_corr')
   data = tasks.load_task(config, tok_no_rule, 'dev')
-  assert len(data) == 1043 and data.counts['malformed_lines'] == 0
+  assert len(data) == cola_dev_rows and data.counts['malformed_lines'] == 0
   labels = data.features['label']
   perfect = np.eye(2)[labels]
   assert tasks.evaluate(config, perfect, data) == {'matthews_corr': 1.0, 'accuracy': 1.0}
   (path,) = tasks.write_predictions(config, perfect, data, tmp_path)
   assert path.read_text().splitlines()[1] == '0\t1'
-  stsb = _Config(name='stsb', data_dir=str(glue_dir), max_seq_length=64, max_examples=100)
+  stsb = _Config(name='stsb', data_dir=str(glue_dir), max_seq_length=64, max_examples=30)
   data = tasks.load_task(stsb, tok_no_rule, 'dev')
-  assert tasks.get_spec(stsb).head == 'regression' and len(data) == 100
+  assert tasks.get_spec(stsb).head == 'regression' and len(data) == 30
   scores = tasks.evaluate(stsb, data.features['label'][:, None] * 2 + 1, data)
   assert scores['pearson'] == pytest.approx(1.0) and scores['spearman'] == pytest.approx(1.0)
