@@ -1,5 +1,6 @@
 """Fill-mask: top-k tokens and probabilities against a NumPy softmax of the model's logits; bad input."""
 
+import dataclasses
 import os
 import pathlib
 import re
@@ -16,12 +17,11 @@ from albert_jax import checkpoints
 from albert_jax import model as model_lib
 from albert_jax import predict
 from albert_jax import tokenizer as tokenizer_lib
-from tests import conftest
 
-# The official vocabulary and a tiny model. Its random parameters are drawn with std 1 (not 0.02), so that the
-# probabilities are far from uniform and the top-k order is not decided by rounding.
-CONFIG = model_lib.AlbertConfig(vocab_size=30000, embedding_size=8, hidden_size=16, num_hidden_layers=2,
-                                num_attention_heads=2, intermediate_size=24, max_position_embeddings=64)
+# A tiny model (its vocab_size is the generated vocabulary's). Its random parameters are drawn with std 1 (not 0.02),
+# so that the probabilities are far from uniform and the top-k order is not decided by rounding.
+CONFIG = model_lib.AlbertConfig(embedding_size=8, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                intermediate_size=24, max_position_embeddings=64)
 TEXTS = ["The capital of [MASK] is Delhi.",
          "[MASK] was born in 1879, and [MASK] [MASK] physics.",
          "a [MASK]"]
@@ -30,16 +30,16 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, shared_data):
-  """An albert_jax checkpoint directory of a random model, with the official spiece.model inside."""
-  del shared_data  # skips without the shared data folder
+def checkpoint(tmp_path_factory, generated_vocab):
+  """An albert_jax checkpoint directory of a random model, with the generated spiece.model inside."""
+  config = dataclasses.replace(CONFIG, vocab_size=tokenizer_lib.Tokenizer(generated_vocab).vocab_size)
   # Random values in the shapes of the parameter tree (cheaper than compiling the model's init).
-  shapes = jax.eval_shape(lambda: nn.unbox(model_lib.AlbertForPreTraining(CONFIG).init(
+  shapes = jax.eval_shape(lambda: nn.unbox(model_lib.AlbertForPreTraining(config).init(
       jax.random.PRNGKey(0), np.zeros((1, 4), np.int32))))
   rng = np.random.RandomState(0)
   params = jax.tree_util.tree_map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
   directory = tmp_path_factory.mktemp("predict") / "model"
-  return checkpoints.save(directory, CONFIG, params, spiece_model=conftest.SPM_MODEL)
+  return checkpoints.save(directory, config, params, spiece_model=generated_vocab)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,9 @@ def reference(checkpoint):
   config, params = checkpoints.load(checkpoint)
   tokenizer = tokenizer_lib.Tokenizer(checkpoint / "spiece.model")
   encoded = [[tokenizer.cls_id, *tokenizer.encode(text), tokenizer.sep_id] for text in TEXTS]
-  ids, mask = np.zeros((len(TEXTS), 20), np.int32), np.zeros((len(TEXTS), 20), np.int32)
+  padded = 48  # not a power of two
+  assert max(map(len, encoded)) <= padded
+  ids, mask = np.zeros((len(TEXTS), padded), np.int32), np.zeros((len(TEXTS), padded), np.int32)
   for row, text_ids in enumerate(encoded):
     ids[row, :len(text_ids)], mask[row, :len(text_ids)] = text_ids, 1
   logits = np.asarray(model_lib.AlbertForPreTraining(config).apply(params, ids, mask)["mlm_logits"], np.float64)
@@ -85,8 +87,11 @@ def test_fill_mask_gives_the_softmax_top_k_for_every_mask_of_every_text(checkpoi
 def test_one_compilation_serves_texts_of_different_lengths_within_a_bucket(checkpoint):
   config, params = checkpoints.load(checkpoint)
   tokenizer = predict.load_tokenizer(checkpoint)
-  predict.fill_mask(config, params, tokenizer, ["a [MASK] b"], top_k=2)
-  predict.fill_mask(config, params, tokenizer, ["one two three [MASK] five six seven"], top_k=2)
+  texts = ["a [MASK] b", "The capital of [MASK] is Delhi, a city in Asia."]
+  lengths = [len(tokenizer.encode(text)) + 2 for text in texts]
+  assert lengths[0] < lengths[1] <= 16  # the smallest bucket
+  for text in texts:
+    predict.fill_mask(config, params, tokenizer, [text], top_k=2)
   assert predict._top_k_fn(config, 2)._cache_size() == 1  # pylint: disable=protected-access
 
 
@@ -130,7 +135,9 @@ def test_text_longer_than_the_model_reads_says_both_lengths(checkpoint):
   config, params = checkpoints.load(checkpoint)
   tokenizer = predict.load_tokenizer(checkpoint)
   text = "[MASK] " + "word " * 70
-  with pytest.raises(predict.InputError, match=r"Text 1 is 73 tokens long .*at most 64"):
+  length = len(tokenizer.encode(text)) + 2  # with [CLS] and [SEP]
+  assert length > 64
+  with pytest.raises(predict.InputError, match=rf"Text 1 is {length} tokens long .*at most 64"):
     predict.fill_mask(config, params, tokenizer, [text])
 
 

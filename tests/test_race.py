@@ -10,7 +10,6 @@ import pytest
 from albert_jax import race
 from albert_jax import tasks
 from albert_jax import tokenizer as tokenizer_lib
-from tests.conftest import SPM_MODEL
 
 ARTICLE = 'Tom has a red bike. He rides it to school every day with his sister Ann.'
 FILES = {
@@ -29,8 +28,8 @@ FILES = {
 
 
 @pytest.fixture(scope='module')
-def tok(shared_data):
-  return tokenizer_lib.Tokenizer(SPM_MODEL)
+def tok(generated_vocab):
+  return tokenizer_lib.Tokenizer(generated_vocab)
 
 
 @pytest.fixture
@@ -57,13 +56,14 @@ def test_reads_folders_and_skips_malformed_questions(race_dir, caplog):
 
 def test_features_as_original_run_race(race_dir, tok):
   examples = race.read_dir(race_dir, 'train')
-  features = race.to_features(examples, tok, max_seq_length=48)
-  assert features['input_ids'].shape == (3, 4, 48)
+  features = race.to_features(examples, tok, max_seq_length=96)
+  assert features['input_ids'].shape == (3, 4, 96)
   np.testing.assert_array_equal(features['label'], [0, 1, 1])
   article = tok.encode(ARTICLE)
   # A blank is filled with the option; otherwise "question option".
   for c, qa in enumerate(['Tom rides his bike to school .', 'Tom rides his bike to work .']):
     ids, types = tok.encode_pair(article, tok.encode(qa))
+    assert len(ids) < 96  # Not truncated.
     assert features['input_ids'][0, c, :len(ids)].tolist() == ids
     assert features['token_type_ids'][0, c, :len(ids)].tolist() == types
     assert features['attention_mask'][0, c].sum() == len(ids)
