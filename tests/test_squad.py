@@ -1,6 +1,11 @@
-"""SQuAD: answer spans through tokenisation and back, oracle predictions, v2 threshold, bad input."""
+"""SQuAD: answer spans through tokenisation and back, oracle predictions, v2 threshold, bad input.
+
+Each runs on generated SQuAD files with a generated vocabulary; the dev-set tests also run on the official v1.1 dev
+set and v2.0 sample with the official vocabulary when the shared data is present.
+"""
 
 import collections
+import dataclasses
 import json
 import logging
 import zipfile
@@ -13,26 +18,58 @@ from albert_jax import squad
 from albert_jax import tasks
 from albert_jax import tokenizer as tokenizer_lib
 from tests.conftest import SPM_MODEL
+from tests.conftest import needs_data
+
+SHARED_V1 = pytest.param('shared', marks=needs_data(
+    'the official SQuAD v1.1 dev set with the official vocabulary'))
+SHARED_V2 = pytest.param('shared', marks=needs_data(
+    'the SQuAD v2.0 sample (14 questions) with the official vocabulary'))
 
 
 @pytest.fixture(scope='module')
-def tok(shared_data):
+def tok(generated_vocab):
+  return tokenizer_lib.Tokenizer(generated_vocab)
+
+
+@pytest.fixture(scope='module')
+def official_tok(shared_data):
   return tokenizer_lib.Tokenizer(SPM_MODEL)
 
 
-@pytest.fixture(scope='module')
-def dev_v1(shared_data, tok):
-  """The full v1.1 dev set as features (about 10 s on one core)."""
-  dataset = squad.load_json(shared_data / 'squad' / 'dev-v1.1.json.zip')
+@dataclasses.dataclass
+class DevV1:
+  features: dict
+  index: squad.FeatureIndex
+  counts: collections.Counter
+  tok: tokenizer_lib.Tokenizer
+  questions: int  # in the file
+  max_seq_length: int
+
+
+@pytest.fixture(scope='module', params=['generated', SHARED_V1])
+def dev_v1(request, generated_squad, tok):
+  """A v1.1 dev set as features: generated (short contexts, so windows of 64 tokens), or the full official one
+  (about 10 s on one core)."""
+  if request.param == 'generated':
+    path, questions, options = generated_squad / 'dev-v1.1.json', 36, dict(max_seq_length=64, doc_stride=32,
+                                                                             max_query_length=16)
+  else:
+    path, questions, options = request.getfixturevalue('shared_data') / 'squad' / 'dev-v1.1.json.zip', 10570, {}
+    tok = request.getfixturevalue('official_tok')
+  dataset = squad.load_json(path)
   counts = collections.Counter()
   features, index = squad.make_features(squad.read_examples(dataset), tok,
-                                        dataset=dataset, counts=counts)
-  return features, index, counts
+                                        dataset=dataset, counts=counts, **options)
+  return DevV1(features, index, counts, tok, questions, options.get('max_seq_length', 384))
 
 
-@pytest.fixture(scope='module')
-def v2_sample(shared_data):
-  return shared_data / 'squad' / 'hf_fixture_dev-v2.0_sample.json'
+@pytest.fixture(scope='module', params=['generated', SHARED_V2])
+def v2_dev(request, generated_squad, tok):
+  """(path, tokenizer, questions, unanswerable): a generated v2.0 dev file, or the official 14-question sample."""
+  if request.param == 'generated':
+    return generated_squad / 'dev-v2.0.json', tok, 30, 12
+  path = request.getfixturevalue('shared_data') / 'squad' / 'hf_fixture_dev-v2.0_sample.json'
+  return path, request.getfixturevalue('official_tok'), 14, 6
 
 
 def _oracle_logits(features, index):
@@ -48,9 +85,9 @@ def _oracle_logits(features, index):
 
 
 def test_every_surviving_gold_span_maps_back_to_its_answer(dev_v1):
-  features, index, counts = dev_v1
-  assert counts['examples'] == 10570 and counts['answer_not_in_context'] == 0
-  assert counts['features'] == len(features['input_ids']) > 10570
+  features, index, counts = dev_v1.features, dev_v1.index, dev_v1.counts
+  assert counts['examples'] == dev_v1.questions and counts['answer_not_in_context'] == 0
+  assert counts['features'] == len(features['input_ids']) > dev_v1.questions
   found, matches = set(), 0
   for f in np.flatnonzero(features['start_positions'] > 0):
     e = index.example_index[f]
@@ -63,24 +100,23 @@ def test_every_surviving_gold_span_maps_back_to_its_answer(dev_v1):
                 metrics.normalize_answer(index.examples[e].answers[0]))
   share = matches / len(found)
   print(f'gold spans recovered: {matches}/{len(found)} = {share:.4f}')
-  assert len(found) == 10570  # Every answer lies inside some window.
+  assert len(found) == dev_v1.questions  # Every answer lies inside some window.
   assert share > 0.995  # The rest start or end inside a piece ("1990s" for "1990").
 
 
-def test_oracle_logits_score_about_100_on_the_full_v1_dev_set(dev_v1):
-  features, index, _ = dev_v1
-  start, end = _oracle_logits(features, index)
-  scores, predictions, null_odds = squad.evaluate(start, end, index, version_2=False)
+def test_oracle_logits_score_about_100_on_the_whole_v1_dev_set(dev_v1):
+  start, end = _oracle_logits(dev_v1.features, dev_v1.index)
+  scores, predictions, null_odds = squad.evaluate(start, end, dev_v1.index, version_2=False)
   print(scores)
-  assert scores['total'] == 10570 and scores['missing'] == 0 and not null_odds
+  assert scores['total'] == dev_v1.questions and scores['missing'] == 0 and not null_odds
   assert scores['exact_match'] > 99.5 and scores['f1'] > 99.5
-  assert len(predictions) == 10570
+  assert len(predictions) == dev_v1.questions
 
 
-def test_features_layout(dev_v1, tok):
-  features, index, _ = dev_v1
+def test_features_layout(dev_v1):
+  features, index, tok = dev_v1.features, dev_v1.index, dev_v1.tok
   ids, types, mask = (features[k] for k in ('input_ids', 'token_type_ids', 'attention_mask'))
-  assert ids.shape[1] == 384 and (ids[:, 0] == tok.cls_id).all()
+  assert ids.shape[1] == dev_v1.max_seq_length and (ids[:, 0] == tok.cls_id).all()
   lengths = mask.sum(1)
   assert (ids[np.arange(len(ids)), lengths - 1] == tok.sep_id).all()
   first = index.examples[0]
@@ -93,7 +129,10 @@ def test_features_layout(dev_v1, tok):
   assert (index.char_start[0, :len(question) + 2] == -1).all()
 
 
-def test_offsets_survive_normalisation(tok):
+@pytest.mark.parametrize('vocab', ['generated', pytest.param('official', marks=needs_data(
+    'the official vocabulary, whose pieces hold the accented and other non-ASCII characters'))])
+def test_offsets_survive_normalisation(vocab, request):
+  tok = request.getfixturevalue('tok' if vocab == 'generated' else 'official_tok')
   context = ("Łazienki's ``Grand'' café measured 2½ metres; NAÏVE İstanbul "
              'visitors paid \u20ac5 (about 360—an odd sum).')
   answers = ['2½ metres', 'café', 'NAÏVE İstanbul', "``Grand''", '360—an odd sum',
@@ -130,16 +169,17 @@ def test_doc_stride_windows_cover_the_context_and_max_context_is_unique(tok):
   assert first_tokens[1] == tokenized.starts[16]
 
 
-def test_v2_sample_oracle_and_null_answers(v2_sample, tok, tmp_path):
-  dataset = squad.load_json(v2_sample)
+def test_v2_oracle_and_null_answers(v2_dev, tmp_path):
+  path, tok, questions, unanswerable = v2_dev
+  dataset = squad.load_json(path)
   examples = squad.read_examples(dataset)
-  assert len(examples) == 14 and sum(e.is_impossible for e in examples) == 6
+  assert len(examples) == questions and sum(e.is_impossible for e in examples) == unanswerable
   features, index = squad.make_features(examples, tok, max_seq_length=128, doc_stride=32,
                                         dataset=dataset)
   start, end = _oracle_logits(features, index)
   scores, predictions, null_odds = squad.evaluate(start, end, index, version_2=True)
   assert scores['exact'] == scores['f1'] == 100.0
-  assert scores['NoAns_total'] == 6 and scores['HasAns_total'] == 8
+  assert scores['NoAns_total'] == unanswerable and scores['HasAns_total'] == questions - unanswerable
   assert all((predictions[e.qid] == '') == e.is_impossible for e in examples)
   assert all((null_odds[e.qid] > 0) == e.is_impossible for e in examples)
   paths = squad.write_predictions(tmp_path, predictions, null_odds)
@@ -149,9 +189,10 @@ def test_v2_sample_oracle_and_null_answers(v2_sample, tok, tmp_path):
   assert metrics.squad_v2(dataset, json.loads(paths[0].read_text()))['exact'] == 100.0
 
 
-def test_v2_threshold_is_chosen_on_dev(v2_sample, tok):
+def test_v2_threshold_is_chosen_on_dev(v2_dev):
   """Null scores raised for every question: threshold 0 fails, the sweep recovers."""
-  dataset = squad.load_json(v2_sample)
+  path, tok, questions, unanswerable = v2_dev
+  dataset = squad.load_json(path)
   features, index = squad.make_features(squad.read_examples(dataset), tok,
                                         max_seq_length=128, doc_stride=32, dataset=dataset)
   start, end = _oracle_logits(features, index)
@@ -159,13 +200,13 @@ def test_v2_threshold_is_chosen_on_dev(v2_sample, tok):
   start[:, 0] += 15.0
   end[:, 0] += 15.0
   fixed, _, _ = squad.evaluate(start, end, index, version_2=True, null_threshold=0.0)
-  assert fixed['exact'] == pytest.approx(100 * 6 / 14)  # Everything "no answer".
+  assert fixed['exact'] == pytest.approx(100 * unanswerable / questions)  # Everything "no answer".
   chosen, predictions, null_odds = squad.evaluate(start, end, index, version_2=True)
   assert chosen['exact'] == chosen['f1'] == chosen['best_f1'] == 100.0
   threshold = chosen['null_score_diff_threshold']
   assert threshold == chosen['best_f1_thresh']
   answerable = [q for q, p in predictions.items() if p]
-  assert len(answerable) == 8 and all(null_odds[q] <= threshold for q in answerable)
+  assert len(answerable) == questions - unanswerable and all(null_odds[q] <= threshold for q in answerable)
   assert squad.apply_null_threshold({'a': 'x', 'b': 'y'}, {'a': 1.0, 'b': -1.0}, 0.0) == {
       'a': '', 'b': 'y'}
 
@@ -197,8 +238,8 @@ def test_long_question_is_truncated_and_counted(tok):
     squad.make_features([example], tok, max_seq_length=64, max_query_length=64)
 
 
-def test_json_and_zip_load_the_same(tmp_path, v2_sample):
-  dataset = squad.load_json(v2_sample)
+def test_json_and_zip_load_the_same(tmp_path, generated_squad):
+  dataset = squad.load_json(generated_squad / 'dev-v2.0.json')
   with zipfile.ZipFile(tmp_path / 'dev-v2.0.json.zip', 'w') as archive:
     archive.writestr('dev-v2.0.json', json.dumps(dataset))
   assert squad.load_json(tmp_path / 'dev-v2.0.json.zip') == dataset
@@ -206,9 +247,9 @@ def test_json_and_zip_load_the_same(tmp_path, v2_sample):
     squad.load_json(tmp_path / 'missing.json')
 
 
-def test_tasks_interface_for_squad_v2(v2_sample, tok, tmp_path):
+def test_tasks_interface_for_squad_v2(generated_squad, tok, tmp_path):
   config = type('Task', (), dict(name='squad_v2', data_dir=str(tmp_path),
-                                 files={'dev': str(v2_sample)}, max_seq_length=128,
+                                 files={'dev': str(generated_squad / 'dev-v2.0.json')}, max_seq_length=128,
                                  doc_stride=32))()
   spec = tasks.get_spec(config)
   assert (spec.head, spec.main_metric) == ('span', 'f1')
