@@ -1,4 +1,5 @@
-"""GLUE metrics against scikit-learn / SciPy; SQuAD against the official logic."""
+"""GLUE metrics against scikit-learn / SciPy; SQuAD against the official logic, on generated questions and, when
+the shared data is present, on the official dev sets."""
 
 import collections
 import json
@@ -12,6 +13,8 @@ from scipy import stats
 from sklearn import metrics as skm
 
 from albert_jax import metrics
+from tests import fixtures
+from tests.conftest import needs_data
 
 # ---------------------------------------------------------------- GLUE
 
@@ -210,10 +213,23 @@ def squad_v1_dev(shared_data):
     return json.loads(zf.read('dev-v1.1.json'))['data']
 
 
-@pytest.fixture(scope='module')
-def squad_v2_sample(shared_data):
-  path = shared_data / 'squad' / 'hf_fixture_dev-v2.0_sample.json'
-  return json.loads(path.read_text())['data']
+@pytest.fixture(scope='module', params=['generated', pytest.param('shared', marks=needs_data(
+    'the official SQuAD v1.1 dev set (10,570 questions)'))])
+def squad_v1(request):
+  """(data, questions): generated (20 articles, 120 questions), or the official v1.1 dev set."""
+  if request.param == 'generated':
+    return fixtures.squad_dataset('1.1', 20)['data'], 120
+  return request.getfixturevalue('squad_v1_dev'), 10570
+
+
+@pytest.fixture(scope='module', params=['generated', pytest.param('shared', marks=needs_data(
+    'the SQuAD v2.0 sample (14 questions, 6 unanswerable)'))])
+def squad_v2(request):
+  """(data, (questions, answerable, unanswerable)): generated, or the official format's 14-question sample."""
+  if request.param == 'generated':
+    return fixtures.squad_dataset('2.0', 3)['data'], (30, 18, 12)
+  path = request.getfixturevalue('shared_data') / 'squad' / 'hf_fixture_dev-v2.0_sample.json'
+  return json.loads(path.read_text())['data'], (14, 8, 6)
 
 
 def questions(dataset):
@@ -242,11 +258,12 @@ def test_squad_v1_hand_checked():
   assert result['total'] == 3 and result['missing'] == 0
 
 
-def test_squad_v1_gold_answers_score_100_on_full_dev(squad_v1_dev):
-  qas = questions(squad_v1_dev)
+def test_squad_v1_gold_answers_score_100_on_a_whole_dev_set(squad_v1):
+  data, total = squad_v1
+  qas = questions(data)
   predictions = {qa['id']: qa['answers'][0]['text'] for qa in qas}
-  result = metrics.squad_v1({'data': squad_v1_dev}, predictions)
-  assert result['total'] == len(qas) == 10570
+  result = metrics.squad_v1({'data': data}, predictions)
+  assert result['total'] == len(qas) == total
   assert result['exact_match'] == 100.0 and result['f1'] == 100.0
 
 
@@ -273,10 +290,11 @@ def perturbed(qas):
   return predictions
 
 
-def test_squad_v1_wrong_answers_match_official_logic(squad_v1_dev):
-  predictions = perturbed(questions(squad_v1_dev))
-  result = metrics.squad_v1(squad_v1_dev, predictions)
-  reference = ref_evaluate_v1(squad_v1_dev, predictions)
+def test_squad_v1_wrong_answers_match_official_logic(squad_v1):
+  data, _ = squad_v1
+  predictions = perturbed(questions(data))
+  result = metrics.squad_v1(data, predictions)
+  reference = ref_evaluate_v1(data, predictions)
   assert 20 < result['exact_match'] < 80 and 20 < result['f1'] < 90
   assert result['exact_match'] == pytest.approx(reference['exact_match'],
                                                 abs=1e-9)
@@ -284,20 +302,21 @@ def test_squad_v1_wrong_answers_match_official_logic(squad_v1_dev):
   assert result['missing'] == result['total'] - len(predictions)
 
 
-def test_squad_v2_gold_answers_score_100(squad_v2_sample):
-  qas = questions(squad_v2_sample)
+def test_squad_v2_gold_answers_score_100(squad_v2):
+  data, totals = squad_v2
+  qas = questions(data)
   predictions = {qa['id']: qa['answers'][0]['text'] if qa['answers'] else ''
                  for qa in qas}
-  result = metrics.squad_v2(squad_v2_sample, predictions)
+  result = metrics.squad_v2(data, predictions)
   assert result['exact'] == result['f1'] == 100.0
   assert (result['total'], result['HasAns_total'],
-          result['NoAns_total']) == (14, 8, 6)
+          result['NoAns_total']) == totals
 
 
 @pytest.mark.parametrize('thresh', [1.0, 0.5])
-def test_squad_v2_matches_official_logic_with_thresholds(squad_v2_sample,
-                                                         thresh):
-  qas = questions(squad_v2_sample)
+def test_squad_v2_matches_official_logic_with_thresholds(squad_v2, thresh):
+  data, _ = squad_v2
+  qas = questions(data)
   rng = np.random.default_rng(0)
   predictions = {}
   for i, qa in enumerate(qas):
@@ -307,8 +326,8 @@ def test_squad_v2_matches_official_logic_with_thresholds(squad_v2_sample,
     predictions[qa['id']] = [gold, (plausible or ['x'])[0],
                              ' '.join(gold.split()[:1]), ''][choice]
   na_probs = {qa['id']: float(rng.uniform()) for qa in qas}
-  result = metrics.squad_v2(squad_v2_sample, predictions, na_probs, thresh)
-  reference = ref_evaluate_v2(squad_v2_sample, predictions, na_probs, thresh)
+  result = metrics.squad_v2(data, predictions, na_probs, thresh)
+  reference = ref_evaluate_v2(data, predictions, na_probs, thresh)
   assert set(reference) <= set(result)
   for key, value in reference.items():
     assert result[key] == pytest.approx(value, abs=1e-9), key
