@@ -15,8 +15,14 @@ Three references, because they disagree:
   difference, line by line. This is why `albert_jax.export` writes a
   tokenizer.json (tests/test_export_tokenizer.py checks that AutoTokenizer on
   an export gives the ids of `Tokenizer`).
+
+The references are compared on the official vocabulary with real text (SST-2
+dev, WikiText-2 valid) when the shared data is present, and on a generated
+vocabulary with generated text everywhere.
 """
 
+import dataclasses
+import io
 import json
 import pathlib
 import pickle
@@ -31,7 +37,10 @@ import pytest
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 
+from albert_jax import builtin_corpus
 from albert_jax import tokenizer as tokenizer_lib
+from tests import fixtures
+from tests.conftest import needs_data
 
 MASK_TEXTS = [
     'The capital of [MASK] is Delhi.',
@@ -79,6 +88,35 @@ def lines(shared_data):
 
 
 @pytest.fixture(scope='module')
+def generated_tok(generated_vocab):
+  return tokenizer_lib.Tokenizer(generated_vocab)
+
+
+@dataclasses.dataclass
+class Case:
+  """A vocabulary and text to compare the references on."""
+  spm_path: pathlib.Path
+  tok: tokenizer_lib.Tokenizer
+  sp: spm.SentencePieceProcessor
+  lines: list[str]  # natural text (without [MASK] and the like), then MASK_TEXTS and DIGIT_COMMA_TEXTS
+  natural: int  # how many of `lines` are natural text
+  sentences: int  # how many of them are sentences (the rest, WikiText-2's, are headings and paragraphs too)
+  known: int  # more than this many of those sentences have no <unk>
+
+
+@pytest.fixture(scope='module', params=['generated', pytest.param('shared', marks=needs_data(
+    'the official vocabulary on SST-2 dev and WikiText-2 valid'))])
+def case(request, generated_vocab, generated_tok):
+  """The generated vocabulary with 1,000 generated sentences, or the official one with the shared text."""
+  if request.param == 'generated':
+    text = fixtures.sentences(1000, seed=2)
+    return Case(generated_vocab, generated_tok, spm.SentencePieceProcessor(model_file=str(generated_vocab)),
+                text + MASK_TEXTS + DIGIT_COMMA_TEXTS, len(text), len(text), 990)
+  fixture = request.getfixturevalue
+  return Case(fixture('spm_path'), fixture('tok'), fixture('sp'), fixture('lines'), 872 + 3760, 872, 840)
+
+
+@pytest.fixture(scope='module')
 def hf_dir(spm_path, tmp_path_factory):
   d = tmp_path_factory.mktemp('hf')
   shutil.copy(spm_path, d / 'spiece.model')
@@ -88,12 +126,7 @@ def hf_dir(spm_path, tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def hf_unigram(spm_path):
-  """HF's own Unigram + normalizer from the model's pieces (no added symbols)."""
-  transformers = pytest.importorskip('transformers')
-  proto = sentencepiece_model_pb2.ModelProto.FromString(spm_path.read_bytes())
-  return transformers.AlbertTokenizer(
-      vocab=[(p.piece, p.score) for p in proto.pieces],
-      _spm_precompiled_charsmap=proto.normalizer_spec.precompiled_charsmap)
+  return _hf_unigram(spm_path)
 
 
 def _original_albert_ids(sp, text):
@@ -122,6 +155,16 @@ def _hf_ids(hf, texts):
   return hf(list(texts), add_special_tokens=False)['input_ids']
 
 
+def _hf_unigram(spm_path):
+  """HF's own Unigram + normalizer from the model's pieces (no added symbols)."""
+  transformers = pytest.importorskip('transformers')
+  proto = sentencepiece_model_pb2.ModelProto.FromString(spm_path.read_bytes())
+  return transformers.AlbertTokenizer(
+      vocab=[(p.piece, p.score) for p in proto.pieces],
+      _spm_precompiled_charsmap=proto.normalizer_spec.precompiled_charsmap)
+
+
+@needs_data('the official vocabulary\'s ids ("This is a test" is 48 25 21 1289)')
 def test_known_ids(tok):
   assert tok.encode('This is a test') == [48, 25, 21, 1289]
   assert tok.encode('I was born in 92000, and this is falsé.') == [
@@ -130,20 +173,21 @@ def test_known_ids(tok):
   assert tok.vocab_size == 30000
 
 
-def test_equals_original_albert_on_every_line(tok, sp, lines):
-  plain = [t for t in lines if not re.search(r'\[MASK\]|\[CLS\]|\[SEP\]|<pad>|<unk>', t)]
-  assert tok.encode_batch(plain) == [_original_albert_ids(sp, t) for t in plain]
+def test_equals_original_albert_on_every_line(case):
+  plain = [t for t in case.lines if not re.search(r'\[MASK\]|\[CLS\]|\[SEP\]|<pad>|<unk>', t)]
+  assert case.tok.encode_batch(plain) == [_original_albert_ids(case.sp, t) for t in plain]
 
 
-def test_equals_hf_unigram_on_every_line(tok, spm_path, hf_unigram, lines):
-  """Every SST-2 dev sentence and WikiText-2 valid line; the rule never fires there."""
-  corpus = lines[:872 + 3760]
-  expected = _hf_ids(hf_unigram, corpus)
-  assert tok.encode_batch(corpus) == expected
-  no_rule = tokenizer_lib.Tokenizer(spm_path, split_digit_comma=False)
+def test_equals_hf_unigram_on_every_line(case):
+  """Every SST-2 dev sentence and WikiText-2 valid line (or generated one); the rule never fires there."""
+  corpus = case.lines[:case.natural]
+  expected = _hf_ids(_hf_unigram(case.spm_path), corpus)
+  assert case.tok.encode_batch(corpus) == expected
+  no_rule = tokenizer_lib.Tokenizer(case.spm_path, split_digit_comma=False)
   assert no_rule.encode_batch(corpus) == expected
 
 
+@needs_data('the official vocabulary, whose pieces make ALBERT\'s "9," rule fire')
 def test_digit_comma_rule_is_the_only_difference_from_hf_unigram(
     tok, sp, spm_path, hf_unigram):
   no_rule = tokenizer_lib.Tokenizer(spm_path, split_digit_comma=False)
@@ -183,6 +227,7 @@ def split_at_user_symbols(spm_path, lines):
   return [_split_at_user_symbols(no_rule, t, symbols) for t in lines]
 
 
+@needs_data('the official vocabulary on SST-2 dev and WikiText-2 valid, through from_pretrained')
 @pytest.mark.parametrize('loader', ['AlbertTokenizer', 'AutoTokenizer'])
 def test_hf_from_pretrained_differs_only_by_splitting_at_user_symbols(
     spm_path, hf_dir, lines, split_at_user_symbols, loader):
@@ -198,6 +243,7 @@ def test_hf_from_pretrained_differs_only_by_splitting_at_user_symbols(
   assert differing > 800
 
 
+@needs_data('the official vocabulary\'s ids of texts with [MASK]')
 def test_mask_and_special_tokens_in_text(tok, hf_dir, hf_unigram):
   transformers = pytest.importorskip('transformers')
   hf = transformers.AlbertTokenizer.from_pretrained(hf_dir)
@@ -212,6 +258,7 @@ def test_mask_and_special_tokens_in_text(tok, hf_dir, hf_unigram):
   assert tok.mask_id not in tok.encode('[mask]')
 
 
+@needs_data('the official vocabulary\'s pieces after [MASK]')
 def test_text_glued_to_a_special_token_continues_its_word(tok, sp):
   # As "delhi." is "▁delhi" "." in pretraining, "[MASK]." is [MASK] ".".
   assert tok.encode('Paris is the capital of [MASK].')[-2:] == [tok.mask_id, sp.piece_to_id('.')]
@@ -221,17 +268,19 @@ def test_text_glued_to_a_special_token_continues_its_word(tok, sp):
     assert [tok.id_to_piece(i) for i in ids[ids.index(tok.mask_id) + 1:]] == rest, text
 
 
-def test_encode_batch_equals_encode(tok, lines):
-  sample = lines[::97] + MASK_TEXTS
+def test_encode_batch_equals_encode(case):
+  tok = case.tok
+  sample = case.lines[::97] + MASK_TEXTS
   assert tok.encode_batch(sample) == [tok.encode(t) for t in sample]
   assert tok.encode_batch([]) == [] and tok.encode('') == [] and tok.encode('  ') == []
 
 
-def test_decode_round_trip(tok, lines):
-  sst2 = lines[:872]
-  encoded = tok.encode_batch(sst2)
-  known = [(t, ids) for t, ids in zip(sst2, encoded) if tok.unk_id not in ids]
-  assert len(known) > 840
+def test_decode_round_trip(case):
+  tok = case.tok
+  sentences = case.lines[:case.sentences]
+  encoded = tok.encode_batch(sentences)
+  known = [(t, ids) for t, ids in zip(sentences, encoded) if tok.unk_id not in ids]
+  assert len(known) > case.known
   for text, ids in known:
     assert tok.decode(ids) == tokenizer_lib.normalize(text)
     assert tok.encode(tok.decode(ids)) == ids
@@ -240,7 +289,8 @@ def test_decode_round_trip(tok, lines):
   assert tok.decode(np.array(tok.encode('Paris is in [MASK].'))) == 'paris is in [MASK].'
 
 
-def test_encode_pair(tok):
+def test_encode_pair(generated_tok):
+  tok = generated_tok
   a, b = tok.encode('Hello world'), tok.encode('Bye')
   ids, types = tok.encode_pair(a, b)
   assert ids == [2, *a, 3, *b, 3]
@@ -248,6 +298,7 @@ def test_encode_pair(tok):
   assert tok.encode_pair(a) == ([2, *a, 3], [0] * (len(a) + 2))
 
 
+@needs_data('the official vocabulary\'s word-start pieces')
 def test_word_start_and_special_arrays(tok):
   assert tok.is_word_start.shape == tok.is_special.shape == (tok.vocab_size,)
   assert tok.is_special[:5].all() and not tok.is_special[5:].any()
@@ -262,7 +313,8 @@ def test_word_start_and_special_arrays(tok):
       ('▁9', True), ('2000', True), ('▁it', True), ("'", True), ('s', False)]
 
 
-def test_pickle_round_trip(tok):
+def test_pickle_round_trip(generated_tok):
+  tok = generated_tok
   clone = pickle.loads(pickle.dumps(tok))
   assert clone.encode('This is a test, 9, ok') == tok.encode('This is a test, 9, ok')
   assert (clone.is_word_start == tok.is_word_start).all()
@@ -282,16 +334,22 @@ def test_corrupt_model_file(tmp_path):
     tokenizer_lib.Tokenizer(bad)
 
 
-def test_model_without_albert_specials(shared_data):
+def test_model_without_albert_specials(tmp_path):
+  """A SentencePiece model with its own defaults: <unk>, <s>, </s> at 0, 1, 2."""
+  model = io.BytesIO()
+  spm.SentencePieceTrainer.train(sentence_iterator=iter(fixtures.sentences(300)), model_writer=model,
+                                 vocab_size=100)
+  path = tmp_path / 'plain.model'
+  path.write_bytes(model.getvalue())
   with pytest.raises(ValueError, match=r"lacks the ALBERT special pieces.*'<unk>', '<s>'"):
-    tokenizer_lib.Tokenizer(shared_data / 'spm' / 'hf_test_sentencepiece.model')
+    tokenizer_lib.Tokenizer(path)
 
 
-def test_train_vocab_small_corpus(shared_data, tmp_path):
+def test_train_vocab_small_corpus(tmp_path):
   texts = ['Une phrase accentuée: café, naïve.', 'The cat sat on the mat.'] * 20
   out = tmp_path / 'v' / 'spiece.model'
-  tok = tokenizer_lib.train_vocab(
-      [shared_data / 'text' / 'bert_sample_text.txt', *texts], out, vocab_size=5000)
+  sample = fixtures.write_lines_corpus(tmp_path / 'sample.txt', fixtures.documents(3, max_sentences=12))
+  tok = tokenizer_lib.train_vocab([sample, *texts], out, vocab_size=5000)
   assert out.is_file()
   assert [tok.id_to_piece(i) for i in range(5)] == ['<pad>', '<unk>', '[CLS]', '[SEP]', '[MASK]']
   assert [tok.id_to_piece(i) for i in range(5, 13)] == list('()"-.') + ['\u2013', '\u00a3', '\u20ac']
@@ -307,10 +365,13 @@ def test_train_vocab_needs_text(tmp_path):
     tokenizer_lib.train_vocab(['', '  '], tmp_path / 'spiece.model', 100)
 
 
-def test_cli_trains_a_vocabulary(shared_data, tmp_path):
+def test_cli_trains_a_vocabulary(tmp_path):
   out = tmp_path / 'spiece.model'
-  inputs = [shared_data / 'text' / 'bert_sample_text.txt',
-            shared_data / 'text' / 'hf_fixture_wiki_00.txt']
+  wiki = ''.join(f'<doc id="{i}" url="u" title="Part {i}">\nPart {i}\n\n{" ".join(doc)}\n</doc>\n'
+                 for i, doc in enumerate(builtin_corpus.documents()[:400]))
+  (tmp_path / 'wiki_00.txt').write_text(wiki, encoding='utf-8')
+  inputs = [fixtures.write_lines_corpus(tmp_path / 'lines.txt', fixtures.documents(100)),
+            tmp_path / 'wiki_00.txt']
   result = subprocess.run(
       [sys.executable, '-m', 'albert_jax.tokenizer', '--input=' + ','.join(map(str, inputs)),
        f'--output={out}', '--vocab_size=500'],
