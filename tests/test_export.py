@@ -19,12 +19,12 @@ from albert_jax import convert
 from albert_jax import export
 from albert_jax import model as model_lib
 from albert_jax import tokenizer as tokenizer_lib
-from tests import conftest
 from tests import hf_reference
+from tests.test_tokenizer import DIGIT_COMMA_TEXTS
+from tests.test_tokenizer import MASK_TEXTS
 
-# The official 30k vocabulary, so that its tokenizer files are exported with it; tiny everything else.
-SMALL = dict(vocab_size=30000, embedding_size=8, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-             intermediate_size=24)
+# Tiny everything, the generated vocabulary's size (tests/test_export_tokenizer.py exports the official one).
+SMALL = dict(embedding_size=8, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24)
 TEXTS = ["The capital of [MASK] is Delhi.", "I was born in 92000, and this is falsé.",
          "  Hello [MASK][MASK] world ``quoted'' 1,000,000 a9,b", "ÀLBERT Ünïcödé naïve café—[SEP] x [CLS]"]
 HEADS_ONLY_IN_PRETRAINING = {"albert.pooler.weight", "albert.pooler.bias", "sop_classifier.classifier.weight",
@@ -32,12 +32,11 @@ HEADS_ONLY_IN_PRETRAINING = {"albert.pooler.weight", "albert.pooler.bias", "sop_
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, shared_data):
-  """(Hugging Face original, albert_jax conversion of it, its export); the official vocab rides along."""
-  del shared_data  # skips without the shared data folder
+def exported(tmp_path_factory, generated_vocab):
+  """(Hugging Face original, albert_jax conversion of it, its export); the generated vocab rides along."""
   root = tmp_path_factory.mktemp("export")
-  hf_reference.random_hf_model(root / "hf", **SMALL)
-  shutil.copyfile(conftest.SPM_MODEL, root / "hf" / "spiece.model")
+  hf_reference.random_hf_model(root / "hf", vocab_size=tokenizer_lib.Tokenizer(generated_vocab).vocab_size, **SMALL)
+  shutil.copyfile(generated_vocab, root / "hf" / "spiece.model")
   converted = convert.convert(root / "hf", root / "converted")
   return root / "hf", converted, export.export(converted, root / "exported")
 
@@ -81,8 +80,8 @@ def test_every_tensor_equals_the_original(exported):
 
 
 def test_transformers_loads_the_export_with_the_logits_of_albert_jax(exported):
-  _, converted, out = exported
-  ids, mask, _ = hf_reference.random_inputs(SMALL["vocab_size"], length=10)
+  original, converted, out = exported
+  ids, mask, _ = hf_reference.random_inputs(transformers.AlbertConfig.from_pretrained(original).vocab_size, length=10)
   want = _albert_jax_mlm_logits(converted, ids, mask)
   with _transformers_warnings() as records:
     pretraining, info = transformers.AlbertForPreTraining.from_pretrained(out, output_loading_info=True)
@@ -109,16 +108,19 @@ def test_auto_tokenizer_gives_the_ids_of_albert_jax_tokenizer(exported):
   _, _, out = exported
   hf_tokenizer = transformers.AutoTokenizer.from_pretrained(out)
   ours = tokenizer_lib.Tokenizer(out / "spiece.model")
-  for text in TEXTS:
+  for text in TEXTS + MASK_TEXTS + DIGIT_COMMA_TEXTS:
     assert hf_tokenizer(text)["input_ids"] == [ours.cls_id, *ours.encode(text), ours.sep_id], text
+  pair = hf_tokenizer(TEXTS[0], TEXTS[1])
+  assert [pair["input_ids"], pair["token_type_ids"]] == list(ours.encode_pair(ours.encode(TEXTS[0]),
+                                                                              ours.encode(TEXTS[1])))
   assert hf_tokenizer.mask_token_id == ours.mask_id and hf_tokenizer.pad_token_id == ours.pad_id
 
 
-def test_cli_exports_and_refuses_a_non_empty_output(exported, tmp_path):
+def test_cli_exports_and_refuses_a_non_empty_output(exported, generated_vocab, tmp_path):
   _, converted, out = exported
   target = tmp_path / "cli"
   command = [sys.executable, "-m", "albert_jax.export", f"--checkpoint={converted}", f"--output={target}",
-             f"--vocab={conftest.SPM_MODEL}"]
+             f"--vocab={generated_vocab}"]
   result = subprocess.run(command, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   for name in ("model.safetensors", "spiece.model", "tokenizer.json", "tokenizer_config.json",
