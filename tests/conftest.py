@@ -97,6 +97,6 @@ def generated_squad(tmp_path_factory) -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def generated_corpus(tmp_path_factory) -> pathlib.Path:
-  """A pretraining corpus in the BERT "lines" format: 1,000 documents of 2 to 30 sentences."""
+  """A pretraining corpus in the BERT "lines" format: 1,200 documents of 2 to 30 sentences."""
   return fixtures.write_lines_corpus(tmp_path_factory.mktemp("generated_corpus") / "corpus.txt",
-                                     fixtures.documents(1000))
+                                     fixtures.documents(1200))

@@ -1,4 +1,8 @@
-"""The streamed pretraining data: ALBERT's SOP pairs and masks, deterministic and resumable."""
+"""The streamed pretraining data: ALBERT's SOP pairs and masks, deterministic and resumable.
+
+On a generated corpus (1,200 documents of 2 to 30 sentences) with a generated vocabulary: the subject is the
+pipeline, which needs some text and some vocabulary, not particular ones.
+"""
 
 import collections
 import json
@@ -11,6 +15,7 @@ import tensorflow_datasets as tfds
 from albert_jax import pretraining_data
 from albert_jax import tfds_builders
 from albert_jax.tokenizer import Tokenizer
+from tests import fixtures
 
 SEQ, PREDICTIONS = 128, 20
 
@@ -25,8 +30,8 @@ def _config(**overrides):
 
 
 @pytest.fixture(scope='module')
-def tokenizer(shared_data):
-  return Tokenizer(shared_data / 'spm' / 'albert_30k_spiece.model')
+def tokenizer(generated_vocab):
+  return Tokenizer(generated_vocab)
 
 
 @pytest.fixture(scope='module')
@@ -35,14 +40,13 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def wikitext_config(shared_data, data_dir):
-  return _config(files=str(shared_data / 'text' / 'wikitext-2-raw' / 'wiki.valid.raw'),
-                 data_dir=data_dir)
+def text_config(generated_corpus, data_dir):
+  return _config(files=str(generated_corpus), data_dir=data_dir)
 
 
 @pytest.fixture(scope='module')
-def wikitext(wikitext_config, tokenizer):
-  return pretraining_data.document_source(wikitext_config, tokenizer, 'train')
+def text(text_config, tokenizer):
+  return pretraining_data.document_source(text_config, tokenizer, 'train')
 
 
 def _examples(source, tokenizer, *, num_epochs=1, seed=0, process_index=0, process_count=1,
@@ -71,17 +75,17 @@ def _segments(example, tokenizer):
 
 
 @pytest.fixture(scope='module')
-def many(wikitext, tokenizer):
-  """Over 10,000 examples (several epochs of WikiText-2 valid), with their counters."""
+def many(text, tokenizer):
+  """Over 10,000 examples (several epochs of the corpus), with their counters."""
   stats = pretraining_data.PipelineStats()
-  examples = _examples(wikitext, tokenizer, num_epochs=6, stats=stats)
+  examples = _examples(text, tokenizer, num_epochs=6, stats=stats)
   assert len(examples) >= 10_000
   return examples, stats.snapshot()
 
 
-def test_batches_have_the_documented_fields_shapes_and_dtypes(wikitext_config, tokenizer):
+def test_batches_have_the_documented_fields_shapes_and_dtypes(text_config, tokenizer):
   dataset, _ = pretraining_data.make_pretraining_data(
-      wikitext_config, tokenizer, batch_size=8, seed=0, process_index=0, process_count=1)
+      text_config, tokenizer, batch_size=8, seed=0, process_index=0, process_count=1)
   batch = next(iter(dataset))
   expected = {'input_ids': ((8, SEQ), np.int32), 'input_mask': ((8, SEQ), np.int32),
               'token_type_ids': ((8, SEQ), np.int32),
@@ -177,11 +181,11 @@ def _find(haystack: np.ndarray, needle: np.ndarray) -> list[int]:
   return found
 
 
-def test_swapped_pairs_are_b_before_a_of_the_document(many, wikitext, tokenizer):
+def test_swapped_pairs_are_b_before_a_of_the_document(many, text, tokenizer):
   checked = collections.Counter()
   for example in many[0][:3000]:
     first, second = _segments(example, tokenizer)
-    doc = wikitext[int(example['document'])]['tokens']
+    doc = text[int(example['document'])]['tokens']
     label = int(example['sentence_order_label'])
     earlier, later = (second, first) if label else (first, second)
     if len(first) + len(second) < SEQ - 3:  # Not truncated: the text is contiguous.
@@ -193,10 +197,10 @@ def test_swapped_pairs_are_b_before_a_of_the_document(many, wikitext, tokenizer)
   assert checked[0] > 100 and checked[1] > 100
 
 
-def test_same_seed_gives_the_same_batches(wikitext_config, tokenizer):
+def test_same_seed_gives_the_same_batches(text_config, tokenizer):
   def batches(seed):
     dataset, _ = pretraining_data.make_pretraining_data(
-        wikitext_config, tokenizer, batch_size=4, seed=seed, process_index=0, process_count=1)
+        text_config, tokenizer, batch_size=4, seed=seed, process_index=0, process_count=1)
     iterator = iter(dataset)
     return [next(iterator) for _ in range(5)]
   first, again, other = batches(1), batches(1), batches(2)
@@ -206,9 +210,9 @@ def test_same_seed_gives_the_same_batches(wikitext_config, tokenizer):
   assert not all(np.array_equal(a['input_ids'], b['input_ids']) for a, b in zip(first, other))
 
 
-def test_each_epoch_draws_new_pairs_and_masks(wikitext, tokenizer):
+def test_each_epoch_draws_new_pairs_and_masks(text, tokenizer):
   by_epoch = collections.defaultdict(dict)
-  for example in _examples(wikitext, tokenizer, num_epochs=2):
+  for example in _examples(text, tokenizer, num_epochs=2):
     by_epoch[int(example['epoch'])].setdefault(int(example['document']), []).append(example)
   doc = next(iter(by_epoch[0]))
   first, second = by_epoch[0][doc], by_epoch[1][doc]
@@ -218,9 +222,9 @@ def test_each_epoch_draws_new_pairs_and_masks(wikitext, tokenizer):
   assert not np.array_equal(*positions)
 
 
-def test_restored_iterator_continues_with_the_same_batches(wikitext_config, tokenizer):
+def test_restored_iterator_continues_with_the_same_batches(text_config, tokenizer):
   dataset, _ = pretraining_data.make_pretraining_data(
-      wikitext_config, tokenizer, batch_size=4, seed=3, process_index=0, process_count=1)
+      text_config, tokenizer, batch_size=4, seed=3, process_index=0, process_count=1)
   iterator = iter(dataset)
   for _ in range(7):  # Mid-window and mid-document.
     next(iterator)
@@ -234,21 +238,21 @@ def test_restored_iterator_continues_with_the_same_batches(wikitext_config, toke
       np.testing.assert_array_equal(got[key], want[key])
 
 
-def test_two_processes_read_every_document_of_an_epoch_once(wikitext, tokenizer):
-  alone = _examples(wikitext, tokenizer)
-  shards = [_examples(wikitext, tokenizer, process_index=i, process_count=2) for i in (0, 1)]
+def test_two_processes_read_every_document_of_an_epoch_once(text, tokenizer):
+  alone = _examples(text, tokenizer)
+  shards = [_examples(text, tokenizer, process_index=i, process_count=2) for i in (0, 1)]
   docs = [{int(e['document']) for e in shard} for shard in shards]
   assert not docs[0] & docs[1]
-  assert docs[0] | docs[1] == set(range(len(wikitext)))
+  assert docs[0] | docs[1] == set(range(len(text)))
   assert sum(map(len, shards)) == len(alone)
   key = lambda e: (int(e['document']), e['input_ids'].tobytes())
   assert sorted(map(key, shards[0] + shards[1])) == sorted(map(key, alone))
 
 
-def test_validation_split_is_held_out(wikitext_config, tokenizer, wikitext):
-  validation = pretraining_data.document_source(wikitext_config, tokenizer, 'validation')
-  assert 1 <= len(validation) < len(wikitext)
-  train_docs = {wikitext[i]['tokens'].tobytes() for i in range(len(wikitext))}
+def test_validation_split_is_held_out(text_config, tokenizer, text):
+  validation = pretraining_data.document_source(text_config, tokenizer, 'validation')
+  assert 1 <= len(validation) < len(text)
+  train_docs = {text[i]['tokens'].tobytes() for i in range(len(text))}
   assert all(validation[i]['tokens'].tobytes() not in train_docs for i in range(len(validation)))
 
 
@@ -265,8 +269,8 @@ def _lines_corpus(*documents):
   return '\n\n'.join('\n'.join(doc) for doc in documents).encode() + b'\n'
 
 
-def test_bad_files_and_lines_are_skipped_and_counted(corpus_dir, tokenizer, data_dir, shared_data):
-  good = str(shared_data / 'text' / 'bert_sample_text.txt')
+def test_bad_files_and_lines_are_skipped_and_counted(corpus_dir, tokenizer, data_dir):
+  good = corpus_dir('good.txt', _lines_corpus(*fixtures.documents(3, seed=5)))
   empty = corpus_dir('empty.txt', b'')
   broken = corpus_dir('broken.txt', _lines_corpus(
       ['The first sentence is fine.', 'The second one is too.'],
@@ -307,24 +311,24 @@ def test_single_sentence_and_overlong_sentences(corpus_dir, tokenizer, data_dir)
 
 
 def test_one_token_chunk_is_skipped_and_counted(tokenizer):
-  source = [{'tokens': np.array([25], np.int32), 'sentence_lengths': np.array([1], np.int32)},
-            {'tokens': np.array([48, 25, 21, 1289], np.int32),
-             'sentence_lengths': np.array([4], np.int32)}]
+  ids = tokenizer.encode('This is a test')
+  source = [{'tokens': np.array(ids[:1], np.int32), 'sentence_lengths': np.array([1], np.int32)},
+            {'tokens': np.array(ids, np.int32), 'sentence_lengths': np.array([len(ids)], np.int32)}]
   stats = pretraining_data.PipelineStats()
   examples = _examples(source, tokenizer, stats=stats, short_seq_prob=0.0)
   assert len(examples) == 1 and stats.snapshot()['skipped_one_token_chunks'] == 1
 
 
-def test_vocab_size_mismatch_is_a_clear_error(wikitext_config, tokenizer):
+def test_vocab_size_mismatch_is_a_clear_error(text_config, tokenizer):
   with pytest.raises(ValueError, match='vocab_size=32000'):
-    pretraining_data.make_pretraining_data(wikitext_config, tokenizer, batch_size=4, seed=0,
+    pretraining_data.make_pretraining_data(text_config, tokenizer, batch_size=4, seed=0,
                                            process_index=0, process_count=1,
                                            model_vocab_size=32000)
 
 
-def test_batch_size_must_split_over_processes(wikitext_config, tokenizer):
+def test_batch_size_must_split_over_processes(text_config, tokenizer):
   with pytest.raises(ValueError, match='divisible'):
-    pretraining_data.make_pretraining_data(wikitext_config, tokenizer, batch_size=5, seed=0,
+    pretraining_data.make_pretraining_data(text_config, tokenizer, batch_size=5, seed=0,
                                            process_index=0, process_count=2)
 
 
@@ -352,11 +356,11 @@ def test_builtin_corpus_prepares_and_streams(tokenizer, data_dir):
   assert len(pretraining_data.document_source(config, tokenizer, 'validation')) >= 1
 
 
-def test_orbax_checkpoint_of_the_iterator_resumes_it(wikitext_config, tokenizer, tmp_path):
+def test_orbax_checkpoint_of_the_iterator_resumes_it(text_config, tokenizer, tmp_path):
   import grain  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   dataset, _ = pretraining_data.make_pretraining_data(
-      wikitext_config, tokenizer, batch_size=4, seed=5, process_index=0, process_count=1)
+      text_config, tokenizer, batch_size=4, seed=5, process_index=0, process_count=1)
   iterator = iter(dataset)
   next(iterator)
   with ocp.CheckpointManager(tmp_path / 'ckpt') as manager:
@@ -370,10 +374,10 @@ def test_orbax_checkpoint_of_the_iterator_resumes_it(wikitext_config, tokenizer,
     np.testing.assert_array_equal(next(restored)['input_ids'], expected['input_ids'])
 
 
-def test_dataset_pickles_for_multiprocess_prefetch(wikitext, tokenizer):
+def test_dataset_pickles_for_multiprocess_prefetch(text, tokenizer):
   import pickle  # pylint: disable=g-import-not-at-top
   options = pretraining_data.PairingOptions(max_seq_length=SEQ, max_predictions_per_seq=PREDICTIONS)
   dataset = pretraining_data.batch_dataset(pretraining_data.example_dataset(
-      wikitext, options, pretraining_data.Vocab.from_tokenizer(tokenizer), seed=0), 2)
+      text, options, pretraining_data.Vocab.from_tokenizer(tokenizer), seed=0), 2)
   copy = pickle.loads(pickle.dumps(dataset))
   np.testing.assert_array_equal(next(iter(copy))['input_ids'], next(iter(dataset))['input_ids'])
