@@ -1,4 +1,8 @@
-"""Fine-tuning: every shared task end to end on CPU, exact resume, pretrained backbones, Hugging Face parity, bad input."""
+"""Fine-tuning: GLUE and SQuAD end to end on CPU, exact resume, pretrained backbones, Hugging Face parity, bad input.
+
+The runs read generated GLUE TSVs and SQuAD files with a generated vocabulary (tests/conftest.py): their subject
+is the fine-tuning machinery, so they run without the shared data.
+"""
 
 import importlib.util
 import json
@@ -18,10 +22,11 @@ from albert_jax import checkpoints
 from albert_jax import finetune
 from albert_jax import model as model_lib
 from albert_jax import tasks
+from albert_jax import tokenizer as tokenizer_lib
 from albert_jax import trainer_lib
 from tests import cli_helpers as cli
 from tests import hf_finetune
-from tests.conftest import REPO, SPM_MODEL
+from tests.conftest import REPO
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -37,14 +42,20 @@ def compilation_cache(tmp_path_factory):
     jax.config.update(k, v)
 
 
-def _experiment(name, arg, shared_data, **overrides):
-  """experiments/<name>:<arg>,tiny with the shared data's absolute paths."""
+@pytest.fixture(scope="module")
+def data(generated_vocab, generated_glue, generated_squad):
+  """The generated vocabulary and the folders of its GLUE and SQuAD files."""
+  return {"vocab": generated_vocab, "glue.py": generated_glue, "squad.py": generated_squad}
+
+
+def _experiment(name, arg, data, **overrides):
+  """experiments/<name>:<arg>,tiny with the generated data's absolute paths."""
   spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / name)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config(f"{arg},tiny")
-  config.task.vocab = str(SPM_MODEL)
-  config.task.data_dir = str(shared_data / ("squad" if name == "squad.py" else "glue"))
+  config.task.vocab = str(data["vocab"])
+  config.task.data_dir = str(data[name])
   config.update(num_train_steps=4, eval_every_steps=2, checkpoint_every_steps=2)
   config.task.max_examples = 32
   config.update(overrides)
@@ -61,13 +72,14 @@ def _saved_params(directory):
 
 
 @pytest.fixture(scope="module")
-def pretrained_dir(tmp_path_factory):
+def pretrained_dir(tmp_path_factory, generated_vocab):
   """An albert_jax checkpoint directory of a random tiny AlbertForPreTraining, with its vocabulary."""
-  config = model_lib.AlbertConfig(vocab_size=30000, embedding_size=16, hidden_size=32, num_hidden_layers=2,
-                                  num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+  config = model_lib.AlbertConfig(vocab_size=tokenizer_lib.Tokenizer(generated_vocab).vocab_size, embedding_size=16,
+                                  hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                  max_position_embeddings=128)
   params = jax.jit(model_lib.AlbertForPreTraining(config).init)(jax.random.PRNGKey(7), np.zeros((1, 8), np.int32))
   directory = tmp_path_factory.mktemp("pretrained")
-  return checkpoints.save(directory, config, jax.tree.map(np.asarray, nn.unbox(params)), SPM_MODEL)
+  return checkpoints.save(directory, config, jax.tree.map(np.asarray, nn.unbox(params)), generated_vocab)
 
 
 @pytest.mark.parametrize("task, scores", [
@@ -76,9 +88,9 @@ def pretrained_dir(tmp_path_factory):
     ("mrpc", {"accuracy", "f1"}),
     ("stsb", {"pearson", "spearman"}),
 ])
-def test_glue_task_trains_evaluates_keeps_the_best_and_writes_predictions(task, scores, shared_data, tmp_path,
+def test_glue_task_trains_evaluates_keeps_the_best_and_writes_predictions(task, scores, data, tmp_path,
                                                                          pretrained_dir):
-  config = _experiment("glue.py", task, shared_data)
+  config = _experiment("glue.py", task, data)
   if task == "sst2":  # from a pretrained checkpoint, its vocabulary found next to it
     config.update(init_checkpoint=str(pretrained_dir))
     config.task.vocab = ""
@@ -100,9 +112,8 @@ def test_glue_task_trains_evaluates_keeps_the_best_and_writes_predictions(task, 
   assert {r["step"] for r in _metrics(tmp_path) if "train/loss" in r} == {2, 4}
 
 
-def test_squad_v1_on_a_dev_slice_writes_official_predictions(shared_data, tmp_path):
-  config = _experiment("squad.py", "v1", shared_data, num_train_steps=2, eval_every_steps=0)
-  config.task.files.train = str(shared_data / "squad" / "dev-v1.1.json.zip")
+def test_squad_v1_on_a_dev_slice_writes_official_predictions(data, tmp_path):
+  config = _experiment("squad.py", "v1", data, num_train_steps=2, eval_every_steps=0)
   config.task.max_examples = 16
   results = finetune.finetune(config, str(tmp_path))
   assert {"exact_match", "f1"} <= set(results["dev"])
@@ -111,10 +122,8 @@ def test_squad_v1_on_a_dev_slice_writes_official_predictions(shared_data, tmp_pa
   assert not (tmp_path / "null_odds.json").exists()
 
 
-def test_squad_v2_sample_chooses_the_null_threshold_on_dev(shared_data, tmp_path):
-  sample = str(shared_data / "squad" / "hf_fixture_dev-v2.0_sample.json")
-  config = _experiment("squad.py", "v2", shared_data, num_train_steps=2, eval_every_steps=0)
-  config.task.files.update(train=sample, dev=sample)
+def test_squad_v2_chooses_the_null_threshold_on_dev(data, tmp_path):
+  config = _experiment("squad.py", "v2", data, num_train_steps=2, eval_every_steps=0)
   config.task.max_examples = 0
   results = finetune.finetune(config, str(tmp_path))
   dev = results["dev"]
@@ -122,14 +131,14 @@ def test_squad_v2_sample_chooses_the_null_threshold_on_dev(shared_data, tmp_path
   assert dev["null_score_diff_threshold"] == dev["best_f1_thresh"]
   predictions = json.loads((tmp_path / "predictions.json").read_text())
   null_odds = json.loads((tmp_path / "null_odds.json").read_text())
-  assert len(predictions) == len(null_odds) == 14
+  assert len(predictions) == len(null_odds) == 30  # every dev question
   # The threshold from dev decides which answers are empty.
   threshold = dev["null_score_diff_threshold"]
   assert all((predictions[q] == "") == (null_odds[q] > threshold) or predictions[q] == "" for q in predictions)
 
 
-def test_resume_after_a_crash_reproduces_the_uninterrupted_run(shared_data, tmp_path):
-  config = _experiment("glue.py", "sst2", shared_data, eval_every_steps=0)
+def test_resume_after_a_crash_reproduces_the_uninterrupted_run(data, tmp_path):
+  config = _experiment("glue.py", "sst2", data, eval_every_steps=0)
   finetune.finetune(config, str(tmp_path))
   straight = _saved_params(tmp_path / "checkpoints" / "4" / "state")
   shutil.rmtree(tmp_path / "checkpoints" / "4")  # as if killed after the step-2 save
@@ -153,8 +162,8 @@ def test_batches_are_seeded_permutations_of_each_epoch():
 @pytest.mark.parametrize("experiment, task, head", [("glue.py", "sst2", "classifier_head"),
                                                     ("squad.py", "v2", "qa_outputs")])
 def test_backbone_comes_from_the_checkpoint_and_the_head_is_fresh(experiment, task, head, pretrained_dir,
-                                                                  shared_data, tmp_path):
-  config = _experiment(experiment, task, shared_data, init_checkpoint=str(pretrained_dir))
+                                                                  data, tmp_path):
+  config = _experiment(experiment, task, data, init_checkpoint=str(pretrained_dir))
   config.task.vocab = ""  # found next to the checkpoint
   config.model.hidden_size = 48  # shape fields yield to the checkpoint's
   config.model.hidden_dropout_prob = 0.1  # dropout follows the fine-tuning config
@@ -181,8 +190,8 @@ def test_backbone_comes_from_the_checkpoint_and_the_head_is_fresh(experiment, ta
   assert all(jax.tree.leaves(placed))
 
 
-def test_first_steps_match_hugging_face_adamw(shared_data):
-  config = hf_finetune.sst2_config(shared_data / "glue", SPM_MODEL, steps=20, seq=32)
+def test_first_steps_match_hugging_face_adamw(data):
+  config = hf_finetune.sst2_config(data["glue.py"], data["vocab"], steps=20, seq=32)
   jax_run, torch_run = hf_finetune.both_runs(config, train_examples=64, with_dev=False)[:2]
   jax_losses = [jax_run.step(s) for s in range(5)]
   torch_losses = [torch_run.step(s) for s in range(5)]
@@ -193,10 +202,10 @@ def test_first_steps_match_hugging_face_adamw(shared_data):
 # ---------------------------------------------------------------------------
 # Bad input through the command line: one clear line, no traceback.
 
-def _cli(workdir, *flags):
+def _cli(workdir, vocab, *flags):
   env = cli.env()
   return subprocess.run([sys.executable, "-m", "albert_jax.finetune", "--config=experiments/glue.py:sst2,tiny",
-                         f"--workdir={workdir}", f"--config.task.vocab={SPM_MODEL}", *flags],
+                         f"--workdir={workdir}", f"--config.task.vocab={vocab}", *flags],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -211,12 +220,14 @@ def _bad_label_dir(tmp_path):
 @pytest.mark.parametrize("case, flags, message", [
     ("label outside the label set", ["--config.task.data_dir={bad}"], r"train.tsv:3: label '7' is not one of"),
     ("no vocabulary", ["--config.task.vocab="], "No vocabulary: no init_checkpoint is set"),
-    ("sequence too short for the text", ["--config.task.max_seq_length=2"], "max_seq_length=2 leaves no room"),
+    ("sequence too short for the text", ["--config.task.data_dir={glue}", "--config.task.max_seq_length=2"],
+     "max_seq_length=2 leaves no room"),
 ])
-def test_bad_input_is_one_clear_error_line(case, flags, message, tmp_path):
+def test_bad_input_is_one_clear_error_line(case, flags, message, data, tmp_path):
   del case
-  flags = [f.format(bad=_bad_label_dir(tmp_path), tmp=tmp_path) for f in flags]
-  result = _cli(tmp_path / "work", *flags)
+  bad = _bad_label_dir(tmp_path)
+  flags = [f.format(bad=bad, glue=data["glue.py"]) for f in flags]
+  result = _cli(tmp_path / "work", data["vocab"], *flags)
   assert result.returncode != 0
   assert "Traceback" not in result.stderr, result.stderr[-3000:]
   last = result.stderr.strip().splitlines()[-1]
