@@ -39,8 +39,6 @@ jax.config.update("jax_default_matmul_precision", "highest")
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = pathlib.Path(os.environ.get("ALBERT_JAX_DATA", REPO.parent / "shared" / "data"))
 SPM_MODEL = SHARED_DATA / "spm" / "albert_30k_spiece.model"
-
-
 SKIP_REASON = "needs ../shared/data (set ALBERT_JAX_DATA)"
 
 
@@ -55,6 +53,7 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
+  """Without the shared data, every test marked `needs_data` is skipped before its fixtures are set up."""
   del config
   if SHARED_DATA.is_dir():
     return

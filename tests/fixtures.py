@@ -57,7 +57,11 @@ def write_lines_corpus(path: pathlib.Path, docs: list[list[str]]) -> pathlib.Pat
 
 
 def write_vocab(path: pathlib.Path, vocab_size: int = 500):
-  """An ALBERT-style SentencePiece model ([CLS], [SEP], [MASK], ALBERT's punctuation pieces), in about a second."""
+  """An ALBERT-style SentencePiece model ([CLS], [SEP], [MASK], ALBERT's punctuation pieces), in about a second.
+
+  Trained on the built-in corpus and generated sentences. At 500 pieces the common words are whole pieces and
+  the rarer ones are split (mostly into letters), so whole-word masking has continuations to keep together.
+  """
   from albert_jax import builtin_corpus  # pylint: disable=g-import-not-at-top
   from albert_jax import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   texts = ["\n".join(doc) for doc in builtin_corpus.documents()] + sentences(3000, seed=1)
@@ -100,7 +104,7 @@ def write_glue(root: pathlib.Path, seed: int = 0) -> pathlib.Path:
 # ---------------------------------------------------------------------------
 # SQuAD: v1.1 and v2.0 JSON in the official format.
 
-def _qa(qid, question, context, answer, start, alternatives=()):
+def _qa(qid, question, answer, start, alternatives=()):
   answers = [{"text": answer, "answer_start": start}]
   for text in alternatives:
     answers.append({"text": text, "answer_start": start + answer.index(text)})
@@ -135,7 +139,7 @@ def squad_dataset(version: str, articles: int, seed: int = 0) -> dict:
         alternatives = [words[1]] if words[0] in ("a", "an", "the") and len(words) > 1 else []
         if q == 1:
           alternatives.append(o)
-        qas.append(_qa(f"q{a}-{p}-{q}", f"What did {s} {v.split()[0]}?", context, o, starts[k], alternatives))
+        qas.append(_qa(f"q{a}-{p}-{q}", f"What did {s} {v.split()[0]}?", o, starts[k], alternatives))
       if version == "2.0":
         for q in range(2):
           s, v, o, _ = parts[q]
