@@ -18,12 +18,16 @@ def _keep_libtpu_to_tpu_machines():
   """
   if _os.environ.get("JAX_PLATFORMS") or _importlib_util.find_spec("libtpu") is None:
     return
-  from jax._src import hardware_utils  # JAX's own test for TPU and GPU chips (PCI ids, device files)
-  from jax._src import xla_bridge
+  from jax._src import (
+    hardware_utils,  # JAX's own test for TPU and GPU chips (PCI ids, device files)
+    xla_bridge,
+  )
+
   if xla_bridge.backends_are_initialized():
     return
   if hardware_utils.num_available_tpu_chips_and_device_id()[0] == 0 and not hardware_utils.has_visible_nvidia_gpu():
     import jax
+
     jax.config.update("jax_platforms", "cpu")
 
 

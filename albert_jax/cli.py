@@ -13,15 +13,18 @@ libraries' INFO chatter (orbax, TFDS, JAX, optax: dozens of lines per
 checkpoint) appears only with `--verbosity=1`.
 """
 
+import errno
 import logging as logging_std
 import os
 import re
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from absl import app
-from absl import flags
-from absl import logging
+import jax
+from absl import app, flags, logging
+
+from albert_jax.trainers import core
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 # Library lines that say nothing a user can act on, whatever their level.
@@ -32,7 +35,8 @@ class UsageError(ValueError):
   """A command line that cannot run as given; the message says what to change."""
 
 
-# Exceptions that end a command as one `error:` line: mistakes in its input or its environment, not bugs.
+# Exceptions that end a command as one `error:` line: mistakes in its input or its environment, not bugs
+# (CheckpointError, InputError and CompileCheckError are ValueErrors).
 USER_ERRORS = (ValueError, OSError)
 
 
@@ -47,8 +51,10 @@ def _check_config_files(argv: list[str]):
     name, _, value = arg.lstrip("-").partition("=")
     path = value.split(":", 1)[0]
     if name in config_flags and not os.path.isfile(path):
-      raise UsageError(f"--{name}={value}: there is no config file {path!r} here ({os.getcwd()}); name an "
-                       "experiment file such as experiments/tiny.py, relative to this directory.")
+      raise UsageError(
+        f"--{name}={value}: there is no config file {path!r} here ({os.getcwd()}); name an "
+        "experiment file such as experiments/tiny.py, relative to this directory."
+      )
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -138,20 +144,20 @@ def _quiet_closed_loop(unraisable):
     sys.__unraisablehook__(unraisable)
 
 
-def run(main: Callable[[], Any], errors: tuple[type[BaseException], ...] = ()):
+def run(main: Callable[[], Any]):
   """Runs `main()` as the program: flags parsed by `parse_flags`, user errors as one `error:` line (exit 1).
 
   Args:
     main: the command, reading its flags; what it returns is ignored.
-    errors: exceptions beyond `USER_ERRORS` that are the user's to fix.
   """
+
   def body(argv):
     if len(argv) > 1:
       raise SystemExit(f"error: unexpected arguments {argv[1:]}; every option is a --flag=value (see --helpshort).")
     quiet_library_logs()
     try:
       main()
-    except (*USER_ERRORS, *errors) as e:
+    except (*USER_ERRORS, core.TrainingError) as e:
       logging.debug("Stopped by", exc_info=True)
       raise SystemExit(f"error: {explain(e)}") from None
 
@@ -164,3 +170,42 @@ def explain(e: BaseException) -> str:
   if isinstance(e, KeyError) and text.startswith("'"):
     text = text.strip("'")
   return text or type(e).__name__
+
+
+def run_trainer(train: Callable[[], Any]):
+  """Runs a trainer inside `run`: a failure that is the user's to fix becomes one `TrainingError` line.
+
+  A process of a multi-process run that fails exits at once, skipping JAX's
+  shutdown barrier (which would wait for the others while they wait for it
+  in a collective): the others then fail their next collective and exit too.
+  So does a process whose checkpoint write failed: orbax's background threads
+  may wait forever on a read-only disk.
+  """
+  try:
+    train()
+  except Exception as e:  # pylint: disable=broad-except
+    expected = isinstance(e, (*USER_ERRORS, core.TrainingError)) or core.peer_lost(e)
+    if jax.distributed.is_initialized() or isinstance(e, core.CheckpointWriteError):
+      if not expected:
+        logging.exception("Stopped by")
+      logging.flush()
+      logging_std.disable(logging_std.CRITICAL)  # background threads' errors would come after the one that matters
+      if expected:
+        print(f"error: {_explain_training(e)}", file=sys.stderr, flush=True)
+      os._exit(1)  # pylint: disable=protected-access
+    if not expected:
+      raise
+    raise core.TrainingError(_explain_training(e)) from e
+
+
+def _explain_training(e: BaseException) -> str:
+  """The one-line message for an error that ends a run: what failed and what to do."""
+  if core.peer_lost(e):
+    return (
+      f"lost contact with another process of this {jax.process_count()}-process run ({core.first_line(e)}). "
+      "A process probably died or was stopped: see its log. Start all processes again with the same "
+      "--workdir; training resumes from the newest complete checkpoint."
+    )
+  if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):
+    return f"{e}. Free space on that disk, make it writable, or choose another --workdir."
+  return str(e)

@@ -1,267 +1,32 @@
-"""Compile the real sharded train step for a TPU slice on any host: does the config fit, and what does it cost?
+"""Compile the real train step for a TPU slice on any host, and report whether and how it fits.
 
   python -m albert_jax.compile_check --config=experiments/xxlarge.py --topology=v3:16x16 [--json=PATH]
 
-`libtpu` (pip) compiles for a TPU topology without the TPU: the mesh is built
-from the config over the slice's devices exactly as training builds it, the
-`train_step` of `albert_jax.train.build` is lowered with abstract inputs
-(ShapeDtypeStructs carrying their shardings; no data, no parameters) and
-compiled by the TPU compiler. The report gives what a user needs before renting
-the slice: per-device memory against the chip's HBM, the analytic FLOPs and the
-step time at 50% MFU, and the collectives per step, split into those inside
-the scanned layer loop (run once per layer) and those outside (once per step).
+Needs libtpu (`pip install -r requirements-tpu.txt`). Prints per-device memory against HBM, FLOPs and the step
+time at 50% MFU, and the collectives per step (`albert_jax.tools.compile_check`).
 """
 
-import dataclasses
-import importlib.util
-import json
-import os
-import time
-from typing import Any
+from absl import flags
+from ml_collections import config_flags
 
-import jax
-import jax.numpy as jnp
-from flax.linen import partitioning as nn_partitioning
+from albert_jax import cli
+from albert_jax.tools import compile_check
 
-from albert_jax import config_lib
-from albert_jax import flops as flops_lib
-from albert_jax import hlo_collectives
-from albert_jax import sharding
-from albert_jax import train
-
-GiB = 2**30
-
-# HBM per JAX device (a TensorCore on v2/v3; a chip on v4/v5p with megacore, and on the single-core v5e/v6e).
-HBM_BYTES = {
-    "TPU v2": 8 * GiB,
-    "TPU v3": 16 * GiB,
-    "TPU v4": 32 * GiB,
-    "TPU v5 lite": 16 * GiB,
-    "TPU v5": 95 * GiB,  # v5p
-    "TPU v6 lite": 32 * GiB,
-}
-# JAX runs v4 with megacore (one device per chip, both TensorCores); the compile-only topology must match.
-_CHIP_CONFIG = {"v4": "megacore"}
-EXAMPLE_TOPOLOGIES = ("v3:16x16", "v4:4x4x4", "v5e:16x16", "v5p:4x4x4", "v6e:8x8", "v5e:2x2")
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Experiment config, e.g. experiments/xxlarge.py.", lock_config=True
+)
+_TOPOLOGY = flags.DEFINE_string(
+  "topology",
+  "",
+  "TPU slice, e.g. v3:16x16, v4:4x4x4, v5e:16x16, v5p:4x4x4 (needs libtpu); '' = this machine's own devices.",
+)
+_JSON = flags.DEFINE_string("json", "", "Also write the report as JSON to this path.")
 
 
-class CompileCheckError(ValueError):
-  """The check cannot run as asked; the message says what to change."""
-
-
-class DoesNotFit(CompileCheckError):
-  """The TPU compiler ran out of HBM for this config on this slice."""
-
-
-def libtpu_install_line() -> str:
-  return f'pip install "jax[tpu]=={jax.__version__}"'
-
-
-def topology_devices(topology: str) -> list[Any]:
-  """The compile-only devices of a TPU slice such as 'v3:16x16' (512 TensorCores); '' = this machine's devices."""
-  if not topology:
-    return jax.devices()
-  if importlib.util.find_spec("libtpu") is None:
-    raise CompileCheckError(f"Compiling for a TPU topology needs libtpu; install it with: {libtpu_install_line()}")
-  # Compiling needs no TPU, so several checks (or a check beside a TPU job) may load libtpu at once.
-  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-  generation = topology.split(":")[0].lower()
-  from jax._src import hardware_utils  # pylint: disable=g-import-not-at-top
-  if hardware_utils.num_available_tpu_chips_and_device_id()[0] == 0:
-    # Off a TPU VM, libtpu looks for its accelerator type and peer hosts (a screenful of warnings when it finds
-    # none). Compiling for a named topology needs neither; these values leave the compiled program unchanged.
-    known = generation in ("v2", "v3", "v4", "v5e", "v5p", "v6e")  # else libtpu reports the unknown topology below
-    os.environ.setdefault("TPU_ACCELERATOR_TYPE", f"{generation if known else 'v4'}-8")
-    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
-  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
-  kwargs = {"chip_config_name": _CHIP_CONFIG[generation]} if generation in _CHIP_CONFIG else {}
-  try:
-    return list(topologies.get_topology_desc(platform="tpu", topology_name=topology, **kwargs).devices)
-  except jax.errors.JaxRuntimeError as e:
-    reason = str(e).splitlines()[0]
-    if "INVALID_ARGUMENT" not in reason and "NOT_FOUND" not in reason:
-      raise CompileCheckError(f"libtpu could not describe {topology!r}: {reason}") from None
-    raise CompileCheckError(
-        f"Unknown TPU topology {topology!r} ({reason}). Use GENERATION:CHIPS, e.g. "
-        f"{', '.join(EXAMPLE_TOPOLOGIES)}.") from None
-
-
-def abstract_batch(config, mesh) -> dict[str, jax.ShapeDtypeStruct]:
-  """The global batch the train step receives (pretraining_data.FEATURES), as sharded ShapeDtypeStructs."""
-  B, T, P = config.batch_size, config.data.max_seq_length, config.data.max_predictions_per_seq
-  shard = sharding.batch_sharding(mesh)
-  spec = lambda shape, dtype=jnp.int32: jax.ShapeDtypeStruct(shape, dtype, sharding=shard)
-  return dict(input_ids=spec((B, T)), input_mask=spec((B, T)), token_type_ids=spec((B, T)),
-              masked_lm_positions=spec((B, P)), masked_lm_ids=spec((B, P)),
-              masked_lm_weights=spec((B, P), jnp.float32), sentence_order_label=spec((B,)))
-
-
-def model_config(config):
-  """The config's model; vocab_size 0 ("follow the vocabulary") means the vocabulary the data section would train."""
-  model = config_lib.model_config(config)
-  return model.replace(vocab_size=config.data.vocab_size) if model.vocab_size == 0 else model
-
-
-@dataclasses.dataclass
-class Compiled:
-  """A train step compiled for a slice, with what the report needs."""
-  compiled: Any  # jax.stages.Compiled
-  mesh: jax.sharding.Mesh
-  model: Any  # AlbertConfig
-  lower_seconds: float
-  compile_seconds: float
-
-
-def compile_train_step(config, topology: str) -> Compiled:
-  """Lowers and compiles `train.build(...).train_step` for the slice, running nothing."""
-  devices = topology_devices(topology)
-  try:
-    mesh = sharding.create_mesh(config.mesh, devices)
-  except ValueError as e:
-    raise CompileCheckError(f"{e} ({topology} has {len(devices)} devices.)") from None
-  parallel = sharding.data_parallel_size(mesh)
-  if config.batch_size % parallel:
-    raise CompileCheckError(
-        f"config.batch_size={config.batch_size} is not divisible by the data-parallel size {parallel} (mesh data x "
-        f"fsdp = {dict(mesh.shape)}) on {topology}; choose a multiple of {parallel}.")
-  rules = sharding.axis_rules(config)
-  model = model_config(config)
-  start = time.perf_counter()
-  setup = train.build(config, model, mesh, rules)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated)
-  with jax.set_mesh(mesh), nn_partitioning.axis_rules(rules):
-    lowered = setup.train_step.lower(setup.abstract_state, abstract_batch(config, mesh), rng)
-  lowered_at = time.perf_counter()
-  try:
-    compiled = lowered.compile()
-  except jax.errors.JaxRuntimeError as e:
-    if "RESOURCE_EXHAUSTED" not in str(e):
-      raise
-    raise DoesNotFit(
-        f"{model.remat_policy=!s} on mesh {dict(mesh.shape)} of {topology} does not fit: "
-        f"{str(e).split(':', 1)[-1].strip().splitlines()[0]} Try --config.model.remat_policy=full, "
-        "--config.grad_accum_steps=2 or more, --config.mesh.fsdp=N, or bfloat16 "
-        "(--config.model.dtype=bfloat16).") from None
-  return Compiled(compiled, mesh, model, lowered_at - start, time.perf_counter() - lowered_at)
-
-
-def _kind_value(table: dict[str, Any], device_kind: str):
-  """The entry whose name the device kind starts with, longest first ('TPU v5 lite' before 'TPU v5')."""
-  for name in sorted(table, key=len, reverse=True):
-    if device_kind.startswith(name):
-      return table[name]
-  return None
-
-
-def memory_report(compiled, device_kind: str) -> dict[str, float]:
-  """Per-device bytes from XLA's buffer assignment; donated state counts once (outputs alias arguments)."""
-  stats = compiled.memory_analysis()
-  total = (stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
-           + stats.temp_size_in_bytes + stats.generated_code_size_in_bytes)
-  hbm = _kind_value(HBM_BYTES, device_kind)
-  return {
-      "arguments": stats.argument_size_in_bytes, "outputs": stats.output_size_in_bytes,
-      "aliased": stats.alias_size_in_bytes, "temporaries": stats.temp_size_in_bytes,
-      "generated_code": stats.generated_code_size_in_bytes, "total": total, "hbm": hbm,
-      "headroom": None if hbm is None else hbm - total, "fits": None if hbm is None else total <= hbm,
-  }
-
-
-def flops_report(config, model, num_devices: int, device_kind: str) -> dict[str, float]:
-  step_flops = flops_lib.train_flops_per_step(model, config.batch_size, config.data.max_seq_length,
-                                              config.data.max_predictions_per_seq)
-  peak = _kind_value(flops_lib.PEAK_FLOPS, device_kind)
-  return {"flops_per_step": step_flops, "peak_flops_per_device": peak,
-          "step_seconds_at_50pct_mfu": None if peak is None else step_flops / (0.5 * peak * num_devices)}
-
-
-def check(config, topology: str) -> dict[str, Any]:
-  """The whole report for one config on one slice, as plain data (what --json writes)."""
-  result = compile_train_step(config, topology)
-  device_kind = result.mesh.devices.flat[0].device_kind
-  found = hlo_collectives.collectives(result.compiled.as_text())
-  return {
-      "topology": topology, "device_kind": device_kind, "num_devices": result.mesh.size,
-      "mesh": dict(result.mesh.shape), "preset": config.model.get("preset", ""),
-      "remat_policy": result.model.remat_policy, "dtype": result.model.dtype,
-      "batch_size": config.batch_size, "seq_len": config.data.max_seq_length,
-      "grad_accum_steps": config.grad_accum_steps,
-      "num_layers": result.model.num_hidden_layers,
-      "lower_seconds": result.lower_seconds, "compile_seconds": result.compile_seconds,
-      "memory": memory_report(result.compiled, device_kind),
-      **flops_report(config, result.model, result.mesh.size, device_kind),
-      "collectives": hlo_collectives.summarize(found),
-      "collective_instructions": [dataclasses.asdict(c) for c in found],
-  }
-
-
-def _bytes(n: float | None) -> str:
-  if n is None:
-    return "n/a"
-  for unit, size in (("GiB", GiB), ("MiB", 2**20), ("KiB", 2**10)):
-    if abs(n) >= size:
-      return f"{n / size:.2f} {unit}"
-  return f"{n:.0f} B"
-
-
-def format_report(report: dict[str, Any]) -> str:
-  """The report as text: memory, FLOPs and the collectives table."""
-  m = report["memory"]
-  lines = [
-      f"{report['preset'] or 'model'} on {report['topology']} ({report['num_devices']} x {report['device_kind']}), "
-      f"mesh {report['mesh']}, remat {report['remat_policy']}, dtype {report['dtype']}, batch "
-      f"{report['batch_size']} x seq {report['seq_len']}, grad_accum {report['grad_accum_steps']}",
-      f"compiled in {report['compile_seconds']:.1f} s (lowered in {report['lower_seconds']:.1f} s)",
-      "per-device memory:",
-      *(f"  {k:<15}{_bytes(m[k])}" for k in ("arguments", "outputs", "aliased", "temporaries", "generated_code")),
-      f"  {'total':<15}{_bytes(m['total'])} of {_bytes(m['hbm'])} HBM; headroom {_bytes(m['headroom'])}"
-      f"{'' if m['fits'] is None else ('  (fits)' if m['fits'] else '  (DOES NOT FIT)')}",
-      f"analytic FLOPs per step: {report['flops_per_step']:.4g}; at 50% MFU of "
-      f"{report['num_devices']} x {report['peak_flops_per_device'] or float('nan'):.4g} FLOP/s: "
-      + ("n/a" if report["step_seconds_at_50pct_mfu"] is None else f"{report['step_seconds_at_50pct_mfu']:.4g} s/step"),
-      f"collectives per step (the layer loop runs {report['num_layers']} times):",
-      f"  {'':<20}{'outside loop':>26}{'inside loop':>30}",
-  ]
-  for kind in hlo_collectives.KINDS:
-    cells = []
-    for where in ("outside_loop", "inside_loop"):
-      row = report["collectives"][where][kind]
-      cells.append(f"{row['instructions']:>4} ops {row['per_step']:>5}/step {_bytes(row['bytes_per_step']):>10}")
-    lines.append(f"  {kind:<20}{cells[0]:>26}{cells[1]:>30}")
-  return "\n".join(lines)
-
-
-def run(config, topology: str, json_path: str = "") -> dict[str, Any]:
-  """Checks, prints the report and writes it as JSON when asked; the entry point of both CLIs."""
-  report = check(config, topology)
-  print(format_report(report))
-  if json_path:
-    with open(json_path, "w") as f:
-      json.dump(report, f, indent=2)
-  return report
-
-
-def use_host_backend():
-  """Compile-only work needs no accelerator: stay off it (on a TPU VM a running job may hold it)."""
-  jax.config.update("jax_platforms", "cpu")
-
-
-def main(config, topology: str, json_path: str):
-  if topology:
-    use_host_backend()
-  run(config, topology, json_path)
+def main():
+  compile_check.main(_CONFIG.value, _TOPOLOGY.value, _JSON.value)
 
 
 if __name__ == "__main__":
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-
-  _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config, e.g. experiments/xxlarge.py.",
-                                            lock_config=True)
-  _TOPOLOGY = flags.DEFINE_string("topology", "", "TPU slice, e.g. v3:16x16, v4:4x4x4, v5e:16x16, v5p:4x4x4 (needs "
-                                  "libtpu); '' = this machine's own devices.")
-  _JSON = flags.DEFINE_string("json", "", "Also write the report as JSON to this path.")
   flags.mark_flags_as_required(["config"])
-  from albert_jax import cli  # pylint: disable=g-import-not-at-top
-  cli.run(lambda: main(_CONFIG.value, _TOPOLOGY.value, _JSON.value))
+  cli.run(main)

@@ -1,7 +1,8 @@
-"""Config building blocks shared by `experiments/*.py` (ml_collections, configs as code).
+"""Every config default, once: the building blocks of `experiments/*.py` (ml_collections, configs as code).
 
 Each experiment file is a `get_config()` that starts from `pretraining(preset)`
-and changes a few fields; every field is commented here, once.
+or `finetuning(task, ...)` and changes a few fields; every field is commented
+here, once, and the library reads the fields without defaults of its own.
 """
 
 import dataclasses
@@ -11,6 +12,7 @@ import os
 import ml_collections
 
 from albert_jax import model as model_lib
+from albert_jax import sharding
 
 
 def data_root() -> str:
@@ -54,6 +56,38 @@ def _add_parallelism(c: ml_collections.ConfigDict) -> None:
   c.distributed.auto = False  # True: let JAX detect the cluster (Cloud TPU pod, SLURM)
   c.distributed.heartbeat_timeout_seconds = 60  # a process silent this long is dead: the others stop with an error
   c.distributed.shutdown_timeout_seconds = 60  # at exit, how long each process waits for the others to finish
+  # Logical axis -> mesh axes (sharding.DEFAULT_RULES explains each), e.g. to shard the vocabulary over fsdp:
+  # --config.logical_axis_rules="(('batch', ('data', 'fsdp')), ('vocab', 'fsdp'), ...)"
+  c.logical_axis_rules = sharding.DEFAULT_RULES
+
+
+def _add_optimizer(
+  c: ml_collections.ConfigDict, optimizer: str, learning_rate: float, warmup_steps: int, num_train_steps: int
+) -> None:
+  """The optimizer fields, the same for pretraining and fine-tuning (`optim.make_optimizer` reads them)."""
+  c.optimizer = optimizer  # 'lamb' (pretraining) or 'adamw' (fine-tuning, as run_classifier / run_squad / run_race)
+  c.learning_rate = learning_rate  # peak learning rate
+  c.warmup_steps = warmup_steps  # linear warmup, then linear decay to 0
+  c.num_train_steps = num_train_steps  # optimizer updates
+  c.weight_decay = 0.01  # not applied to LayerNorm and bias parameters
+  c.grad_clip_norm = 1.0  # global-norm clipping; 0 disables
+  c.bias_correction = False  # Adam bias correction (False as the original; True as torch's AdamW)
+  c.lr_schedule = "albert"  # 'albert' (the original's decay line) or 'linear' (transformers' linear schedule)
+  c.grad_accum_steps = 1  # microbatches per update (same update, less activation memory)
+
+
+def _add_loop(c: ml_collections.ConfigDict, log_every: int, eval_every: int, checkpoint_every: int, keep: int) -> None:
+  """The loop's intervals and its handling of a non-finite loss (`trainers.loop`)."""
+  c.log_every_steps = log_every  # training metrics to the log, metrics.jsonl and TensorBoard
+  c.eval_every_steps = (
+    eval_every  # evaluation (fine-tuning keeps the best checkpoint); 0 = none (fine-tuning: at the end)
+  )
+  c.checkpoint_every_steps = checkpoint_every  # asynchronous orbax saves of the train state (resume)
+  c.keep_checkpoints = keep  # newest checkpoints kept
+  c.nan_policy = "stop"  # on a non-finite loss: 'stop' (keep the last good checkpoint) or 'skip' the update
+  c.debug = ml_collections.ConfigDict()  # fault injection, for tests only; applied around the step (trainers.core)
+  c.debug.nan_at_step = -1  # the update at this step behaves as if its loss were non-finite (-1: never)
+  c.debug.nan_value = "nan"  # that loss: 'nan' or 'inf'
 
 
 def pretraining(preset: str = "base") -> ml_collections.ConfigDict:
@@ -64,7 +98,7 @@ def pretraining(preset: str = "base") -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.source = "builtin"  # 'builtin' (the shipped facts corpus), 'files', or a TFDS catalog name
   c.data.files = ""  # comma-separated text files or globs when source='files'
-  c.data.format = ""  # reader for files: '' (auto), 'bert', 'wikiextractor', 'wikitext', 'text'
+  c.data.format = ""  # reader for files: '' (detected per file), 'lines', 'wikiextractor', 'wikitext', 'prose'
   c.data.vocab = ""  # SentencePiece model; '' trains one on the corpus into the workdir
   c.data.vocab_size = 30000  # pieces when a vocabulary is trained; must equal model.vocab_size
   c.data.data_dir = ""  # where prepared ArrayRecord datasets go; '' = WORKDIR/data
@@ -81,25 +115,11 @@ def pretraining(preset: str = "base") -> ml_collections.ConfigDict:
   c.data.num_shards = 0  # data shards of the global stream (0 = one per process); fixed, batches match any host count
 
   c.batch_size = 4096  # global batch, over all devices and hosts
-  c.num_train_steps = 125_000  # optimizer updates
-  c.warmup_steps = 3125  # linear warmup, then linear decay to 0
-  c.learning_rate = 0.00176  # LAMB peak learning rate
-  c.optimizer = "lamb"  # 'lamb' (pretraining) or 'adamw'
-  c.weight_decay = 0.01  # not applied to LayerNorm and bias parameters
-  c.grad_clip_norm = 1.0  # global-norm clipping; 0 disables
-  c.grad_accum_steps = 1  # microbatches per update (same update, less activation memory)
-
+  _add_optimizer(c, "lamb", learning_rate=0.00176, warmup_steps=3125, num_train_steps=125_000)
   _add_parallelism(c)
-
-  c.log_every_steps = 100  # metrics to the log, metrics.jsonl and TensorBoard
-  c.eval_every_steps = 5000  # held-out evaluation; 0 disables
+  _add_loop(c, log_every=100, eval_every=5000, checkpoint_every=5000, keep=3)
   c.eval_batches = 10  # batches per evaluation
-  c.checkpoint_every_steps = 5000  # asynchronous orbax saves
-  c.keep_checkpoints = 3  # newest checkpoints kept
-  c.nan_policy = "stop"  # on a non-finite loss: 'stop' (keep the last good checkpoint) or 'skip' the update
   c.seed = 0  # parameters, data order, masks and dropout all derive from it
-  c.nan_at_step = -1  # fault injection for tests: a non-finite loss at this step (-1: never)
-  c.nan_value = "nan"  # the loss injected at nan_at_step: 'nan' or 'inf'
   return c
 
 
@@ -113,78 +133,133 @@ def check(c: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.{name}={c[name]}: must be 0 or more.")
   if c.nan_policy not in ("stop", "skip"):
     raise ValueError(f"config.nan_policy={c.nan_policy!r}: use 'stop' or 'skip'.")
-  if c.get("nan_value", "nan") not in ("nan", "inf"):
-    raise ValueError(f"config.nan_value={c.nan_value!r}: use 'nan' or 'inf'.")
+  if c.debug.nan_value not in ("nan", "inf"):
+    raise ValueError(f"config.debug.nan_value={c.debug.nan_value!r}: use 'nan' or 'inf'.")
 
 
 # Model fields a fine-tuning run takes from its config even when the shape comes from `init_checkpoint`.
-FINETUNING_MODEL_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout_prob",
-                           "dtype", "remat_policy", "scan_unroll")
+FINETUNING_MODEL_FIELDS = (
+  "hidden_dropout_prob",
+  "attention_probs_dropout_prob",
+  "classifier_dropout_prob",
+  "dtype",
+  "remat_policy",
+  "scan_unroll",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """A task's original fine-tuning settings (AdamW; linear warmup then decay) and its splits."""
+
+  learning_rate: float
+  batch_size: int
+  num_train_steps: int
+  warmup_steps: int
+  dropout: float  # backbone hidden and attention dropout ("ALBERT DR")
+  max_seq_length: int = 512
+  classifier_dropout: float = 0.1
+  splits: tuple[str, ...] = ("train", "dev", "test")  # the splits config.task.files can name
+
+
+_MNLI_SPLITS = ("train", "dev_matched", "dev_mismatched", "test_matched", "test_mismatched")
+# The ALBERT paper's Table 14 (google-research/albert's run_glue.sh gives the same), seq 512; SQuAD at seq 384 as
+# the google-research/albert README's commands.
+RECIPES = {
+  "cola": Recipe(1e-5, 16, 5336, 320, dropout=0.0),
+  "sst2": Recipe(1e-5, 32, 20935, 1256, dropout=0.0),
+  "mrpc": Recipe(2e-5, 32, 800, 200, dropout=0.0),
+  "stsb": Recipe(2e-5, 16, 3598, 214, dropout=0.0),
+  "qqp": Recipe(5e-5, 128, 14000, 1000, dropout=0.1),
+  "mnli": Recipe(3e-5, 128, 10000, 1000, dropout=0.0, splits=_MNLI_SPLITS),
+  "qnli": Recipe(1e-5, 32, 33112, 1986, dropout=0.0),
+  "rte": Recipe(3e-5, 32, 800, 200, dropout=0.1),
+  "wnli": Recipe(2e-5, 16, 2000, 250, dropout=0.1),
+  "squad_v1": Recipe(5e-5, 48, 3649, 365, dropout=0.0, max_seq_length=384, splits=("train", "dev")),
+  "squad_v2": Recipe(3e-5, 48, 8144, 814, dropout=0.0, max_seq_length=384, splits=("train", "dev")),
+  "race": Recipe(2e-5, 32, 12000, 1000, dropout=0.1),
+}
+GLUE_TASKS = tuple(name for name in RECIPES if not name.startswith(("squad", "race")))
+
+
+def task_name(task: str) -> str:
+  """The registry name of a task ('SST-2', 'sts-b', 'squad_v1', ... work), or a ValueError listing the tasks."""
+  key = task.lower().replace("-", "")
+  key = {k.replace("_", ""): k for k in RECIPES}.get(key.replace("_", ""), key)
+  if key not in RECIPES:
+    raise ValueError(
+      f"Unknown task {task.lower()!r}: use a GLUE task ({', '.join(GLUE_TASKS)}), squad_v1, squad_v2 or race."
+    )
+  return key
 
 
 def finetuning(task: str, data_dir: str, preset: str = "base") -> ml_collections.ConfigDict:
-  """The original fine-tuning recipe of one task (google-research/albert README, Table 14 of the paper)."""
-  from albert_jax import tasks  # pylint: disable=g-import-not-at-top  (tasks imports the data readers)
-  spec = tasks.get_spec(task)
-  hp = spec.hparams
+  """The original fine-tuning recipe of one task (`RECIPES`)."""
+  name = task_name(task)
+  recipe = RECIPES[name]
   c = ml_collections.ConfigDict()
   c.init_checkpoint = ""  # SRC of the backbone: HF dir, albert_jax dir, pretraining workdir, TF checkpoint; '' = random
   # AlbertConfig fields. With init_checkpoint the shape comes from the checkpoint and only
-  # FINETUNING_MODEL_FIELDS (dropout, dtype, remat) are read here; '' uses every field (vocab_size 0 = the vocabulary's).
-  c.model = model_section(preset, vocab_size=0, hidden_dropout_prob=hp.dropout,
-                          attention_probs_dropout_prob=hp.dropout, classifier_dropout_prob=hp.classifier_dropout)
+  # FINETUNING_MODEL_FIELDS (dropout, dtype, remat) are read here; '' uses every field (vocab_size 0: the vocabulary's).
+  c.model = model_section(
+    preset,
+    vocab_size=0,
+    hidden_dropout_prob=recipe.dropout,
+    attention_probs_dropout_prob=recipe.dropout,
+    classifier_dropout_prob=recipe.classifier_dropout,
+  )
 
   c.task = ml_collections.ConfigDict()
-  c.task.name = spec.name  # see albert_jax.tasks: a GLUE task, squad_v1, squad_v2 or race
+  c.task.name = name  # a GLUE task, squad_v1, squad_v2 or race (albert_jax.tasks)
   c.task.source = "files"  # 'files' (original formats in data_dir) or 'tfds' (GLUE and RACE catalog datasets)
   c.task.data_dir = data_dir  # GLUE task folder or root, SQuAD JSON folder, RACE folder
-  c.task.files = ml_collections.ConfigDict(  # split -> file replacing the default name in data_dir ('' = default)
-      {split: "" for split in (spec.train_split, *spec.eval_splits, *spec.test_splits)})
+  c.task.files = ml_collections.ConfigDict({split: "" for split in recipe.splits})  # split -> file ('' = default)
   c.task.tfds_data_dir = ""  # TFDS data_dir when source='tfds'; '' = TFDS's default
   c.task.vocab = ""  # SentencePiece model; '' = the one shipped with init_checkpoint
-  c.task.max_seq_length = hp.max_seq_length  # tokens per input, special tokens included
+  c.task.max_seq_length = recipe.max_seq_length  # tokens per input, special tokens included
   c.task.max_examples = 0  # keep only the first N examples of every split (0 = all); for smoke runs
-  if spec.head == "span":
+  if name.startswith("squad"):
     c.task.doc_stride = 128  # tokens between the starts of two context windows
     c.task.max_query_length = 64  # question tokens kept
     c.task.n_best_size = 20  # start and end candidates per window
     c.task.max_answer_length = 30  # longest answer, in tokens
     # v2.0: '' answers where null odds exceed this; unset = the best threshold on dev (use dev's for a test set)
     c.task.null_score_diff_threshold = ml_collections.config_dict.placeholder(float)
-  if spec.name == "race":
+  if name == "race":
     c.task.levels = ("high", "middle")  # RACE-H and RACE-M
     c.task.max_qa_length = 128  # question+option tokens kept (the last ones)
 
-  c.batch_size = hp.batch_size  # global batch, over all devices and hosts
-  c.eval_batch_size = hp.batch_size  # global batch for evaluation and prediction
-  c.num_train_steps = hp.num_train_steps  # optimizer updates
-  c.warmup_steps = hp.warmup_steps  # linear warmup, then linear decay to 0
-  c.learning_rate = hp.learning_rate  # AdamW peak learning rate
-  c.optimizer = "adamw"  # as the original run_classifier / run_squad / run_race
-  c.weight_decay = 0.01  # not applied to LayerNorm and bias parameters
-  c.grad_clip_norm = 1.0  # global-norm clipping; 0 disables
-  c.bias_correction = False  # Adam bias correction (False as the original; True as torch's AdamW)
-  c.lr_schedule = "albert"  # 'albert' (the original's decay line) or 'linear' (transformers' linear schedule)
-  c.grad_accum_steps = 1  # microbatches per update (same update, less activation memory)
-
+  c.batch_size = recipe.batch_size  # global batch, over all devices and hosts
+  c.eval_batch_size = recipe.batch_size  # global batch for evaluation and prediction
+  _add_optimizer(c, "adamw", recipe.learning_rate, recipe.warmup_steps, recipe.num_train_steps)
   _add_parallelism(c)
-
-  c.log_every_steps = 100  # training metrics to the log, metrics.jsonl and TensorBoard
-  c.eval_every_steps = 1000  # dev evaluation with the task's metric, keeping the best checkpoint; 0 = at the end only
-  c.checkpoint_every_steps = 1000  # asynchronous orbax saves of the train state (resume)
-  c.keep_checkpoints = 2  # newest train-state checkpoints kept (the best one is kept apart, in best/)
-  c.nan_policy = "stop"  # on a non-finite loss: 'stop' (keep the last good checkpoint) or 'skip' the update
+  _add_loop(c, log_every=100, eval_every=1000, checkpoint_every=1000, keep=2)  # the best checkpoint: in best/
   c.seed = 0  # head initialisation, data order and dropout all derive from it
   return c
 
 
 def tiny_finetuning(c: ml_collections.ConfigDict, vocab: str) -> ml_collections.ConfigDict:
   """A few-second CPU variant of a fine-tuning config: a tiny random model, short sequences, few steps."""
-  c.model.update(preset="tiny", embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                 intermediate_size=64, max_position_embeddings=128)
+  c.model.update(
+    preset="tiny",
+    embedding_size=16,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=128,
+  )
   c.task.update(vocab=vocab, max_seq_length=64, max_examples=64)
   if "doc_stride" in c.task:
     c.task.update(doc_stride=32, max_query_length=16)
-  c.update(batch_size=8, eval_batch_size=16, num_train_steps=8, warmup_steps=2, learning_rate=1e-3,
-           log_every_steps=2, eval_every_steps=4, checkpoint_every_steps=4)
+  c.update(
+    batch_size=8,
+    eval_batch_size=16,
+    num_train_steps=8,
+    warmup_steps=2,
+    learning_rate=1e-3,
+    log_every_steps=2,
+    eval_every_steps=4,
+    checkpoint_every_steps=4,
+  )
   return c

@@ -17,23 +17,23 @@ import jax.numpy as jnp
 
 SHARING_MODES = ("all", "attention", "ffn", "none")
 ACTIVATIONS = {
-    "gelu_new": functools.partial(nn.gelu, approximate=True),  # tanh approximation: every released model
-    "gelu": functools.partial(nn.gelu, approximate=False),  # exact erf
-    "relu": nn.relu,
+  "gelu_new": functools.partial(nn.gelu, approximate=True),  # tanh approximation: every released model
+  "gelu": functools.partial(nn.gelu, approximate=False),  # exact erf
+  "relu": nn.relu,
 }
 REMAT_POLICIES = {
-    "none": None,  # no rematerialisation
-    "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole layer
-    "dots": jax.checkpoint_policies.checkpoint_dots,  # keep matmul outputs
-    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,  # keep weight-like matmuls only
+  "none": None,  # no rematerialisation
+  "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole layer
+  "dots": jax.checkpoint_policies.checkpoint_dots,  # keep matmul outputs
+  "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,  # keep weight-like matmuls only
 }
 
 # Released ALBERT shapes (google-research/albert, v2). v1 differs only in dropout.
 _PRESET_SHAPES = {
-    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
-    "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
-    "xlarge": dict(hidden_size=2048, num_hidden_layers=24, num_attention_heads=16, intermediate_size=8192),
-    "xxlarge": dict(hidden_size=4096, num_hidden_layers=12, num_attention_heads=64, intermediate_size=16384),
+  "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+  "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+  "xlarge": dict(hidden_size=2048, num_hidden_layers=24, num_attention_heads=16, intermediate_size=8192),
+  "xxlarge": dict(hidden_size=4096, num_hidden_layers=12, num_attention_heads=64, intermediate_size=16384),
 }
 
 
@@ -68,8 +68,9 @@ class AlbertConfig:
   def __post_init__(self):
     if self.hidden_size % self.num_attention_heads:
       raise ValueError(
-          f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
-          f"({self.num_attention_heads}); pick a head count that divides it.")
+        f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+        f"({self.num_attention_heads}); pick a head count that divides it."
+      )
     if self.sharing not in SHARING_MODES:
       raise ValueError(f"sharing={self.sharing!r} is not one of {SHARING_MODES}.")
     if self.hidden_act not in ACTIVATIONS:
@@ -79,7 +80,8 @@ class AlbertConfig:
     groups = self.num_hidden_groups
     if groups < 1 or self.num_hidden_layers % groups:
       raise ValueError(
-          f"num_hidden_layers ({self.num_hidden_layers}) must be a multiple of num_hidden_groups ({groups}).")
+        f"num_hidden_layers ({self.num_hidden_layers}) must be a multiple of num_hidden_groups ({groups})."
+      )
     if self.sharing != "all" and (groups != 1 or self.inner_group_num != 1):
       raise ValueError(f"sharing={self.sharing!r} needs num_hidden_groups=1 and inner_group_num=1.")
 
@@ -132,14 +134,25 @@ def _ones(names):
 
 def _dense(config, features, names, name, **kwargs):
   return nn.Dense(
-      features, dtype=config.dtype, param_dtype=config.param_dtype, name=name,
-      kernel_init=_kernel_init(config, names), bias_init=_zeros(names[-1:]), **kwargs)
+    features,
+    dtype=config.dtype,
+    param_dtype=config.param_dtype,
+    name=name,
+    kernel_init=_kernel_init(config, names),
+    bias_init=_zeros(names[-1:]),
+    **kwargs,
+  )
 
 
 def _layer_norm(config, axis_name, name):
   return nn.LayerNorm(
-      epsilon=config.layer_norm_eps, dtype=config.dtype, param_dtype=config.param_dtype, name=name,
-      scale_init=_ones((axis_name,)), bias_init=_zeros((axis_name,)))
+    epsilon=config.layer_norm_eps,
+    dtype=config.dtype,
+    param_dtype=config.param_dtype,
+    name=name,
+    scale_init=_ones((axis_name,)),
+    bias_init=_zeros((axis_name,)),
+  )
 
 
 class AlbertEmbeddings(nn.Module):
@@ -158,7 +171,9 @@ class AlbertEmbeddings(nn.Module):
 
   def __call__(self, input_ids, token_type_ids, deterministic):
     positions = jnp.arange(input_ids.shape[-1])[None, :]
-    x = self.word_embeddings(input_ids) + self.position_embeddings(positions) + self.token_type_embeddings(token_type_ids)
+    x = (
+      self.word_embeddings(input_ids) + self.position_embeddings(positions) + self.token_type_embeddings(token_type_ids)
+    )
     return self.dropout(self.LayerNorm(x), deterministic=deterministic)
 
 
@@ -174,8 +189,10 @@ class AlbertAttention(nn.Module):
     cfg = self.config
     heads = (cfg.num_attention_heads, cfg.head_dim)
     x_q = x if positions is None else gather_positions(x, positions)
-    q, k, v = (_Projection(cfg, (cfg.hidden_size,), heads, ("hidden",), ("heads", "kv"), name=n)(y)
-               for n, y in (("query", x_q), ("key", x), ("value", x)))
+    q, k, v = (
+      _Projection(cfg, (cfg.hidden_size,), heads, ("hidden",), ("heads", "kv"), name=n)(y)
+      for n, y in (("query", x_q), ("key", x), ("value", x))
+    )
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
     probs = jax.nn.softmax(scores / jnp.sqrt(cfg.head_dim).astype(jnp.float32) + bias, axis=-1)
     probs = nn.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=self.deterministic)
@@ -202,8 +219,9 @@ class _Projection(nn.Module):
   @nn.compact
   def __call__(self, x):
     cfg = self.config
-    kernel = self.param("kernel", _kernel_init(cfg, self.in_names + self.out_names), self.in_shape + self.out_shape,
-                        cfg.param_dtype)
+    kernel = self.param(
+      "kernel", _kernel_init(cfg, self.in_names + self.out_names), self.in_shape + self.out_shape, cfg.param_dtype
+    )
     bias = self.param("bias", _zeros(self.out_names), self.out_shape, cfg.param_dtype)
     n_in = len(self.in_shape)
     contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
@@ -306,9 +324,14 @@ class AlbertEncoder(nn.Module):
       else:
         length = cfg.num_hidden_layers
       layers = nn.scan(
-          body, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-          in_axes=(nn.broadcast, nn.broadcast), length=length, unroll=cfg.scan_unroll,
-          metadata_params={nn.PARTITION_NAME: "layers"})
+        body,
+        variable_axes={"params": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=(nn.broadcast, nn.broadcast),
+        length=length,
+        unroll=cfg.scan_unroll,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+      )
     x = layers(cfg, deterministic=deterministic, name="layer_group")(x, bias, shared)[0]
     return x if positions is None else gather_positions(x, positions)
 
@@ -339,8 +362,13 @@ def _layer_body(config):
 def _broadcast_scan(body, config, length):
   """`body` applied `length` times with ONE parameter set (`variable_broadcast='params'`)."""
   return nn.scan(
-      body, variable_broadcast="params", split_rngs={"params": False, "dropout": True},
-      in_axes=(nn.broadcast, nn.broadcast), length=length, unroll=config.scan_unroll)
+    body,
+    variable_broadcast="params",
+    split_rngs={"params": False, "dropout": True},
+    in_axes=(nn.broadcast, nn.broadcast),
+    length=length,
+    unroll=config.scan_unroll,
+  )
 
 
 class _ScanGroup(nn.Module):
@@ -370,7 +398,6 @@ class AlbertModel(nn.Module):
 
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, deterministic=True, output_positions=None):
     """(sequence [B, T, H], pooled [B, H]); with `output_positions` [B, P] the sequence there only, [B, P, H]."""
-    cfg = self.config
     if attention_mask is None:
       attention_mask = jnp.ones_like(input_ids)
     if token_type_ids is None:
@@ -420,12 +447,11 @@ class AlbertForPreTraining(nn.Module):
     self.predictions = AlbertMLMHead(self.config)
     self.sop_classifier = _Classifier(self.config, 2)
 
-  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, masked_positions=None,
-               deterministic=True):
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, masked_positions=None, deterministic=True):
     sequence, pooled = self.albert(input_ids, attention_mask, token_type_ids, deterministic, masked_positions)
     return {
-        "mlm_logits": self.predictions(sequence, self.albert.attend),
-        "sop_logits": self.sop_classifier(pooled, deterministic),
+      "mlm_logits": self.predictions(sequence, self.albert.attend),
+      "sop_logits": self.sop_classifier(pooled, deterministic),
     }
 
 
@@ -461,7 +487,8 @@ class AlbertForQuestionAnswering(nn.Module):
   @nn.compact
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, deterministic=True):
     sequence, _ = AlbertModel(self.config, add_pooling_layer=False, name="albert")(
-        input_ids, attention_mask, token_type_ids, deterministic)
+      input_ids, attention_mask, token_type_ids, deterministic
+    )
     logits = _dense(self.config, 2, ("hidden", None), "qa_outputs")(sequence).astype(jnp.float32)
     return {"start_logits": logits[..., 0], "end_logits": logits[..., 1]}
 
@@ -476,5 +503,6 @@ class AlbertForMultipleChoice(nn.Module):
     batch, choices, length = input_ids.shape
     flat = lambda a: None if a is None else a.reshape(batch * choices, length)
     _, pooled = AlbertModel(self.config, name="albert")(
-        flat(input_ids), flat(attention_mask), flat(token_type_ids), deterministic)
+      flat(input_ids), flat(attention_mask), flat(token_type_ids), deterministic
+    )
     return _Classifier(self.config, 1, name="classifier_head")(pooled, deterministic).reshape(batch, choices)

@@ -19,7 +19,8 @@ position mean the same with and without accumulation, and the optimizer state
 """
 
 import re
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -29,7 +30,7 @@ import optax
 # The original's `exclude_from_weight_decay=["LayerNorm", "layer_norm",
 # "bias"]`, searched (re.search) anywhere in the variable name; LAMB uses the
 # same list to exclude parameters from the trust ratio.
-NO_DECAY_PATTERN = r'LayerNorm|layer_norm|bias'
+NO_DECAY_PATTERN = r"LayerNorm|layer_norm|bias"
 
 
 def param_path(path: tuple[Any, ...]) -> str:
@@ -43,8 +44,8 @@ def param_path(path: tuple[Any, ...]) -> str:
     elif isinstance(key, jax.tree_util.SequenceKey):
       names.append(str(key.idx))
     else:
-      names.append(str(getattr(key, 'key', key)))
-  return '/'.join(names)
+      names.append(str(getattr(key, "key", key)))
+  return "/".join(names)
 
 
 def decay_mask(params: Any, pattern: str = NO_DECAY_PATTERN) -> Any:
@@ -60,8 +61,7 @@ def decay_mask(params: Any, pattern: str = NO_DECAY_PATTERN) -> Any:
     A tree of Python bools with the structure of `params`.
   """
   regex = re.compile(pattern)
-  return jax.tree_util.tree_map_with_path(
-      lambda path, _: regex.search(param_path(path)) is None, params)
+  return jax.tree_util.tree_map_with_path(lambda path, _: regex.search(param_path(path)) is None, params)
 
 
 def stacked_layers_mask(boxed_params: Any) -> Any:
@@ -79,16 +79,17 @@ def stacked_layers_mask(boxed_params: Any) -> Any:
   Returns:
     A tree of bools, one per parameter leaf (fits boxed or unboxed params).
   """
+
   def is_stacked(leaf):
-    names = getattr(leaf, 'names', None) or ()
-    return bool(names) and names[0] == 'layers'
-  return jax.tree.map(is_stacked, boxed_params,
-                      is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    names = getattr(leaf, "names", None) or ()
+    return bool(names) and names[0] == "layers"
+
+  return jax.tree.map(is_stacked, boxed_params, is_leaf=lambda x: isinstance(x, nn.Partitioned))
 
 
-def learning_rate_schedule(learning_rate: float, warmup_steps: int,
-                           num_train_steps: int,
-                           style: str = 'albert') -> optax.Schedule:
+def learning_rate_schedule(
+  learning_rate: float, warmup_steps: int, num_train_steps: int, style: str = "albert"
+) -> optax.Schedule:
   """Linear warmup from 0, then linear decay to 0 at `num_train_steps`.
 
   Args:
@@ -107,24 +108,23 @@ def learning_rate_schedule(learning_rate: float, warmup_steps: int,
   """
   if num_train_steps <= 0 or not 0 <= warmup_steps <= num_train_steps:
     raise ValueError(
-        f'Need 0 <= warmup_steps ({warmup_steps}) <= num_train_steps '
-        f'({num_train_steps}) and num_train_steps > 0; fix the config.')
-  if style == 'albert':
+      f"Need 0 <= warmup_steps ({warmup_steps}) <= num_train_steps "
+      f"({num_train_steps}) and num_train_steps > 0; fix the config."
+    )
+  if style == "albert":
     decay_start = learning_rate * (1.0 - warmup_steps / num_train_steps)
-  elif style == 'linear':
+  elif style == "linear":
     decay_start = learning_rate
   else:
     raise ValueError(f"Unknown lr_schedule {style!r}; use 'albert' or 'linear'.")
-  decay = optax.linear_schedule(decay_start, 0.0,
-                                num_train_steps - warmup_steps)
+  decay = optax.linear_schedule(decay_start, 0.0, num_train_steps - warmup_steps)
   if warmup_steps == 0:
     return decay
   warmup = optax.linear_schedule(0.0, learning_rate, warmup_steps)
   return optax.join_schedules([warmup, decay], [warmup_steps])
 
 
-def scale_by_adam(b1: float, b2: float, eps: float,
-                  bias_correction: bool) -> optax.GradientTransformation:
+def scale_by_adam(b1: float, b2: float, eps: float, bias_correction: bool) -> optax.GradientTransformation:
   """Adam's m / (sqrt(v) + eps), with or without bias correction.
 
   optax's `scale_by_adam` always corrects the bias; ALBERT's LAMB and AdamW do
@@ -142,8 +142,7 @@ def scale_by_adam(b1: float, b2: float, eps: float,
     count = optax.safe_increment(state.count)
     return updates, optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
 
-  return optax.GradientTransformation(optax.scale_by_adam(b1, b2, eps).init,
-                                      update_fn)
+  return optax.GradientTransformation(optax.scale_by_adam(b1, b2, eps).init, update_fn)
 
 
 def _mask_leaves(mask: Any, params: Any, default: bool) -> list[bool]:
@@ -157,90 +156,62 @@ def _mask_leaves(mask: Any, params: Any, default: bool) -> list[bool]:
     return [default] * num_leaves
   leaves = jax.tree.leaves(mask(params) if callable(mask) else mask)
   if len(leaves) != num_leaves:
-    raise ValueError(f'A mask with {len(leaves)} leaves does not fit a '
-                     f'parameter tree with {num_leaves}; build it from the '
-                     'same parameters.')
+    raise ValueError(
+      f"A mask with {len(leaves)} leaves does not fit a "
+      f"parameter tree with {num_leaves}; build it from the "
+      "same parameters."
+    )
   return leaves
 
 
-def scale_by_trust_ratio(mask: Any = None, stacked_layers: Any = None
-                        ) -> optax.GradientTransformation:
+def scale_by_trust_ratio(mask: Any = None, stacked_layers: Any = None) -> optax.GradientTransformation:
   """LAMB's layer-wise ||param|| / ||update||, 1 where either norm is 0.
 
   Like `optax.masked(optax.scale_by_trust_ratio(), mask)`, but leaves marked
   in `stacked_layers` take one ratio per slice of their leading axis (one per
   original layer). Both masks are trees of bools or functions of params.
   """
+
   def ratio(update, param, apply, stacked):
     if not apply:
       return update
     axes = tuple(range(1, update.ndim)) if stacked else None
     param_norm = jnp.sqrt(jnp.sum(jnp.square(param), axis=axes, keepdims=True))
-    update_norm = jnp.sqrt(jnp.sum(jnp.square(update), axis=axes,
-                                   keepdims=True))
-    safe = jnp.where((param_norm > 0) & (update_norm > 0),
-                     param_norm / jnp.where(update_norm > 0, update_norm, 1.0),
-                     1.0)
+    update_norm = jnp.sqrt(jnp.sum(jnp.square(update), axis=axes, keepdims=True))
+    safe = jnp.where(
+      (param_norm > 0) & (update_norm > 0), param_norm / jnp.where(update_norm > 0, update_norm, 1.0), 1.0
+    )
     return update * safe.astype(update.dtype)
 
   def update_fn(updates, state, params):
     if params is None:
-      raise ValueError('LAMB needs the parameters: call update(g, s, params).')
+      raise ValueError("LAMB needs the parameters: call update(g, s, params).")
     leaves, treedef = jax.tree.flatten(updates)
-    new = map(ratio, leaves, jax.tree.leaves(params),
-              _mask_leaves(mask, params, True),
-              _mask_leaves(stacked_layers, params, False))
+    new = map(
+      ratio,
+      leaves,
+      jax.tree.leaves(params),
+      _mask_leaves(mask, params, True),
+      _mask_leaves(stacked_layers, params, False),
+    )
     return jax.tree.unflatten(treedef, list(new)), state
 
   return optax.GradientTransformation(optax.init_empty_state, update_fn)
 
 
-class OptimizerConfig(NamedTuple):
-  """The config fields `make_optimizer` reads, with ALBERT's defaults."""
-  optimizer: str
-  learning_rate: float
-  warmup_steps: int
-  num_train_steps: int
-  weight_decay: float = 0.01
-  grad_clip_norm: float = 1.0
-  bias_correction: bool = False
-  lr_schedule: str = 'albert'
-
-
-def _read_config(config: Any) -> OptimizerConfig:
-  fields = {}
-  for name in OptimizerConfig._fields:
-    if name in OptimizerConfig._field_defaults:
-      fields[name] = getattr(config, name, OptimizerConfig._field_defaults[name])
-    elif hasattr(config, name):
-      fields[name] = getattr(config, name)
-    else:
-      raise ValueError(f'config.{name} is required by make_optimizer.')
-  return OptimizerConfig(**fields)
-
-
 def make_optimizer(
-    config: Any,
-    stacked_layers: Any = None,
-    no_decay_pattern: str = NO_DECAY_PATTERN,
+  config: Any,
+  stacked_layers: Any = None,
+  no_decay_pattern: str = NO_DECAY_PATTERN,
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """The training optimizer and its learning-rate schedule, from the config.
 
-  Config fields read (attributes of an ml_collections ConfigDict or any
-  object):
-    optimizer: 'lamb' (pretraining) or 'adamw' (fine-tuning, as
-      run_classifier / run_squad).
-    learning_rate: peak learning rate (paper pretraining: 0.00176).
-    warmup_steps: linear warmup steps (paper: 3125).
-    num_train_steps: optimizer updates in the run; lr is 0 from here on.
-    weight_decay: decoupled weight decay (default 0.01); not applied to
-      parameters matching `no_decay_pattern` (LayerNorm and biases).
-    grad_clip_norm: global-norm clipping threshold (default 1.0; 0 disables).
-    bias_correction: Adam bias correction (default False, as ALBERT; True
-      matches optax.adamw / torch.optim.AdamW).
-    lr_schedule: 'albert' (default) or 'linear'; see `learning_rate_schedule`.
-    grad_accum_steps: NOT read here; the train step passes it to
-      `accumulate_gradients`.
+  Config fields read (their meaning and defaults: `config_lib._add_optimizer`):
+    optimizer ('lamb' or 'adamw'), learning_rate, warmup_steps,
+    num_train_steps, weight_decay (not applied to parameters matching
+    `no_decay_pattern`: LayerNorm and biases), grad_clip_norm (0 disables),
+    bias_correction, lr_schedule ('albert' or 'linear', see
+    `learning_rate_schedule`).
   β1 0.9, β2 0.999 and eps 1e-6 are fixed, as in the original.
 
   Args:
@@ -255,9 +226,8 @@ def make_optimizer(
     (optax transformation, schedule); the schedule maps the update count to
     the learning rate, for logging.
   """
-  cfg = _read_config(config)
-  schedule = learning_rate_schedule(cfg.learning_rate, cfg.warmup_steps,
-                                    cfg.num_train_steps, cfg.lr_schedule)
+  cfg = config
+  schedule = learning_rate_schedule(cfg.learning_rate, cfg.warmup_steps, cfg.num_train_steps, cfg.lr_schedule)
   mask = lambda params: decay_mask(params, no_decay_pattern)
   parts = []
   if cfg.grad_clip_norm:
@@ -265,20 +235,19 @@ def make_optimizer(
   parts.append(scale_by_adam(0.9, 0.999, 1e-6, cfg.bias_correction))
   if cfg.weight_decay:
     parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=mask))
-  if cfg.optimizer == 'lamb':
+  if cfg.optimizer == "lamb":
     parts.append(scale_by_trust_ratio(mask, stacked_layers))
-  elif cfg.optimizer != 'adamw':
-    raise ValueError(
-        f"Unknown config.optimizer {cfg.optimizer!r}; use 'lamb' or 'adamw'.")
+  elif cfg.optimizer != "adamw":
+    raise ValueError(f"Unknown config.optimizer {cfg.optimizer!r}; use 'lamb' or 'adamw'.")
   parts.append(optax.scale_by_learning_rate(schedule))
   return optax.chain(*parts), schedule
 
 
 def accumulate_gradients(
-    grad_fn: Callable[[Any, Any], tuple[Any, Any]],
-    params: Any,
-    batch: Any,
-    num_microbatches: int,
+  grad_fn: Callable[[Any, Any], tuple[Any, Any]],
+  params: Any,
+  batch: Any,
+  num_microbatches: int,
 ) -> tuple[Any, Any]:
   """Mean gradient and summed auxiliary outputs over microbatches of `batch`.
 
@@ -305,24 +274,22 @@ def accumulate_gradients(
   sizes = {x.shape[0] for x in jax.tree.leaves(batch)}
   if len(sizes) != 1 or next(iter(sizes)) % num_microbatches:
     raise ValueError(
-        f'Batch size {sizes} is not divisible by grad_accum_steps='
-        f'{num_microbatches}; change batch_size or grad_accum_steps.')
+      f"Batch size {sizes} is not divisible by grad_accum_steps="
+      f"{num_microbatches}; change batch_size or grad_accum_steps."
+    )
 
   def split(x):
-    x = x.reshape((x.shape[0] // num_microbatches, num_microbatches)
-                  + x.shape[1:])
+    x = x.reshape((x.shape[0] // num_microbatches, num_microbatches) + x.shape[1:])
     return jnp.swapaxes(x, 0, 1)
 
   micro = jax.tree.map(split, batch)
   first = jax.tree.map(lambda x: x[0], micro)
   aux_shape, grad_shape = jax.eval_shape(grad_fn, params, first)
-  zeros = lambda tree: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                                    tree)
+  zeros = lambda tree: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree)
 
   def body(carry, microbatch):
     aux, grads = grad_fn(params, microbatch)
     return jax.tree.map(jnp.add, carry, (aux, grads)), None
 
-  (aux, grads), _ = jax.lax.scan(body, (zeros(aux_shape), zeros(grad_shape)),
-                                 micro)
+  (aux, grads), _ = jax.lax.scan(body, (zeros(aux_shape), zeros(grad_shape)), micro)
   return aux, jax.tree.map(lambda g: g / num_microbatches, grads)

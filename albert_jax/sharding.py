@@ -24,36 +24,36 @@ import itertools
 import logging
 import math
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-MESH_AXES = ('data', 'fsdp', 'tensor')
-BATCH_AXES = ('data', 'fsdp')
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
 
 # Earlier rules win; flax gives each mesh axis to at most one dimension of an
 # array and leaves a dimension unsharded when its mesh axis is taken. So in
 # [hidden, mlp] mlp goes to 'tensor' and hidden to 'fsdp', and in [embed,
 # hidden] only hidden (the larger) is fsdp-sharded.
 DEFAULT_RULES = (
-    ('batch', BATCH_AXES),
-    ('act_hidden', 'tensor'),  # layer-boundary activations, as MaxText
-    ('vocab', 'tensor'),
-    ('heads', 'tensor'),
-    ('mlp', 'tensor'),
-    ('hidden', 'fsdp'),
-    ('embed', 'fsdp'),
-    ('kv', None),
-    ('layers', None),
-    ('length', None),
+  ("batch", BATCH_AXES),
+  ("act_hidden", "tensor"),  # layer-boundary activations, as MaxText
+  ("vocab", "tensor"),
+  ("heads", "tensor"),
+  ("mlp", "tensor"),
+  ("hidden", "fsdp"),
+  ("embed", "fsdp"),
+  ("kv", None),
+  ("layers", None),
+  ("length", None),
 )
 
 
-def create_mesh(mesh_config: Any,
-                devices: Sequence[jax.Device] | None = None) -> Mesh:
+def create_mesh(mesh_config: Any, devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A Mesh with axes ('data', 'fsdp', 'tensor') sized from the config.
 
   Args:
@@ -68,48 +68,43 @@ def create_mesh(mesh_config: Any,
   """
   devices = list(jax.devices() if devices is None else devices)
   sizes = [int(getattr(mesh_config, axis, 1)) for axis in MESH_AXES]
-  described = ', '.join(f'{a}={s}' for a, s in zip(MESH_AXES, sizes))
+  described = ", ".join(f"{a}={s}" for a, s in zip(MESH_AXES, sizes))
   if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
-    raise ValueError(f'Bad mesh {described}: sizes must be positive, with at '
-                     'most one -1 ("the rest of the devices").')
+    raise ValueError(f'Bad mesh {described}: sizes must be positive, with at most one -1 ("the rest of the devices").')
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if len(devices) % known:
       raise ValueError(
-          f'Mesh {described}: {len(devices)} devices are not divisible by '
-          f'{known}; choose axis sizes whose product divides {len(devices)}.')
+        f"Mesh {described}: {len(devices)} devices are not divisible by "
+        f"{known}; choose axis sizes whose product divides {len(devices)}."
+      )
     sizes[sizes.index(-1)] = len(devices) // known
   elif known != len(devices):
     raise ValueError(
-        f'Mesh {described} needs {known} devices but {len(devices)} are '
-        'present; make the product of the sizes equal the device count, or '
-        'set one axis to -1 to give it the rest.')
+      f"Mesh {described} needs {known} devices but {len(devices)} are "
+      "present; make the product of the sizes equal the device count, or "
+      "set one axis to -1 to give it the rest."
+    )
   try:
-    return jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * 3,
-                         devices=devices)
+    return jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
   except NotImplementedError as e:  # the sizes divide the count, but not the physical torus
-    if not hasattr(devices[0], 'coords'):
+    if not hasattr(devices[0], "coords"):
       raise
     dims = [max(d.coords[i] for d in devices) + 1 for i in range(len(devices[0].coords))]
-    fitting = sorted({math.prod(subset) for r in range(len(dims) + 1)
-                      for subset in itertools.combinations(dims, r)})
+    fitting = sorted({math.prod(subset) for r in range(len(dims) + 1) for subset in itertools.combinations(dims, r)})
     raise ValueError(
-        f'Mesh {described} cannot be laid out on these {len(devices)} devices '
-        f'(a {"x".join(map(str, dims))} torus): each axis size must be a '
-        f'product of some of the torus dimensions, one of {fitting}.') from e
+      f"Mesh {described} cannot be laid out on these {len(devices)} devices "
+      f"(a {'x'.join(map(str, dims))} torus): each axis size must be a "
+      f"product of some of the torus dimensions, one of {fitting}."
+    ) from e
 
 
-def axis_rules(config: Any = None) -> tuple[tuple[str, Any], ...]:
-  """`config.logical_axis_rules` when set and non-empty, else DEFAULT_RULES."""
-  rules = getattr(config, 'logical_axis_rules', None)
-  if not rules:
-    return DEFAULT_RULES
-  return tuple((name, tuple(axes) if isinstance(axes, list) else axes)
-               for name, axes in rules)
+def axis_rules(config: Any) -> tuple[tuple[str, Any], ...]:
+  """`config.logical_axis_rules` (DEFAULT_RULES unless overridden) as flax expects them: tuples, not lists."""
+  return tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in config.logical_axis_rules)
 
 
-def _fit(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh,
-         where: str) -> PartitionSpec:
+def _fit(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh, where: str) -> PartitionSpec:
   """Drops mesh axes from dimensions whose size they do not divide.
 
   Small or odd-sized dimensions (a tiny config's hidden size 36 on fsdp=8)
@@ -121,15 +116,18 @@ def _fit(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh,
     while names and dim % math.prod(mesh.shape[n] for n in names):
       names = names[:-1]
     if names != ((axes,) if isinstance(axes, str) else tuple(axes or ())):
-      logging.warning('%s: dimension of size %d not divisible by mesh axes '
-                      '%s; sharding it over %s instead.', where, dim, axes,
-                      names or 'nothing')
+      logging.warning(
+        "%s: dimension of size %d not divisible by mesh axes %s; sharding it over %s instead.",
+        where,
+        dim,
+        axes,
+        names or "nothing",
+      )
     fitted.append(names[0] if len(names) == 1 else (names or None))
   return PartitionSpec(*fitted)
 
 
-def logical_shardings(abstract_tree: Any, mesh: Mesh,
-                      rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> Any:
+def logical_shardings(abstract_tree: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> Any:
   """NamedShardings for an abstract tree of `nn.Partitioned`-boxed leaves.
 
   Args:
@@ -147,12 +145,11 @@ def logical_shardings(abstract_tree: Any, mesh: Mesh,
   logical_specs = nn.get_partition_spec(abstract_tree)
   mesh_specs = nn.logical_to_mesh(logical_specs, rules)
   shapes = unboxed(abstract_tree)
-  leaves, treedef = jax.tree.flatten_with_path(
-      mesh_specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
+  leaves, treedef = jax.tree.flatten_with_path(mesh_specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
   shardings = [
-      NamedSharding(mesh, _fit(spec, getattr(shape, 'shape', ()), mesh,
-                               jax.tree_util.keystr(path)))
-      for (path, spec), shape in zip(leaves, jax.tree.leaves(shapes))]
+    NamedSharding(mesh, _fit(spec, getattr(shape, "shape", ()), mesh, jax.tree_util.keystr(path)))
+    for (path, spec), shape in zip(leaves, jax.tree.leaves(shapes))
+  ]
   return jax.tree.unflatten(treedef, shardings)
 
 
@@ -161,8 +158,9 @@ def unboxed(tree: Any) -> Any:
 
   Safe on abstract trees (ShapeDtypeStructs) inside `jax.set_mesh`.
   """
-  return jax.tree.map(lambda x: x.value if isinstance(x, nn.Partitioned) else x, tree,
-                      is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  return jax.tree.map(
+    lambda x: x.value if isinstance(x, nn.Partitioned) else x, tree, is_leaf=lambda x: isinstance(x, nn.Partitioned)
+  )
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -186,12 +184,11 @@ def global_batch(local_batch: Any, mesh: Mesh) -> Any:
   for path, x in jax.tree.leaves_with_path(local_batch):
     if np.shape(x)[0] % max(local_parallel, 1):
       raise ValueError(
-          f'Batch leaf {jax.tree_util.keystr(path)} has {np.shape(x)[0]} rows '
-          f'in this process, not divisible by its {local_parallel} '
-          "data-parallel shards (mesh data x fsdp); change batch_size.")
-  return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding, x),
-      local_batch)
+        f"Batch leaf {jax.tree_util.keystr(path)} has {np.shape(x)[0]} rows "
+        f"in this process, not divisible by its {local_parallel} "
+        "data-parallel shards (mesh data x fsdp); change batch_size."
+      )
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
 
 
 def maybe_initialize_distributed(config: Any = None) -> bool:
@@ -211,33 +208,36 @@ def maybe_initialize_distributed(config: Any = None) -> bool:
   Returns:
     True when `jax.distributed.initialize` was called.
   """
-  dist = getattr(config, 'distributed', None)
+  dist = getattr(config, "distributed", None)
 
   def field(name, env):
     value = getattr(dist, name, None)
-    if value in (None, '', -1):
+    if value in (None, "", -1):
       value = os.environ.get(env) or None
     return value
 
-  address = field('coordinator_address', 'JAX_COORDINATOR_ADDRESS')
-  num_processes = field('num_processes', 'JAX_NUM_PROCESSES')
-  process_id = field('process_id', 'JAX_PROCESS_ID')
-  timeouts = {name: int(getattr(dist, name)) for name in
-              ('heartbeat_timeout_seconds', 'shutdown_timeout_seconds')
-              if getattr(dist, name, None)}
+  address = field("coordinator_address", "JAX_COORDINATOR_ADDRESS")
+  num_processes = field("num_processes", "JAX_NUM_PROCESSES")
+  process_id = field("process_id", "JAX_PROCESS_ID")
+  timeouts = {
+    name: int(getattr(dist, name))
+    for name in ("heartbeat_timeout_seconds", "shutdown_timeout_seconds")
+    if getattr(dist, name, None)
+  }
   if jax.distributed.is_initialized():
     return False
   if address:
     if num_processes is None or process_id is None:
       raise ValueError(
-          f'coordinator_address {address!r} is set but num_processes or '
-          'process_id is not; set config.distributed.num_processes and '
-          '.process_id (or JAX_NUM_PROCESSES / JAX_PROCESS_ID).')
-    jax.distributed.initialize(coordinator_address=address,
-                               num_processes=int(num_processes),
-                               process_id=int(process_id), **timeouts)
+        f"coordinator_address {address!r} is set but num_processes or "
+        "process_id is not; set config.distributed.num_processes and "
+        ".process_id (or JAX_NUM_PROCESSES / JAX_PROCESS_ID)."
+      )
+    jax.distributed.initialize(
+      coordinator_address=address, num_processes=int(num_processes), process_id=int(process_id), **timeouts
+    )
     return True
-  if getattr(dist, 'auto', False):
+  if getattr(dist, "auto", False):
     jax.distributed.initialize(**timeouts)
     return True
   return False

@@ -18,7 +18,6 @@ Run as a program it trains a new ALBERT vocabulary:
 """
 
 import collections
-from collections.abc import Iterable, Iterator, Sequence
 import io
 import itertools
 import logging
@@ -27,43 +26,49 @@ import pathlib
 import re
 import tempfile
 import unicodedata
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 
-PAD, UNK, CLS, SEP, MASK = '<pad>', '<unk>', '[CLS]', '[SEP]', '[MASK]'
+PAD, UNK, CLS, SEP, MASK = "<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_PIECES = (PAD, UNK, CLS, SEP, MASK)  # At ids 0..4, as in ALBERT.
-WORD_START = '\u2581'  # SentencePiece's "▁", marks a piece that begins a word.
+WORD_START = "\u2581"  # SentencePiece's "▁", marks a piece that begins a word.
 # ALBERT's create_pretraining_data.py `_is_start_piece_sp`: a piece begins a
 # word unless it is made only of a-z and this punctuation, and is not itself
 # one punctuation character (nor starts with "▁" or "<").
 _START_PUNCTUATION = frozenset('!"#$%&()*+,-./:;?@[\\]^_`{|}~')
-_CONTINUATION_CHARS = frozenset('abcdefghijklmnopqrstuvwxyz') | _START_PUNCTUATION
+_CONTINUATION_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz") | _START_PUNCTUATION
 # The user-defined symbols of the official ALBERT vocabulary (ids 5..12).
-_ALBERT_USER_SYMBOLS = ('(', ')', '"', '-', '.', '\u2013', '\u00a3', '\u20ac')
-_SPECIAL_RE = re.compile('(' + '|'.join(re.escape(p) for p in SPECIAL_PIECES) + ')')
-_TRAIN_HINT = ('Use an ALBERT vocabulary (e.g. the official 30k spiece.model) or '
-               'train one with `python -m albert_jax.tokenizer --input=FILES '
-               '--output=DIR/spiece.model --vocab_size=N`.')
+_ALBERT_USER_SYMBOLS = ("(", ")", '"', "-", ".", "\u2013", "\u00a3", "\u20ac")
+_SPECIAL_RE = re.compile("(" + "|".join(re.escape(p) for p in SPECIAL_PIECES) + ")")
+_TRAIN_HINT = (
+  "Use an ALBERT vocabulary (e.g. the official 30k spiece.model) or "
+  "train one with `python -m albert_jax.tokenizer --input=FILES "
+  "--output=DIR/spiece.model --vocab_size=N`."
+)
 
 
 def normalize(text: str) -> str:
   """ALBERT's `preprocess_text`: whitespace, quotes, accents, lowercase."""
-  text = ' '.join(text.split())
-  text = text.replace('``', '"').replace("''", '"')
-  text = unicodedata.normalize('NFKD', text)
-  text = ''.join(c for c in text if not unicodedata.combining(c))
+  text = " ".join(text.split())
+  text = text.replace("``", '"').replace("''", '"')
+  text = unicodedata.normalize("NFKD", text)
+  text = "".join(c for c in text if not unicodedata.combining(c))
   return text.lower()
 
 
 def _is_start_piece(piece: str) -> bool:
-  return (piece.startswith((WORD_START, '<')) or piece in _START_PUNCTUATION
-          or not all(c.lower() in _CONTINUATION_CHARS for c in piece))
+  return (
+    piece.startswith((WORD_START, "<"))
+    or piece in _START_PUNCTUATION
+    or not all(c.lower() in _CONTINUATION_CHARS for c in piece)
+  )
 
 
 def _ends_in_digit_comma(piece: str) -> bool:
-  return len(piece) > 1 and piece[-1] == ',' and piece[-2].isdigit()
+  return len(piece) > 1 and piece[-1] == "," and piece[-2].isdigit()
 
 
 class Tokenizer:
@@ -99,34 +104,31 @@ class Tokenizer:
     try:
       sp.LoadFromSerializedProto(proto)
     except (RuntimeError, OSError) as e:
-      raise ValueError(f'{self.model_path} is not a SentencePiece model ({e}). '
-                       f'{_TRAIN_HINT}') from None
+      raise ValueError(f"{self.model_path} is not a SentencePiece model ({e}). {_TRAIN_HINT}") from None
     pieces = [sp.id_to_piece(i) for i in range(min(5, sp.get_piece_size()))]
     if tuple(pieces) != SPECIAL_PIECES or sp.unk_id() != 1:
       raise ValueError(
-          f'{self.model_path} lacks the ALBERT special pieces: ids 0..4 are '
-          f'{pieces} (unk id {sp.unk_id()}), expected {list(SPECIAL_PIECES)} '
-          f'with <unk> as the unknown piece. {_TRAIN_HINT}')
+        f"{self.model_path} lacks the ALBERT special pieces: ids 0..4 are "
+        f"{pieces} (unk id {sp.unk_id()}), expected {list(SPECIAL_PIECES)} "
+        f"with <unk> as the unknown piece. {_TRAIN_HINT}"
+      )
     self._sp = sp
     self._sp_glued = _without_dummy_prefix(proto)
     self.vocab_size = sp.get_piece_size()
     self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = range(5)
     self._special_ids = {p: i for i, p in enumerate(SPECIAL_PIECES)}
     pieces = [sp.id_to_piece(i) for i in range(self.vocab_size)]
-    self.is_special = np.array(
-        [i < 5 or sp.is_control(i) for i in range(self.vocab_size)])
-    self.is_word_start = np.array(
-        [_is_start_piece(p) for p in pieces]) | self.is_special
+    self.is_special = np.array([i < 5 or sp.is_control(i) for i in range(self.vocab_size)])
+    self.is_word_start = np.array([_is_start_piece(p) for p in pieces]) | self.is_special
     self._digit_comma = np.array([_ends_in_digit_comma(p) for p in pieces])
 
   def __getstate__(self):  # Picklable, for multiprocess data loaders.
-    return {'model_path': self.model_path, 'proto': self._proto,
-            'split_digit_comma': self.split_digit_comma}
+    return {"model_path": self.model_path, "proto": self._proto, "split_digit_comma": self.split_digit_comma}
 
   def __setstate__(self, state):
-    self.model_path = state['model_path']
-    self.split_digit_comma = state['split_digit_comma']
-    self._load(state['proto'])
+    self.model_path = state["model_path"]
+    self.split_digit_comma = state["split_digit_comma"]
+    self._load(state["proto"])
 
   def id_to_piece(self, i: int) -> str:
     return self._sp.id_to_piece(int(i))
@@ -138,8 +140,7 @@ class Tokenizer:
     """Token ids of `text`, without [CLS]/[SEP] added."""
     return self.encode_batch([text])[0]
 
-  def encode_batch(self, texts: Sequence[str], num_threads: int | None = None
-                   ) -> list[list[int]]:
+  def encode_batch(self, texts: Sequence[str], num_threads: int | None = None) -> list[list[int]]:
     """`encode` for many texts at once; SentencePiece runs them in parallel.
 
     Args:
@@ -151,17 +152,22 @@ class Tokenizer:
     # and so continues its word instead of starting one.
     segments = []
     for text in texts:
-      parts = _SPECIAL_RE.split(text) if '[' in text or '<' in text else [text]
+      parts = _SPECIAL_RE.split(text) if "[" in text or "<" in text else [text]
       segments.append(
-          [self._special_ids[p] if j % 2 else (normalize(p), j > 0 and not p[0].isspace())
-           for j, p in enumerate(parts) if p])
+        [
+          self._special_ids[p] if j % 2 else (normalize(p), j > 0 and not p[0].isspace())
+          for j, p in enumerate(parts)
+          if p
+        ]
+      )
     chunks = [[], []]  # Word-starting, glued.
     for segs in segments:
       for seg in segs:
         if isinstance(seg, tuple):
           chunks[seg[1]].append(seg[0])
-    encoded = [iter(sp.encode(c, num_threads=num_threads) if c else [])
-               for sp, c in zip((self._sp, self._sp_glued), chunks)]
+    encoded = [
+      iter(sp.encode(c, num_threads=num_threads) if c else []) for sp, c in zip((self._sp, self._sp_glued), chunks)
+    ]
     out = []
     for segs in segments:
       ids = []
@@ -184,10 +190,10 @@ class Tokenizer:
         new_ids.append(i)
         continue
       piece = self._sp.id_to_piece(i)
-      cur = self._sp.encode(piece[:-1].replace(WORD_START, ''), out_type=str)
+      cur = self._sp.encode(piece[:-1].replace(WORD_START, ""), out_type=str)
       if piece[0] != WORD_START and cur and cur[0][0] == WORD_START:
         cur = cur[1:] if len(cur[0]) == 1 else [cur[0][1:]] + cur[1:]
-      new_ids.extend(self._sp.piece_to_id(p) for p in cur + [','])
+      new_ids.extend(self._sp.piece_to_id(p) for p in cur + [","])
     return new_ids
 
   def decode(self, ids: Iterable[int]) -> str:
@@ -197,21 +203,20 @@ class Tokenizer:
     def flush():
       if run:
         glue = out and self._sp.id_to_piece(run[0]).startswith(WORD_START)
-        out.append((' ' if glue else '') + self._sp.decode(run))
+        out.append((" " if glue else "") + self._sp.decode(run))
         run.clear()
 
     for i in ids:
       i = int(i)
       if self.is_special[i] or i == self.unk_id:
         flush()
-        out.append((' ' if out else '') + self._sp.id_to_piece(i))
+        out.append((" " if out else "") + self._sp.id_to_piece(i))
       else:
         run.append(i)
     flush()
-    return ''.join(out)
+    return "".join(out)
 
-  def encode_pair(self, a_ids: Sequence[int], b_ids: Sequence[int] | None = None
-                  ) -> tuple[list[int], list[int]]:
+  def encode_pair(self, a_ids: Sequence[int], b_ids: Sequence[int] | None = None) -> tuple[list[int], list[int]]:
     """`[CLS] A [SEP] B [SEP]` and its token types (0 for A, 1 for B)."""
     input_ids = [self.cls_id, *a_ids, self.sep_id]
     token_type_ids = [0] * len(input_ids)
@@ -232,33 +237,30 @@ def _without_dummy_prefix(proto: bytes) -> spm.SentencePieceProcessor:
 
 def _read_model_file(path: str) -> bytes:
   if not os.path.isfile(path):
-    raise FileNotFoundError(
-        f'SentencePiece model {path!r} not found (or not a file). {_TRAIN_HINT}')
+    raise FileNotFoundError(f"SentencePiece model {path!r} not found (or not a file). {_TRAIN_HINT}")
   try:
     return pathlib.Path(path).read_bytes()
   except OSError as e:
-    raise OSError(f'Cannot read SentencePiece model {path!r}: {e}') from None
+    raise OSError(f"Cannot read SentencePiece model {path!r}: {e}") from None
 
 
-def _sentences(inputs: Iterable[str | os.PathLike], text_format: str | None
-               ) -> Iterator[str]:
-  from albert_jax import corpus  # pylint: disable=g-import-not-at-top
-  for item in inputs:
-    if isinstance(item, os.PathLike) or os.path.isfile(item):
-      for doc in corpus.read_documents(item, format=text_format):
-        for sentence in doc:
-          yield normalize(sentence)
-    else:
-      for line in item.splitlines():
-        if line.strip():
-          yield normalize(line)
+def _sentences(texts: Iterable[str]) -> Iterator[str]:
+  for text in texts:
+    for line in text.splitlines():
+      if line.strip():
+        yield normalize(line)
 
 
-def train_vocab(inputs: Iterable[str | os.PathLike], output_path: str | os.PathLike,
-                vocab_size: int = 30000, *, text_format: str | None = None,
-                input_sentence_size: int = 10_000_000,
-                character_coverage: float = 0.99995, seed: int = 0,
-                seed_from_words: bool = False) -> Tokenizer:
+def train_vocab(
+  texts: Iterable[str],
+  output_path: str | os.PathLike,
+  vocab_size: int = 30000,
+  *,
+  input_sentence_size: int = 10_000_000,
+  character_coverage: float = 0.99995,
+  seed: int = 0,
+  seed_from_words: bool = False,
+) -> Tokenizer:
   """Trains an ALBERT SentencePiece vocabulary, as the 30k one was trained.
 
   Unigram model, ALBERT normalisation applied to the text first, `<pad>`=0
@@ -267,12 +269,10 @@ def train_vocab(inputs: Iterable[str | os.PathLike], output_path: str | os.PathL
   vocabulary instead of failing; read the size from `Tokenizer.vocab_size`.
 
   Args:
-    inputs: files (a `pathlib.Path`, or a `str` naming an existing file; read
-      with `corpus.read_documents`) or texts (any other `str`, a sentence a
-      line).
+    texts: the corpus, a sentence a line (each text may hold many lines);
+      `data.corpus.sentences` reads them from files in any corpus format.
     output_path: where the `.model` file goes (e.g. `DIR/spiece.model`).
     vocab_size: the number of pieces wanted.
-    text_format: the corpus format of the files; None detects it.
     input_sentence_size: at most this many sentences, sampled, are used.
     character_coverage: share of characters the vocabulary must cover.
     seed: SentencePiece's random seed (sentence sampling).
@@ -289,40 +289,56 @@ def train_vocab(inputs: Iterable[str | os.PathLike], output_path: str | os.PathL
   output_path.parent.mkdir(parents=True, exist_ok=True)
   model = io.BytesIO()
   spm.set_random_generator_seed(seed)
-  sentences = _sentences(inputs, text_format)
+  sentences = _sentences(texts)
   first = next(sentences, None)
   if first is None:
-    raise ValueError('train_vocab got no text: pass files or texts with content.')
+    raise ValueError("train_vocab got no text: pass texts with content.")
   sentences = _prepend(first, sentences)
   with tempfile.TemporaryDirectory() as tmp:
     options = {}
     if seed_from_words:
       sentences = list(itertools.islice(sentences, input_sentence_size))
-      options['seed_sentencepieces_file'] = os.path.join(tmp, 'seeds.tsv')
-      _write_word_seeds(sentences, options['seed_sentencepieces_file'])
-    _train(sentences, model, vocab_size, character_coverage,
-           input_sentence_size, **options)
+      options["seed_sentencepieces_file"] = os.path.join(tmp, "seeds.tsv")
+      _write_word_seeds(sentences, options["seed_sentencepieces_file"])
+    _train(sentences, model, vocab_size, character_coverage, input_sentence_size, **options)
   output_path.write_bytes(model.getvalue())
   tokenizer = Tokenizer(output_path)
-  logging.info('Wrote %s with %d pieces.', output_path, tokenizer.vocab_size)
+  logging.info("Wrote %s with %d pieces.", output_path, tokenizer.vocab_size)
   return tokenizer
 
 
-def _train(sentences: Iterable[str], model: io.BytesIO, vocab_size: int,
-           character_coverage: float, input_sentence_size: int, **options):
+def _train(
+  sentences: Iterable[str],
+  model: io.BytesIO,
+  vocab_size: int,
+  character_coverage: float,
+  input_sentence_size: int,
+  **options,
+):
   spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(sentences), model_writer=model,
-      vocab_size=vocab_size, model_type='unigram', hard_vocab_limit=False,
-      pad_id=0, unk_id=1, bos_id=-1, eos_id=-1,
-      pad_piece=PAD, unk_piece=UNK, control_symbols=[CLS, SEP, MASK],
-      user_defined_symbols=list(_ALBERT_USER_SYMBOLS),
-      character_coverage=character_coverage,
-      input_sentence_size=input_sentence_size, shuffle_input_sentence=True,
-      num_threads=os.cpu_count() or 1, minloglevel=2, **options)
+    sentence_iterator=iter(sentences),
+    model_writer=model,
+    vocab_size=vocab_size,
+    model_type="unigram",
+    hard_vocab_limit=False,
+    pad_id=0,
+    unk_id=1,
+    bos_id=-1,
+    eos_id=-1,
+    pad_piece=PAD,
+    unk_piece=UNK,
+    control_symbols=[CLS, SEP, MASK],
+    user_defined_symbols=list(_ALBERT_USER_SYMBOLS),
+    character_coverage=character_coverage,
+    input_sentence_size=input_sentence_size,
+    shuffle_input_sentence=True,
+    num_threads=os.cpu_count() or 1,
+    minloglevel=2,
+    **options,
+  )
 
 
-def _write_word_seeds(sentences: Iterable[str], path: str,
-                      max_length: int = 16) -> None:
+def _write_word_seeds(sentences: Iterable[str], path: str, max_length: int = 16) -> None:
   """Seed pieces as the unigram paper: every substring, scored freq * length."""
   words = collections.Counter(w for s in sentences for w in s.split())
   freq = collections.Counter()
@@ -331,10 +347,10 @@ def _write_word_seeds(sentences: Iterable[str], path: str,
     for i in range(len(word)):
       for j in range(i + 2, min(len(word), i + max_length) + 1):
         freq[word[i:j]] += count
-  with open(path, 'w', encoding='utf-8') as f:
+  with open(path, "w", encoding="utf-8") as f:
     for piece, count in freq.items():
       if count > 1 and piece not in _ALBERT_USER_SYMBOLS:
-        f.write(f'{piece}\t{count * len(piece)}\n')
+        f.write(f"{piece}\t{count * len(piece)}\n")
 
 
 def _prepend(first: str, rest: Iterator[str]) -> Iterator[str]:
@@ -342,27 +358,31 @@ def _prepend(first: str, rest: Iterator[str]) -> Iterator[str]:
   yield from rest
 
 
-def main():
+if __name__ == "__main__":
+  # `python -m albert_jax.tokenizer --input=a.txt,b.txt --output=DIR/spiece.model`: train a vocabulary.
   from absl import flags  # pylint: disable=g-import-not-at-top
-  f = flags.FLAGS
-  files = [pathlib.Path(p) for p in f.input.split(',') if p]
-  missing = [str(p) for p in files if not p.is_file()]
-  if missing:
-    raise ValueError(f'--input: no such file(s): {", ".join(missing)}')
-  tok = train_vocab(files, f.output, f.vocab_size, text_format=f.format,
-                    input_sentence_size=f.input_sentence_size)
-  print(f'Wrote {f.output}: {tok.vocab_size} pieces.')
 
-
-if __name__ == '__main__':
-  from absl import flags  # pylint: disable=g-import-not-at-top
   from albert_jax import cli  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string('input', None, 'Comma-separated text files.', required=True)
-  flags.DEFINE_string('output', None, 'Output model, e.g. DIR/spiece.model.',
-                      required=True)
-  flags.DEFINE_integer('vocab_size', 30000, 'Number of pieces.')
-  flags.DEFINE_enum('format', None, ['lines', 'wikiextractor', 'wikitext', 'prose'],
-                    'Corpus format of the inputs; detected when unset.')
-  flags.DEFINE_integer('input_sentence_size', 10_000_000,
-                       'Sample at most this many sentences.')
+  from albert_jax.data import corpus  # pylint: disable=g-import-not-at-top
+
+  _INPUT = flags.DEFINE_string("input", None, "Comma-separated text files.")
+  _OUTPUT = flags.DEFINE_string("output", None, "Output model, e.g. DIR/spiece.model.")
+  _VOCAB_SIZE = flags.DEFINE_integer("vocab_size", 30000, "Number of pieces.")
+  _FORMAT = flags.DEFINE_enum("format", None, list(corpus.FORMATS), "Corpus format of the inputs; detected when unset.")
+  _INPUT_SENTENCE_SIZE = flags.DEFINE_integer("input_sentence_size", 10_000_000, "Sample at most this many sentences.")
+
+  def main():
+    files = [pathlib.Path(p) for p in _INPUT.value.split(",") if p]
+    missing = [str(p) for p in files if not p.is_file()]
+    if missing:
+      raise ValueError(f"--input: no such file(s): {', '.join(missing)}")
+    tok = train_vocab(
+      corpus.sentences(files, _FORMAT.value),
+      _OUTPUT.value,
+      _VOCAB_SIZE.value,
+      input_sentence_size=_INPUT_SENTENCE_SIZE.value,
+    )
+    print(f"Wrote {_OUTPUT.value}: {tok.vocab_size} pieces.")
+
+  flags.mark_flags_as_required(["input", "output"])
   cli.run(main)

@@ -17,8 +17,7 @@ from albert_jax import model as model_lib
 
 
 def compile_seconds(num_layers: int, batch: int, seq: int, remat: str, unroll: int) -> float:
-  config = model_lib.AlbertConfig.preset("base", num_hidden_layers=num_layers, remat_policy=remat,
-                                         scan_unroll=unroll)
+  config = model_lib.AlbertConfig.preset("base", num_hidden_layers=num_layers, remat_policy=remat, scan_unroll=unroll)
   model = model_lib.AlbertForPreTraining(config)
   ids = jax.ShapeDtypeStruct((batch, seq), jnp.int32)
   params = jax.eval_shape(lambda i: model.init(jax.random.PRNGKey(0), i), ids)
@@ -56,8 +55,16 @@ def main():
   print(f"ratio {layers[-1]}/{layers[0]} layers: {ratio:.2f} (goal <= 1.3)")
   if args.json:
     with open(args.json, "w") as f:
-      json.dump({"device": jax.devices()[0].device_kind, "scan_unroll": args.scan_unroll,
-                 "compile_seconds": results, "ratio": ratio}, f, indent=2)
+      json.dump(
+        {
+          "device": jax.devices()[0].device_kind,
+          "scan_unroll": args.scan_unroll,
+          "compile_seconds": results,
+          "ratio": ratio,
+        },
+        f,
+        indent=2,
+      )
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ One command, sized to finish in under 8 minutes on one H100 or H200:
   python -m benchmarks.gpu_bench --json=gpu_bench.json
   python -m benchmarks.gpu_bench --smoke          # tiny shapes, any backend (CPU): checks the script end to end
 
-Each model runs the trainer's own jitted step (`train.build`: LAMB, state
+Each model runs the trainer's own jitted step (`pretraining.build`: LAMB, state
 donated) with `dtype=bfloat16` (float32 parameters and optimizer state). The
 MFU denominator is the card's bf16 matrix-product peak MEASURED in the same
 run (a large bf16 matmul, best of several); the data-sheet figure from
@@ -22,24 +22,25 @@ import jax
 import jax.numpy as jnp
 from flax.linen import partitioning as nn_partitioning
 
-from albert_jax import config_lib
-from albert_jax import flops as flops_lib
-from albert_jax import sharding
-from albert_jax import train
+from albert_jax import config_lib, sharding
+from albert_jax.tools import flops as flops_lib
+from albert_jax.trainers import pretraining
 from benchmarks import harness
 
 PREDICTIONS = 20
 # Per-model batch at seq 512 for one 80 GB card; xxlarge's 64 heads make attention the memory bound.
 DEFAULT_BATCHES = "base=32,large=32,xxlarge=16"
-SMOKE_MODEL = dict(vocab_size=512, embedding_size=16, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                   intermediate_size=128)
+SMOKE_MODEL = dict(
+  vocab_size=512, embedding_size=16, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128
+)
 
 
 def bf16_matmul_peak(n: int, repeats: int) -> float:
   """Best bf16 FLOP/s of an n×n product (float32 accumulation), timed over 10 back-to-back products."""
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.bfloat16)
-  chain = jax.jit(lambda x: jax.lax.fori_loop(
-      0, 10, lambda _, y: (y @ x).astype(jnp.bfloat16) * jnp.bfloat16(1 / n**0.5), x))
+  chain = jax.jit(
+    lambda x: jax.lax.fori_loop(0, 10, lambda _, y: (y @ x).astype(jnp.bfloat16) * jnp.bfloat16(1 / n**0.5), x)
+  )
   chain(a).block_until_ready()
   best = float("inf")
   for _ in range(repeats):
@@ -58,7 +59,7 @@ def run_model(preset: str, batch_size: int, seq: int, remat: str, steps: int, sm
   model_config = config_lib.model_config(config)
   mesh = sharding.create_mesh(config.mesh, jax.devices()[:1])
   rules = sharding.axis_rules(config)
-  setup = train.build(config, model_config, mesh, rules)
+  setup = pretraining.build(config, model_config, mesh, rules)
   with jax.set_mesh(mesh), nn_partitioning.axis_rules(rules):
     state = setup.init(jax.random.PRNGKey(0))
     batch = sharding.global_batch(harness.pretraining_batch(model_config, batch_size, seq, PREDICTIONS), mesh)
@@ -74,9 +75,13 @@ def run_model(preset: str, batch_size: int, seq: int, remat: str, steps: int, sm
       state, metrics = setup.train_step(state, batch, rng)
     jax.block_until_ready((state, metrics))
     step_s = (time.perf_counter() - start) / steps
-  loss = float(train.summarize(jax.device_get(metrics))["loss"])
-  return {"step_s": step_s, "compile_s": compile_s, "loss": loss,
-          "flops_per_step": flops_lib.train_flops_per_step(model_config, batch_size, seq, PREDICTIONS)}
+  loss = float(pretraining.summarize(jax.device_get(metrics))["loss"])
+  return {
+    "step_s": step_s,
+    "compile_s": compile_s,
+    "loss": loss,
+    "flops_per_step": flops_lib.train_flops_per_step(model_config, batch_size, seq, PREDICTIONS),
+  }
 
 
 def main():
@@ -94,12 +99,24 @@ def main():
   device = jax.devices()[0]
   peak = bf16_matmul_peak(matmul_n, 3 if args.smoke else 10)
   sheet = flops_lib.device_peak_flops(device, measure_cpu=False)
-  results = {"device": device.device_kind, "platform": device.platform, "smoke": args.smoke, "seq": seq,
-             "bf16_matmul_peak": peak, "datasheet_peak": sheet, "models": {}}
-  print(f"{device.device_kind} ({device.platform}): measured bf16 matmul peak {peak / 1e12:.3g} TFLOP/s"
-        + (f", data sheet {sheet / 1e12:.0f}" if sheet else "") + (" [SMOKE: tiny shapes]" if args.smoke else ""))
-  print(f"{'model':<8} {'batch':>5} {'remat':>6} {'compile s':>9} {'step s':>8} {'tokens/s':>10} {'MFU':>6} "
-        f"{'MFU sheet':>9}")
+  results = {
+    "device": device.device_kind,
+    "platform": device.platform,
+    "smoke": args.smoke,
+    "seq": seq,
+    "bf16_matmul_peak": peak,
+    "datasheet_peak": sheet,
+    "models": {},
+  }
+  print(
+    f"{device.device_kind} ({device.platform}): measured bf16 matmul peak {peak / 1e12:.3g} TFLOP/s"
+    + (f", data sheet {sheet / 1e12:.0f}" if sheet else "")
+    + (" [SMOKE: tiny shapes]" if args.smoke else "")
+  )
+  print(
+    f"{'model':<8} {'batch':>5} {'remat':>6} {'compile s':>9} {'step s':>8} {'tokens/s':>10} {'MFU':>6} "
+    f"{'MFU sheet':>9}"
+  )
   for preset in args.presets.split(","):
     batch_size = 2 if args.smoke else batches[preset]
     remat = args.remat
@@ -110,13 +127,19 @@ def main():
         raise
       remat = "full"
       r = run_model(preset, batch_size, seq, remat, steps, args.smoke)
-    r.update(batch=batch_size, remat=remat, tokens_per_s=batch_size * seq / r["step_s"],
-             mfu=r["flops_per_step"] / r["step_s"] / peak,
-             mfu_datasheet=r["flops_per_step"] / r["step_s"] / sheet if sheet else None)
+    r.update(
+      batch=batch_size,
+      remat=remat,
+      tokens_per_s=batch_size * seq / r["step_s"],
+      mfu=r["flops_per_step"] / r["step_s"] / peak,
+      mfu_datasheet=r["flops_per_step"] / r["step_s"] / sheet if sheet else None,
+    )
     results["models"][preset] = r
     sheet_mfu = f"{100 * r['mfu_datasheet']:>8.1f}%" if sheet else f"{'-':>9}"
-    print(f"{preset:<8} {batch_size:>5} {remat:>6} {r['compile_s']:>9.1f} {r['step_s']:>8.4f} "
-          f"{r['tokens_per_s']:>10.0f} {100 * r['mfu']:>5.1f}% {sheet_mfu}")
+    print(
+      f"{preset:<8} {batch_size:>5} {remat:>6} {r['compile_s']:>9.1f} {r['step_s']:>8.4f} "
+      f"{r['tokens_per_s']:>10.0f} {100 * r['mfu']:>5.1f}% {sheet_mfu}"
+    )
   print("MFU: analytic FLOPs (albert_jax.flops, MLM at 20 positions, 3x forward) / step time / measured bf16 peak")
   if args.json:
     pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -18,19 +18,20 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import gc
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from albert_jax import checkpoints
 from albert_jax import model as model_lib
+from albert_jax.checkpoints import hf
 
 
 def set_threads() -> int:
   """Gives PyTorch every core, as XLA:CPU takes by default; returns the count for the report."""
   import torch
+
   torch.set_num_threads(os.cpu_count() or 1)
   return torch.get_num_threads()
 
@@ -40,16 +41,16 @@ def pretraining_batch(config: model_lib.AlbertConfig, batch: int, seq: int, pred
   rng = np.random.RandomState(seed)
   ids = rng.randint(5, config.vocab_size, (batch, seq)).astype(np.int32)
   types = np.zeros_like(ids)
-  types[:, seq // 2:] = 1
+  types[:, seq // 2 :] = 1
   positions = np.stack([np.sort(rng.choice(np.arange(1, seq), predictions, replace=False)) for _ in range(batch)])
   return {
-      "input_ids": ids,
-      "input_mask": np.ones_like(ids),
-      "token_type_ids": types,
-      "masked_lm_positions": positions.astype(np.int32),
-      "masked_lm_ids": rng.randint(5, config.vocab_size, (batch, predictions)).astype(np.int32),
-      "masked_lm_weights": np.ones((batch, predictions), np.float32),
-      "sentence_order_label": rng.randint(0, 2, (batch,)).astype(np.int32),
+    "input_ids": ids,
+    "input_mask": np.ones_like(ids),
+    "token_type_ids": types,
+    "masked_lm_positions": positions.astype(np.int32),
+    "masked_lm_ids": rng.randint(5, config.vocab_size, (batch, predictions)).astype(np.int32),
+    "masked_lm_weights": np.ones((batch, predictions), np.float32),
+    "sentence_order_label": rng.randint(0, 2, (batch,)).astype(np.int32),
   }
 
 
@@ -57,8 +58,9 @@ def hf_model(config: model_lib.AlbertConfig, cls_name: str = "AlbertForPreTraini
   """The Hugging Face PyTorch model with the same configuration (random weights)."""
   import torch
   import transformers
+
   torch.manual_seed(0)
-  hf_config = transformers.AlbertConfig(**checkpoints.config_to_hf(config), **extra)
+  hf_config = transformers.AlbertConfig(**hf.config_to_hf(config), **extra)
   return getattr(transformers, cls_name)(hf_config)
 
 
@@ -70,12 +72,17 @@ def hf_pretraining_inputs(batch):
   computes logits at every position first.
   """
   import torch
+
   labels = np.full_like(batch["input_ids"], -100)
   np.put_along_axis(labels, batch["masked_lm_positions"], batch["masked_lm_ids"], axis=1)
   as_long = lambda x: torch.tensor(x, dtype=torch.long)
-  return dict(input_ids=as_long(batch["input_ids"]), attention_mask=as_long(batch["input_mask"]),
-              token_type_ids=as_long(batch["token_type_ids"]), labels=as_long(labels),
-              sentence_order_label=as_long(batch["sentence_order_label"]))
+  return dict(
+    input_ids=as_long(batch["input_ids"]),
+    attention_mask=as_long(batch["input_mask"]),
+    token_type_ids=as_long(batch["token_type_ids"]),
+    labels=as_long(labels),
+    sentence_order_label=as_long(batch["sentence_order_label"]),
+  )
 
 
 class TorchLamb:
@@ -89,6 +96,7 @@ class TorchLamb:
 
   def __init__(self, named_parameters, lr=1e-4, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01):
     import torch
+
     self.params = [(p, "LayerNorm" in n or "layer_norm" in n or "bias" in n) for n, p in named_parameters]
     self.m = [torch.zeros_like(p) for p, _ in self.params]
     self.v = [torch.zeros_like(p) for p, _ in self.params]
@@ -96,6 +104,7 @@ class TorchLamb:
 
   def step(self):
     import torch
+
     with torch.no_grad():
       torch.nn.utils.clip_grad_norm_([p for p, _ in self.params], 1.0)
       for (p, excluded), m, v in zip(self.params, self.m, self.v):
@@ -124,6 +133,7 @@ def matmul_fns(n: int = MATMUL_N) -> dict[str, Callable[[], None]]:
   best.
   """
   import torch
+
   a = jnp.ones((n, n), jnp.float32)
   xla = jax.jit(lambda x: jax.lax.fori_loop(0, MATMULS_PER_CALL, lambda _, y: x @ y * (1.0 / n), x))
   t = torch.ones((n, n))
@@ -139,14 +149,22 @@ def matmul_fns(n: int = MATMUL_N) -> dict[str, Callable[[], None]]:
 def peak_flops(times: dict[str, dict[str, float]], n: int = MATMUL_N) -> dict[str, float]:
   """The float32 matmul rate from `matmul_fns` timings: the faster library, at its median and at its best turn."""
   flops = MATMULS_PER_CALL * 2 * n**3
-  rates = {f"{name}/{kind}": flops / times[name][f"{kind}_s"] for name in times if name.startswith("matmul/")
-           for kind in ("median", "min")}
-  return {**rates, "median": max(v for k, v in rates.items() if k.endswith("/median")),
-          "best": max(v for k, v in rates.items() if k.endswith("/min"))}
+  rates = {
+    f"{name}/{kind}": flops / times[name][f"{kind}_s"]
+    for name in times
+    if name.startswith("matmul/")
+    for kind in ("median", "min")
+  }
+  return {
+    **rates,
+    "median": max(v for k, v in rates.items() if k.endswith("/median")),
+    "best": max(v for k, v in rates.items() if k.endswith("/min")),
+  }
 
 
-def round_robin(fns: dict[str, Callable[[], None]], rounds: int, steps: int, pause: float = 0.3
-               ) -> dict[str, list[float]]:
+def round_robin(
+  fns: dict[str, Callable[[], None]], rounds: int, steps: int, pause: float = 0.3
+) -> dict[str, list[float]]:
   """Seconds per call of each function, `steps` calls per turn, the functions taking turns for `rounds` rounds.
 
   `pause` lets the previous implementation's spinning worker threads go idle
@@ -167,12 +185,24 @@ def round_robin(fns: dict[str, Callable[[], None]], rounds: int, steps: int, pau
 def stats(seconds: list[float]) -> dict[str, float]:
   """Median, best and spread ((max - min) / median) of per-step times."""
   median = statistics.median(seconds)
-  return {"median_s": median, "min_s": min(seconds), "max_s": max(seconds),
-          "spread": (max(seconds) - min(seconds)) / median, "samples": seconds}
+  return {
+    "median_s": median,
+    "min_s": min(seconds),
+    "max_s": max(seconds),
+    "spread": (max(seconds) - min(seconds)) / median,
+    "samples": seconds,
+  }
 
 
 def machine() -> dict[str, object]:
   import torch
-  return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "jax": jax.__version__,
-          "torch": torch.__version__, "jax_device": jax.devices()[0].device_kind,
-          "xla_flags": os.environ.get("XLA_FLAGS", ""), "omp_wait_policy": os.environ["OMP_WAIT_POLICY"]}
+
+  return {
+    "cpu_count": os.cpu_count(),
+    "torch_threads": torch.get_num_threads(),
+    "jax": jax.__version__,
+    "torch": torch.__version__,
+    "jax_device": jax.devices()[0].device_kind,
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
+  }

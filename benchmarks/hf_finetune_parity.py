@@ -36,9 +36,19 @@ def main():
   parser.add_argument("--steps", type=int, default=400)
   parser.add_argument("--eval_every", type=int, default=50)
   args = parser.parse_args()
-  config = hf_finetune.sst2_config(DATA / "glue", DATA / "spm" / "albert_30k_spiece.model", steps=args.steps,
-                                   batch_size=32, seq=64, learning_rate=5e-4, embedding_size=64, hidden_size=128,
-                                   num_hidden_layers=2, num_attention_heads=4, intermediate_size=512)
+  config = hf_finetune.sst2_config(
+    DATA / "glue",
+    DATA / "spm" / "albert_30k_spiece.model",
+    steps=args.steps,
+    batch_size=32,
+    seq=64,
+    learning_rate=5e-4,
+    embedding_size=64,
+    hidden_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=512,
+  )
   jax_run, torch_run, dev = hf_finetune.both_runs(config)
   print(f"SST-2, batch 32, seq 64, AdamW lr 5e-4, {args.steps} steps; dev = {len(dev)} examples")
   print(" step   loss jax  loss torch   dev acc jax  dev acc torch")
@@ -51,8 +61,7 @@ def main():
       acc_jax, acc_torch = 100 * jax_run.accuracy(dev), 100 * torch_run.accuracy(dev)
       worst = max(worst, abs(acc_jax - acc_torch))
       mean = {k: sum(v) / len(v) for k, v in window.items()}
-      print(f"{step + 1:5d}  {mean['jax']:9.5f}  {mean['torch']:10.5f}  {acc_jax:12.2f}  {acc_torch:13.2f}",
-            flush=True)
+      print(f"{step + 1:5d}  {mean['jax']:9.5f}  {mean['torch']:10.5f}  {acc_jax:12.2f}  {acc_torch:13.2f}", flush=True)
       window = {"jax": [], "torch": []}
   print(f"largest dev accuracy gap: {worst:.2f} points")
 

@@ -22,13 +22,13 @@ import jax
 import jax.numpy as jnp
 
 from albert_jax import model as model_lib
-from albert_jax import predict
+from albert_jax.tasks import fill_mask
 from benchmarks import harness
 
 
 def jax_fill_mask(config, batch):
   params = model_lib.AlbertForPreTraining(config).init(jax.random.PRNGKey(0), batch["input_ids"][:1, :8])
-  fn = predict._top_k_fn(config, 5)  # pylint: disable=protected-access  # the library's own fill-mask path
+  fn = fill_mask._top_k_fn(config, 5)  # pylint: disable=protected-access  # the library's own fill-mask path
   args = [jnp.asarray(batch[k]) for k in ("input_ids", "input_mask", "masked_lm_positions")]
   return lambda: jax.block_until_ready(fn(params, *args))
 
@@ -43,9 +43,10 @@ def jax_classify(config, batch):
 
 def torch_fill_mask(config, batch):
   import torch
+
   model = harness.hf_model(config, "AlbertForMaskedLM").eval()
   hf_inputs = harness.hf_pretraining_inputs(batch)
-  inputs = {k: hf_inputs[k] for k in ("input_ids", "attention_mask")}  # no token types, as predict.fill_mask
+  inputs = {k: hf_inputs[k] for k in ("input_ids", "attention_mask")}  # no token types, as fill_mask.fill_mask
   positions = torch.tensor(batch["masked_lm_positions"], dtype=torch.long)
 
   def run():
@@ -59,6 +60,7 @@ def torch_fill_mask(config, batch):
 
 def torch_classify(config, batch):
   import torch
+
   model = harness.hf_model(config, "AlbertForSequenceClassification", num_labels=2).eval()
   hf_inputs = harness.hf_pretraining_inputs(batch)
   inputs = {k: hf_inputs[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
@@ -86,8 +88,12 @@ def main():
   for shape in args.shapes.split(","):
     batch_size, seq = (int(x) for x in shape.split("x"))
     batch = harness.pretraining_batch(config, batch_size, seq, args.masks)
-    fns = {"fill_mask/albert_jax": jax_fill_mask(config, batch), "fill_mask/hf_torch": torch_fill_mask(config, batch),
-           "classify/albert_jax": jax_classify(config, batch), "classify/hf_torch": torch_classify(config, batch)}
+    fns = {
+      "fill_mask/albert_jax": jax_fill_mask(config, batch),
+      "fill_mask/hf_torch": torch_fill_mask(config, batch),
+      "classify/albert_jax": jax_classify(config, batch),
+      "classify/hf_torch": torch_classify(config, batch),
+    }
     for fn in fns.values():
       fn()
     times = {k: harness.stats(v) for k, v in harness.round_robin(fns, args.rounds, args.steps).items()}
@@ -96,8 +102,10 @@ def main():
       ours, theirs = times[f"{task}/albert_jax"], times[f"{task}/hf_torch"]
       speedup = theirs["median_s"] / ours["median_s"]
       results["shapes"][shape][f"{task}/albert_jax_speedup"] = speedup
-      print(f"{shape:>8} {task:<15} {1e3 * ours['median_s']:>13.1f} {1e3 * theirs['median_s']:>12.1f} "
-            f"{100 * ours['spread']:>6.0f}%/{100 * theirs['spread']:.0f}% {speedup:>6.2f}")
+      print(
+        f"{shape:>8} {task:<15} {1e3 * ours['median_s']:>13.1f} {1e3 * theirs['median_s']:>12.1f} "
+        f"{100 * ours['spread']:>6.0f}%/{100 * theirs['spread']:.0f}% {speedup:>6.2f}"
+      )
   print("ms: median per call; jax ×: Hugging Face time / albert_jax time (above 1: albert_jax is faster)")
   if args.json:
     pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -14,8 +14,8 @@ import argparse
 import jax
 import jax.numpy as jnp
 
-from albert_jax import flops as flops_lib
 from albert_jax import model as model_lib
+from albert_jax.tools import flops as flops_lib
 from benchmarks import harness
 
 PREDICTIONS = 20
@@ -23,8 +23,9 @@ PREDICTIONS = 20
 
 def loss_fns(config: model_lib.AlbertConfig, batch: dict):
   model = model_lib.AlbertForPreTraining(config)
-  ids, mask, types, positions = (jnp.asarray(batch[k]) for k in
-                                 ("input_ids", "input_mask", "token_type_ids", "masked_lm_positions"))
+  ids, mask, types, positions = (
+    jnp.asarray(batch[k]) for k in ("input_ids", "input_mask", "token_type_ids", "masked_lm_positions")
+  )
   params = model.init(jax.random.PRNGKey(0), ids[:1, :8])
 
   def full_then_gather(m):
@@ -33,8 +34,11 @@ def loss_fns(config: model_lib.AlbertConfig, batch: dict):
     return {"mlm_logits": mlm, "sop_logits": m.sop_classifier(pooled, True)}
 
   def loss(p, gathered):
-    out = (model.apply(p, ids, mask, types, masked_positions=positions) if gathered
-           else model.apply(p, method=full_then_gather))
+    out = (
+      model.apply(p, ids, mask, types, masked_positions=positions)
+      if gathered
+      else model.apply(p, method=full_then_gather)
+    )
     return jax.nn.logsumexp(out["mlm_logits"], -1).mean() + jax.nn.logsumexp(out["sop_logits"], -1).mean()
 
   fns = {}
@@ -59,9 +63,11 @@ def main():
     executed = flops_lib.train_flops_per_step(config, batch_size, seq, PREDICTIONS)
     full = flops_lib.train_flops_per_step(config, batch_size, seq, PREDICTIONS, full_last_layer=True)
     g, f = times["gathered"], times["full"]
-    print(f"{shape}: gathered {g['median_s']:.3f} s (spread {100 * g['spread']:.0f}%), full {f['median_s']:.3f} s "
-          f"(spread {100 * f['spread']:.0f}%): {f['median_s'] / g['median_s']:.3f}x faster; "
-          f"matmul FLOPs {executed / 1e9:.0f} vs {full / 1e9:.0f} GFLOP ({full / executed:.3f}x)")
+    print(
+      f"{shape}: gathered {g['median_s']:.3f} s (spread {100 * g['spread']:.0f}%), full {f['median_s']:.3f} s "
+      f"(spread {100 * f['spread']:.0f}%): {f['median_s'] / g['median_s']:.3f}x faster; "
+      f"matmul FLOPs {executed / 1e9:.0f} vs {full / 1e9:.0f} GFLOP ({full / executed:.3f}x)"
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 r"""Memory and time of rematerialisation at seq 512, and the largest ALBERT-xxlarge batch that fits 24 GB on CPU.
 
 What is counted (from XLA's `compiled.memory_analysis()` of the real
-`train.build` step, state donated):
+`pretraining.build` step, state donated):
   temp       XLA's temporary buffers: activations kept for the backward pass,
              gradients and workspace ("peak activation memory" below);
   total      arguments + outputs - aliased (donated) + temp: the parameters,
@@ -28,11 +28,9 @@ import jax
 import jax.numpy as jnp
 from flax.linen import partitioning as nn_partitioning
 
-from albert_jax import config_lib
-from albert_jax import sharding
-from albert_jax import train
-from benchmarks import harness
-from benchmarks import train_step_cpu
+from albert_jax import config_lib, sharding
+from albert_jax.trainers import pretraining
+from benchmarks import harness, train_step_cpu
 
 GB = 1e9
 
@@ -45,15 +43,20 @@ def compiled_memory(preset: str, remat: str, batch_size: int, seq: int) -> dict[
   model_config = config_lib.model_config(config)
   mesh = sharding.create_mesh(config.mesh, jax.devices()[:1])
   rules = sharding.axis_rules(config)
-  setup = train.build(config, model_config, mesh, rules)
+  setup = pretraining.build(config, model_config, mesh, rules)
   batch = harness.pretraining_batch(model_config, batch_size, seq, train_step_cpu.PREDICTIONS)
-  abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding.batch_sharding(mesh))
-                    for k, v in batch.items()}
+  abstract_batch = {
+    k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding.batch_sharding(mesh)) for k, v in batch.items()
+  }
   with jax.set_mesh(mesh), nn_partitioning.axis_rules(rules):
     lowered = setup.train_step.lower(setup.abstract_state, abstract_batch, jax.ShapeDtypeStruct((2,), jnp.uint32))
     stats = lowered.compile().memory_analysis()
-  out = {"temp": stats.temp_size_in_bytes, "arguments": stats.argument_size_in_bytes,
-         "outputs": stats.output_size_in_bytes, "aliased": stats.alias_size_in_bytes}
+  out = {
+    "temp": stats.temp_size_in_bytes,
+    "arguments": stats.argument_size_in_bytes,
+    "outputs": stats.output_size_in_bytes,
+    "aliased": stats.alias_size_in_bytes,
+  }
   out["total"] = out["arguments"] + out["outputs"] - out["aliased"] + out["temp"]
   return out
 
@@ -82,11 +85,13 @@ def largest_batch(preset: str, remat: str, seq: int, budget: float) -> tuple[int
 
 def rss_of_one_step(remat: str, batch_size: int, seq: int) -> float:
   """Peak resident bytes of a fresh process that builds and runs one base training step."""
-  code = ("import resource; from benchmarks import harness, train_step_cpu as t; from albert_jax import config_lib; "
-          f"c = config_lib.model_config(config_lib.pretraining('base')); "
-          f"b = harness.pretraining_batch(c, {batch_size}, {seq}, t.PREDICTIONS); "
-          f"t.jax_step({{'remat_policy': '{remat}'}}, b, {batch_size}, {seq})(); "
-          "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+  code = (
+    "import resource; from benchmarks import harness, train_step_cpu as t; from albert_jax import config_lib; "
+    f"c = config_lib.model_config(config_lib.pretraining('base')); "
+    f"b = harness.pretraining_batch(c, {batch_size}, {seq}, t.PREDICTIONS); "
+    f"t.jax_step({{'remat_policy': '{remat}'}}, b, {batch_size}, {seq})(); "
+    "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+  )
   out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
   return int(out.stdout.split()[-1]) * 1024  # ru_maxrss is in KiB on Linux
 
@@ -118,21 +123,26 @@ def main():
       results["base"][policy]["time"] = harness.stats(seconds)
   none = results["base"]["none"]
   print(f"ALBERT-base training step, batch {args.batch} x seq {args.seq}, float32, LAMB, state donated")
-  print(f"{'remat':>6} {'temp GB':>8} {'vs none':>8} {'total GB':>9} {'RSS GB':>7} {'step s':>7} {'spread':>7} "
-        f"{'time vs none':>12}")
+  print(
+    f"{'remat':>6} {'temp GB':>8} {'vs none':>8} {'total GB':>9} {'RSS GB':>7} {'step s':>7} {'spread':>7} "
+    f"{'time vs none':>12}"
+  )
   for policy, r in results["base"].items():
     temp, total = r["compiled"]["temp"], r["compiled"]["total"]
     rss = f"{r['rss'] / GB:7.2f}" if "rss" in r else f"{'-':>7}"
     t = r.get("time")
-    timing = (f"{t['median_s']:>7.2f} {100 * t['spread']:>6.0f}% {t['median_s'] / none['time']['median_s']:>12.2f}"
-              if t else "")
+    timing = (
+      f"{t['median_s']:>7.2f} {100 * t['spread']:>6.0f}% {t['median_s'] / none['time']['median_s']:>12.2f}" if t else ""
+    )
     print(f"{policy:>6} {temp / GB:>8.2f} {temp / none['compiled']['temp']:>8.2f} {total / GB:>9.2f} {rss} {timing}")
   budget = args.xxlarge_budget_gb * GB
   for policy in filter(None, args.xxlarge_policies.split(",")):
     batch, totals = largest_batch("xxlarge", policy, args.seq, budget)
     results["xxlarge"][policy] = {"largest_batch": batch, "totals": totals}
-    print(f"xxlarge seq {args.seq}, remat {policy}: largest batch within {args.xxlarge_budget_gb:g} GB = {batch} "
-          f"(compiled totals GB: {', '.join(f'{b}: {v / GB:.1f}' for b, v in sorted(totals.items()))})")
+    print(
+      f"xxlarge seq {args.seq}, remat {policy}: largest batch within {args.xxlarge_budget_gb:g} GB = {batch} "
+      f"(compiled totals GB: {', '.join(f'{b}: {v / GB:.1f}' for b, v in sorted(totals.items()))})"
+    )
   if args.json:
     pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     pathlib.Path(args.json).write_text(json.dumps(results, indent=2, default=float))

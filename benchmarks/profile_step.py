@@ -16,8 +16,7 @@ import re
 import jax
 
 from albert_jax import config_lib
-from benchmarks import harness
-from benchmarks import train_step_cpu
+from benchmarks import harness, train_step_cpu
 
 
 def op_times(trace_dir: str) -> collections.Counter:

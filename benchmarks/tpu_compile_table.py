@@ -14,8 +14,8 @@ import json
 import pathlib
 import time
 
-from albert_jax import compile_check
 from albert_jax import config_lib
+from albert_jax.tools import compile_check
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PRESETS = ("base", "large", "xlarge", "xxlarge")
@@ -60,31 +60,35 @@ def _gib(n) -> str:
 
 def _collectives(report: dict, where: str) -> str:
   rows = report["collectives"][where]
-  cells = [f"{k} {rows[k]['per_step']}x {rows[k]['bytes_per_step'] / 2**20:.0f} MiB"
-           for k in rows if rows[k]["per_step"]]
+  cells = [
+    f"{k} {rows[k]['per_step']}x {rows[k]['bytes_per_step'] / 2**20:.0f} MiB" for k in rows if rows[k]["per_step"]
+  ]
   return ", ".join(cells) or "none"
 
 
 def markdown(reports: list[dict]) -> str:
   lines = [
-      "| config | slice | devices | mesh (data, fsdp, tensor) | remat | args GiB | temps GiB | total GiB | HBM GiB "
-      "| headroom GiB | step s at 50% MFU | compile s | collectives per step outside the layer loop "
-      "| inside the layer loop | needed |",
-      "|" + "---|" * 15,
+    "| config | slice | devices | mesh (data, fsdp, tensor) | remat | args GiB | temps GiB | total GiB | HBM GiB "
+    "| headroom GiB | step s at 50% MFU | compile s | collectives per step outside the layer loop "
+    "| inside the layer loop | needed |",
+    "|" + "---|" * 15,
   ]
   for r in reports:
     if r["overrides"] is None:
-      lines.append(f"| {r['preset']} | {r['topology']} | | | | | | | | | | | | | does not fit with any of "
-                   f"{[t['overrides'] for t in r['did_not_fit']]} |")
+      lines.append(
+        f"| {r['preset']} | {r['topology']} | | | | | | | | | | | | | does not fit with any of "
+        f"{[t['overrides'] for t in r['did_not_fit']]} |"
+      )
       continue
     m, mesh = r["memory"], r["mesh"]
     needed = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "as configured"
     lines.append(
-        f"| {r['preset']} | {r['topology']} | {r['num_devices']} x {r['device_kind']} | "
-        f"{mesh['data']}, {mesh['fsdp']}, {mesh['tensor']} | {r['remat_policy']} | {_gib(m['arguments'])} | "
-        f"{_gib(m['temporaries'])} | {_gib(m['total'])} | {_gib(m['hbm'])} | {_gib(m['headroom'])} | "
-        f"{r['step_seconds_at_50pct_mfu']:.3f} | {r['compile_seconds']:.0f} | {_collectives(r, 'outside_loop')} | "
-        f"{_collectives(r, 'inside_loop')} | {needed} |")
+      f"| {r['preset']} | {r['topology']} | {r['num_devices']} x {r['device_kind']} | "
+      f"{mesh['data']}, {mesh['fsdp']}, {mesh['tensor']} | {r['remat_policy']} | {_gib(m['arguments'])} | "
+      f"{_gib(m['temporaries'])} | {_gib(m['total'])} | {_gib(m['hbm'])} | {_gib(m['headroom'])} | "
+      f"{r['step_seconds_at_50pct_mfu']:.3f} | {r['compile_seconds']:.0f} | {_collectives(r, 'outside_loop')} | "
+      f"{_collectives(r, 'inside_loop')} | {needed} |"
+    )
   return "\n".join(lines)
 
 

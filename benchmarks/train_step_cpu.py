@@ -2,7 +2,7 @@ r"""CPU training step, ALBERT-base float32: albert_jax against Hugging Face PyTo
 
 Every implementation does one full pretraining step on the same batch:
 forward, MLM loss at the 20 masked positions + SOP loss, backward, and a LAMB
-update (albert_jax: the real `train.build` step, jitted with the state
+update (albert_jax: the real `pretraining.build` step, jitted with the state
 donated; PyTorch: `AlbertForPreTraining(..., labels=, sentence_order_label=)`
 and `harness.TorchLamb`, the same LAMB arithmetic). Hugging Face computes MLM
 logits at every position before its loss picks the masked ones; MFU counts
@@ -27,10 +27,9 @@ import pathlib
 import jax
 from flax.linen import partitioning as nn_partitioning
 
-from albert_jax import config_lib
-from albert_jax import flops as flops_lib
-from albert_jax import sharding
-from albert_jax import train
+from albert_jax import config_lib, sharding
+from albert_jax.tools import flops as flops_lib
+from albert_jax.trainers import pretraining
 from benchmarks import harness
 
 PREDICTIONS = 20
@@ -49,7 +48,7 @@ def parse_variant(text: str) -> dict[str, object]:
 
 
 def jax_step(overrides: dict[str, object], batch_np, batch_size: int, seq: int):
-  """The trainer's own jitted step (`train.build`) on one CPU device, state donated."""
+  """The trainer's own jitted step (`pretraining.build`) on one CPU device, state donated."""
   config = config_lib.pretraining("base")
   config.batch_size, config.warmup_steps, config.num_train_steps = batch_size, 10, 1000
   config.data.max_seq_length, config.data.max_predictions_per_seq = seq, PREDICTIONS
@@ -57,7 +56,7 @@ def jax_step(overrides: dict[str, object], batch_np, batch_size: int, seq: int):
   model_config = config_lib.model_config(config)
   mesh = sharding.create_mesh(config.mesh, jax.devices()[:1])
   rules = sharding.axis_rules(config)
-  setup = train.build(config, model_config, mesh, rules)
+  setup = pretraining.build(config, model_config, mesh, rules)
   with jax.set_mesh(mesh), nn_partitioning.axis_rules(rules):
     state = setup.init(jax.random.PRNGKey(0))
     batch = sharding.global_batch(batch_np, mesh)
@@ -79,6 +78,7 @@ def torch_steps(model_config, batch_np, compiled: bool):
   forward = model
   if compiled:
     import torch
+
     forward = torch.compile(model)
   optimizer = harness.TorchLamb(model.named_parameters())
 
@@ -104,8 +104,10 @@ def main():
   results = {"machine": harness.machine(), "predictions": PREDICTIONS, "shapes": {}}
   model_config = config_lib.model_config(config_lib.pretraining("base"))
   print(f"threads: torch {threads}, XLA:CPU on {harness.machine()['cpu_count']} cores")
-  print(f"{'shape':>8} {'implementation':<34} {'step s':>8} {'best s':>8} {'spread':>7} {'tokens/s':>9} "
-        f"{'MFU':>6} {'MFU best':>8} {'jax ×':>6}")
+  print(
+    f"{'shape':>8} {'implementation':<34} {'step s':>8} {'best s':>8} {'spread':>7} {'tokens/s':>9} "
+    f"{'MFU':>6} {'MFU best':>8} {'jax ×':>6}"
+  )
   for shape in args.shapes.split(","):
     batch_size, seq = (int(x) for x in shape.split("x"))
     batch_np = harness.pretraining_batch(model_config, batch_size, seq, PREDICTIONS)
@@ -121,9 +123,14 @@ def main():
         fn()
     times = {k: harness.stats(v) for k, v in harness.round_robin(fns, args.rounds, args.steps).items()}
     peak = harness.peak_flops(times)
-    r = {"batch": batch_size, "seq": seq, "peak_flops": peak, "impls": {},
-         "task_flops": flops_lib.train_flops_per_step(model_config, batch_size, seq, PREDICTIONS),
-         "hf_executed_flops": flops_lib.train_flops_per_step(model_config, batch_size, seq, None)}
+    r = {
+      "batch": batch_size,
+      "seq": seq,
+      "peak_flops": peak,
+      "impls": {},
+      "task_flops": flops_lib.train_flops_per_step(model_config, batch_size, seq, PREDICTIONS),
+      "hf_executed_flops": flops_lib.train_flops_per_step(model_config, batch_size, seq, None),
+    }
     results["shapes"][shape] = r
     base = times.get("albert_jax", {}).get("median_s")
     for name, s in times.items():
@@ -137,13 +144,19 @@ def main():
         s["mfu_executed"] = r["hf_executed_flops"] / s["median_s"] / peak["median"]
       s["albert_jax_speedup"] = s["median_s"] / base if base else None
       speedup = f"{s['albert_jax_speedup']:.2f}" if base else "-"
-      print(f"{shape:>8} {name:<34} {s['median_s']:>8.3f} {s['min_s']:>8.3f} {100 * s['spread']:>6.0f}% "
-            f"{s['tokens_per_s']:>9.0f} {100 * s['mfu']:>5.1f}% {100 * s['mfu_best']:>7.1f}% {speedup:>6}")
-    print(f"{shape:>8} float32 matmul {harness.MATMUL_N}: median {peak['median'] / 1e9:.1f} GFLOP/s, best "
-          f"{peak['best'] / 1e9:.1f} (" + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in peak.items() if "/" in k) + ")")
-  print("step s / best s: median / fastest turn; spread: (max-min)/median; MFU: task FLOPs (MLM at 20 positions) "
-        "per median step / median matmul rate; MFU best: per fastest step / fastest matmul turn; jax ×: this "
-        "implementation's step time / albert_jax's (above 1: albert_jax is faster)")
+      print(
+        f"{shape:>8} {name:<34} {s['median_s']:>8.3f} {s['min_s']:>8.3f} {100 * s['spread']:>6.0f}% "
+        f"{s['tokens_per_s']:>9.0f} {100 * s['mfu']:>5.1f}% {100 * s['mfu_best']:>7.1f}% {speedup:>6}"
+      )
+    print(
+      f"{shape:>8} float32 matmul {harness.MATMUL_N}: median {peak['median'] / 1e9:.1f} GFLOP/s, best "
+      f"{peak['best'] / 1e9:.1f} (" + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in peak.items() if "/" in k) + ")"
+    )
+  print(
+    "step s / best s: median / fastest turn; spread: (max-min)/median; MFU: task FLOPs (MLM at 20 positions) "
+    "per median step / median matmul rate; MFU best: per fastest step / fastest matmul turn; jax ×: this "
+    "implementation's step time / albert_jax's (above 1: albert_jax is faster)"
+  )
   if args.json:
     pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     pathlib.Path(args.json).write_text(json.dumps(results, indent=2, default=float))

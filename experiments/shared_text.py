@@ -23,8 +23,15 @@ DATA = config_lib.data_root()  # $ALBERT_JAX_DATA, else ../shared/data beside th
 def get_config():
   config = config_lib.pretraining("base")
   config.model.update(
-      preset="small", vocab_size=0, embedding_size=64, hidden_size=128, num_hidden_layers=4,
-      num_attention_heads=2, intermediate_size=512, max_position_embeddings=128)  # vocab_size 0: the vocabulary's
+    preset="small",
+    vocab_size=0,
+    embedding_size=64,
+    hidden_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=2,
+    intermediate_size=512,
+    max_position_embeddings=128,
+  )  # vocab_size 0: the vocabulary's
   config.data.source = "files"
   config.data.files = f"{DATA}/text/wikitext-2-raw/wiki.valid.raw,{DATA}/text/gutenberg/*.txt"
   config.data.vocab = ""  # trained on config.data.files into WORKDIR/spiece.model

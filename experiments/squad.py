@@ -1,4 +1,5 @@
-"""SQuAD fine-tuning as the ALBERT README: seq 384, doc stride 128; v1.1 lr 5e-5 batch 48 3,649 steps, v2.0 3e-5 48 8,144.
+"""SQuAD fine-tuning as the ALBERT README: seq 384, doc stride 128; v1.1 lr 5e-5, batch 48, 3,649 steps;
+v2.0 3e-5, 48, 8,144.
 
   python -m albert_jax.finetune --config=experiments/squad.py:v2 --workdir=DIR \
       --config.init_checkpoint=PRETRAINED_SRC --config.task.data_dir=SQUAD_DIR

@@ -6,9 +6,15 @@ from albert_jax import config_lib
 def get_config():
   config = config_lib.pretraining("base")
   config.model.update(
-      preset="tiny", vocab_size=0, embedding_size=64, hidden_size=128, num_hidden_layers=4,
-      num_attention_heads=2, intermediate_size=512,
-      max_position_embeddings=64)  # trained up to max_seq_length; longer texts read untrained positions
+    preset="tiny",
+    vocab_size=0,
+    embedding_size=64,
+    hidden_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=2,
+    intermediate_size=512,
+    max_position_embeddings=64,
+  )  # trained up to max_seq_length; longer texts read untrained positions
   config.data.source = "builtin"
   config.data.vocab_size = 1000  # at most; the built-in corpus yields fewer pieces, and vocab_size=0 follows it
   # Short sequences (one sentence a segment), many of them: in this budget, the one setting found that learns

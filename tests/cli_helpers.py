@@ -10,32 +10,51 @@ import time
 
 import jax
 import numpy as np
-import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 TINY_FLAGS = [
-    "--config.model.hidden_size=32", "--config.model.embedding_size=16", "--config.model.num_attention_heads=2",
-    "--config.model.intermediate_size=64", "--config.model.num_hidden_layers=2",
-    "--config.data.max_seq_length=32", "--config.data.max_predictions_per_seq=5", "--config.batch_size=8",
-    "--config.warmup_steps=2", "--config.log_every_steps=1", "--config.eval_every_steps=0",
-    "--config.data.read_threads=1",
+  "--config.model.hidden_size=32",
+  "--config.model.embedding_size=16",
+  "--config.model.num_attention_heads=2",
+  "--config.model.intermediate_size=64",
+  "--config.model.num_hidden_layers=2",
+  "--config.data.max_seq_length=32",
+  "--config.data.max_predictions_per_seq=5",
+  "--config.batch_size=8",
+  "--config.warmup_steps=2",
+  "--config.log_every_steps=1",
+  "--config.eval_every_steps=0",
+  "--config.data.read_threads=1",
 ]
 STEPS = 60  # long enough that a signal sent early lands mid-run
 STRAIGHT_FLAGS = ("--config.checkpoint_every_steps=20",)
 
 
 def train_command(workdir, data_dir, steps, *extra):
-  return [sys.executable, "-m", "albert_jax.train", "--config=experiments/tiny.py", f"--workdir={workdir}",
-          f"--config.num_train_steps={steps}", f"--config.data.data_dir={data_dir}",
-          f"--config.data.vocab={data_dir / 'spiece.model'}", *TINY_FLAGS, *extra]
+  return [
+    sys.executable,
+    "-m",
+    "albert_jax.train",
+    "--config=experiments/tiny.py",
+    f"--workdir={workdir}",
+    f"--config.num_train_steps={steps}",
+    f"--config.data.data_dir={data_dir}",
+    f"--config.data.vocab={data_dir / 'spiece.model'}",
+    *TINY_FLAGS,
+    *extra,
+  ]
 
 
 def env(devices=1):
   """The test environment (its XLA flags included) with `devices` simulated CPU devices."""
   flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", "")).split()
-  return dict(os.environ, XLA_FLAGS=" ".join([f"--xla_force_host_platform_device_count={devices}", *flags]),
-              JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  return dict(
+    os.environ,
+    XLA_FLAGS=" ".join([f"--xla_force_host_platform_device_count={devices}", *flags]),
+    JAX_PLATFORMS="cpu",
+    PYTHONPATH=str(REPO),
+  )
 
 
 def run(cmd, devices=1, timeout=300):
@@ -43,7 +62,7 @@ def run(cmd, devices=1, timeout=300):
 
 
 def spawn(cmd, log, devices=1):
-  """Starts a training run in the background, its stderr going to `log` (a pipe nobody reads would fill and block it)."""
+  """Starts a training run in the background, its stderr going to `log` (an unread pipe would fill and block it)."""
   proc = subprocess.Popen(cmd, cwd=REPO, env=env(devices), stdout=subprocess.DEVNULL, stderr=open(log, "w"))
   proc.log = pathlib.Path(log)
   return proc
@@ -94,6 +113,7 @@ def losses(workdir) -> dict[int, float]:
 
 def final_params(workdir):
   from albert_jax import checkpoints  # pylint: disable=g-import-not-at-top
+
   return checkpoints.load(workdir)[1]
 
 
@@ -102,21 +122,3 @@ def assert_same_params(a, b):
   assert len(leaves_a) == len(leaves_b) > 0
   for x, y in zip(leaves_a, leaves_b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
-@pytest.fixture(scope="session")
-def shared_data_dir(tmp_path_factory):
-  """A vocabulary and prepared built-in corpus shared by the CLI runs (prepared once)."""
-  data_dir = tmp_path_factory.mktemp("data")
-  from albert_jax import builtin_corpus  # pylint: disable=g-import-not-at-top
-  builtin_corpus.write_vocab(data_dir / "spiece.model", 1000)
-  return data_dir
-
-
-@pytest.fixture(scope="session")
-def straight_run(tmp_path_factory, shared_data_dir):
-  """An uninterrupted run of STEPS steps: what every interrupted run must reproduce bit for bit."""
-  workdir = tmp_path_factory.mktemp("straight")
-  result = run(train_command(workdir, shared_data_dir, STEPS, *STRAIGHT_FLAGS))
-  assert result.returncode == 0, result.stderr[-3000:]
-  return workdir

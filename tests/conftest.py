@@ -32,7 +32,10 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-from tests import fixtures  # noqa: E402
+from tests import (
+  cli_helpers,  # noqa: E402
+  fixtures,  # noqa: E402
+)
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
@@ -48,8 +51,11 @@ def needs_data(what: str) -> pytest.MarkDecorator:
 
 
 def pytest_configure(config):
-  config.addinivalue_line("markers", "needs_data(what): the test's subject is the shared data (../shared/data or "
-                          "$ALBERT_JAX_DATA); without it the test skips, saying what it needs")
+  config.addinivalue_line(
+    "markers",
+    "needs_data(what): the test's subject is the shared data (../shared/data or "
+    "$ALBERT_JAX_DATA); without it the test skips, saying what it needs",
+  )
 
 
 def pytest_collection_modifyitems(config, items):
@@ -97,5 +103,27 @@ def generated_squad(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def generated_corpus(tmp_path_factory) -> pathlib.Path:
   """A pretraining corpus in the BERT "lines" format: 1,200 documents of 2 to 30 sentences."""
-  return fixtures.write_lines_corpus(tmp_path_factory.mktemp("generated_corpus") / "corpus.txt",
-                                     fixtures.documents(1200))
+  return fixtures.write_lines_corpus(
+    tmp_path_factory.mktemp("generated_corpus") / "corpus.txt", fixtures.documents(1200)
+  )
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir(tmp_path_factory):
+  """A vocabulary and prepared built-in corpus shared by the CLI runs of tests/cli_helpers.py (prepared once)."""
+  data_dir = tmp_path_factory.mktemp("data")
+  from albert_jax.data import builtin_corpus  # pylint: disable=g-import-not-at-top
+
+  builtin_corpus.write_vocab(data_dir / "spiece.model", 1000)
+  return data_dir
+
+
+@pytest.fixture(scope="session")
+def straight_run(tmp_path_factory, shared_data_dir):
+  """An uninterrupted run of STEPS steps: what every interrupted run must reproduce bit for bit."""
+  workdir = tmp_path_factory.mktemp("straight")
+  result = cli_helpers.run(
+    cli_helpers.train_command(workdir, shared_data_dir, cli_helpers.STEPS, *cli_helpers.STRAIGHT_FLAGS)
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir

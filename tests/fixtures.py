@@ -14,16 +14,72 @@ import json
 import pathlib
 import random
 
-SUBJECTS = ["the film", "this movie", "a critic", "the old house", "Ann", "Tom", "the café owner", "an engineer",
-            "the director's cut", "our 3 friends", "Mr. Darcy", "the small village", "every student", "the band",
-            "Łukasz", "the naïve hero", "a Japanese chef", "the committee", "her brother", "the storm"]
-VERBS = ["loved", "hated", "watched", "described", "remembered", "painted", "sold", "built", "visited", "praised",
-         "ignored", "carried", "found", "wrote about", "dreamed of", "feared"]
-OBJECTS = ["a red bike", "the long article", "naïve jokes", "the 1,000-page novel", "``quoted'' lines", "two cats",
-           "the river bank", "Paris in 1984", "its 92 songs", "the 2½ metre wall", "an Ünïcödé sign",
-           "the mountain road", "seven blue doors", "a quiet garden", "the museum in İstanbul", "old photographs",
-           "the winter of 1879", "a €5 ticket", "the king's letter", "three green apples", "the ship—and its crew",
-           "a Delhi market", "the final chapter", "cold coffee"]
+SUBJECTS = [
+  "the film",
+  "this movie",
+  "a critic",
+  "the old house",
+  "Ann",
+  "Tom",
+  "the café owner",
+  "an engineer",
+  "the director's cut",
+  "our 3 friends",
+  "Mr. Darcy",
+  "the small village",
+  "every student",
+  "the band",
+  "Łukasz",
+  "the naïve hero",
+  "a Japanese chef",
+  "the committee",
+  "her brother",
+  "the storm",
+]
+VERBS = [
+  "loved",
+  "hated",
+  "watched",
+  "described",
+  "remembered",
+  "painted",
+  "sold",
+  "built",
+  "visited",
+  "praised",
+  "ignored",
+  "carried",
+  "found",
+  "wrote about",
+  "dreamed of",
+  "feared",
+]
+OBJECTS = [
+  "a red bike",
+  "the long article",
+  "naïve jokes",
+  "the 1,000-page novel",
+  "``quoted'' lines",
+  "two cats",
+  "the river bank",
+  "Paris in 1984",
+  "its 92 songs",
+  "the 2½ metre wall",
+  "an Ünïcödé sign",
+  "the mountain road",
+  "seven blue doors",
+  "a quiet garden",
+  "the museum in İstanbul",
+  "old photographs",
+  "the winter of 1879",
+  "a €5 ticket",
+  "the king's letter",
+  "three green apples",
+  "the ship—and its crew",
+  "a Delhi market",
+  "the final chapter",
+  "cold coffee",
+]
 ENDINGS = [".", ".", ".", " .", "!", "?", ", and it rained.", " (twice).", " -- or so they say.", "; the end."]
 
 
@@ -62,8 +118,9 @@ def write_vocab(path: pathlib.Path, vocab_size: int = 500):
   Trained on the built-in corpus and generated sentences. At 500 pieces the common words are whole pieces and
   the rarer ones are split (mostly into letters), so whole-word masking has continuations to keep together.
   """
-  from albert_jax import builtin_corpus  # pylint: disable=g-import-not-at-top
   from albert_jax import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  from albert_jax.data import builtin_corpus  # pylint: disable=g-import-not-at-top
+
   texts = ["\n".join(doc) for doc in builtin_corpus.documents()] + sentences(3000, seed=1)
   return tokenizer_lib.train_vocab(texts, path, vocab_size, seed_from_words=True)
 
@@ -85,9 +142,12 @@ def write_glue(root: pathlib.Path, seed: int = 0) -> pathlib.Path:
   """
   rng = random.Random(seed)
   for split in GLUE_ROWS:
-    files = {"SST-2": ["sentence\tlabel"], "CoLA": [], "STS-B": [
-        "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"],
-             "MRPC": ["\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String"]}
+    files = {
+      "SST-2": ["sentence\tlabel"],
+      "CoLA": [],
+      "STS-B": ["index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"],
+      "MRPC": ["\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String"],
+    }
     for i, (a, b, u) in enumerate(_glue_rows(rng, split)):
       label = 1 - i if i < 2 else int(u < 0.5)  # 1, 0, then at random
       files["SST-2"].append(f"{a.lower()} \t{label}")
@@ -103,6 +163,7 @@ def write_glue(root: pathlib.Path, seed: int = 0) -> pathlib.Path:
 
 # ---------------------------------------------------------------------------
 # SQuAD: v1.1 and v2.0 JSON in the official format.
+
 
 def _qa(qid, question, answer, start, alternatives=()):
   answers = [{"text": answer, "answer_start": start}]
@@ -143,9 +204,15 @@ def squad_dataset(version: str, articles: int, seed: int = 0) -> dict:
       if version == "2.0":
         for q in range(2):
           s, v, o, _ = parts[q]
-          qas.append({"id": f"q{a}-{p}-none{q}", "question": f"What did {subjects[5]} {v.split()[0]}?",
-                      "answers": [], "is_impossible": True,
-                      "plausible_answers": [{"text": o, "answer_start": starts[q]}]})
+          qas.append(
+            {
+              "id": f"q{a}-{p}-none{q}",
+              "question": f"What did {subjects[5]} {v.split()[0]}?",
+              "answers": [],
+              "is_impossible": True,
+              "plausible_answers": [{"text": o, "answer_start": starts[q]}],
+            }
+          )
         for qa in qas:
           qa.setdefault("is_impossible", False)
       paragraphs.append({"context": context, "qas": qas})

@@ -24,14 +24,17 @@ def random_inputs(vocab_size, batch=3, length=12, seed=0):
   rng = np.random.RandomState(seed)
   ids = rng.randint(5, vocab_size, (batch, length)).astype(np.int32)
   mask = np.ones_like(ids)
-  mask[1, length // 2:] = 0
+  mask[1, length // 2 :] = 0
   types = np.zeros_like(ids)
-  types[:, length // 3:] = 1
+  types[:, length // 3 :] = 1
   return ids, mask, types
 
 
 def hf_pretraining_logits(model, ids, mask, types):
   with torch.no_grad():
-    out = model(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask, dtype=torch.long),
-                token_type_ids=torch.tensor(types, dtype=torch.long))
+    out = model(
+      input_ids=torch.tensor(ids, dtype=torch.long),
+      attention_mask=torch.tensor(mask, dtype=torch.long),
+      token_type_ids=torch.tensor(types, dtype=torch.long),
+    )
   return out.prediction_logits.numpy(), out.sop_logits.numpy()

@@ -10,12 +10,13 @@ import torch
 from safetensors.numpy import load_file
 
 from albert_jax import checkpoints
-from albert_jax import convert
 from albert_jax import model as model_lib
+from albert_jax.checkpoints import hf
 from tests import hf_reference
 
-SMALL = dict(vocab_size=64, embedding_size=8, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-             intermediate_size=24)
+SMALL = dict(
+  vocab_size=64, embedding_size=8, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24
+)
 
 
 def _logits(config, params):
@@ -37,8 +38,10 @@ def test_pytorch_bin_with_legacy_names_loads_like_safetensors(hf_dir, tmp_path):
   legacy = tmp_path / "legacy"
   legacy.mkdir()
   (legacy / "config.json").write_text((directory / "config.json").read_text())
-  state = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
-           for k, v in model.state_dict().items()}
+  state = {
+    k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+    for k, v in model.state_dict().items()
+  }
   state["albert.embeddings.position_ids"] = torch.arange(512)[None]
   torch.save(state, legacy / "pytorch_model.bin")
   config, params = checkpoints.load(legacy)
@@ -51,7 +54,7 @@ def test_round_trip_through_hf_layout_is_exact(hf_dir):
   directory, _ = hf_dir
   config, params = checkpoints.load(directory)
   original = load_file(str(directory / "model.safetensors"))
-  exported = checkpoints.params_to_hf(params, config)
+  exported = hf.params_to_hf(params, config)
   for key, value in original.items():
     np.testing.assert_array_equal(exported[key], value, err_msg=key)
 
@@ -59,8 +62,12 @@ def test_round_trip_through_hf_layout_is_exact(hf_dir):
 def test_convert_cli_writes_a_directory_that_load_reads_back(hf_dir, tmp_path):
   directory, _ = hf_dir
   out = tmp_path / "converted"
-  result = subprocess.run([sys.executable, "-m", "albert_jax.convert", f"--input={directory}", f"--output={out}"],
-                          capture_output=True, text=True, timeout=300)
+  result = subprocess.run(
+    [sys.executable, "-m", "albert_jax.convert", f"--input={directory}", f"--output={out}"],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr
   assert json.loads((out / "config.json").read_text())["format"] == "albert_jax"
   for a, b in zip(_logits(*checkpoints.load(directory)), _logits(*checkpoints.load(out))):
@@ -71,12 +78,18 @@ def test_missing_sop_head_is_initialised_like_released_checkpoints(hf_dir, tmp_p
   """albert-base-v2 and friends ship no SOP classifier; loading still works."""
   directory, model = hf_dir
   from safetensors.torch import save_file
+
   trimmed = tmp_path / "no_sop"
   trimmed.mkdir()
   (trimmed / "config.json").write_text((directory / "config.json").read_text())
-  save_file({k: v.clone().contiguous() for k, v in model.state_dict().items()
-             if not k.startswith(("sop_classifier", "predictions.decoder"))},
-            str(trimmed / "model.safetensors"))
+  save_file(
+    {
+      k: v.clone().contiguous()
+      for k, v in model.state_dict().items()
+      if not k.startswith(("sop_classifier", "predictions.decoder"))
+    },
+    str(trimmed / "model.safetensors"),
+  )
   config, params = checkpoints.load(trimmed)
   np.testing.assert_array_equal(_logits(config, params)[0], _logits(*checkpoints.load(directory))[0])
 
@@ -116,7 +129,7 @@ def test_shape_disagreeing_with_config_names_the_tensor(hf_dir):
 
 def test_newer_format_is_refused(hf_dir, tmp_path):
   directory, _ = hf_dir
-  out = convert.convert(directory, tmp_path / "c")
+  out = checkpoints.convert(directory, tmp_path / "c")
   meta = json.loads((out / "config.json").read_text())
   (out / "config.json").write_text(json.dumps({**meta, "format_version": 99}))
   with pytest.raises(checkpoints.CheckpointError, match="newer albert_jax"):
@@ -129,5 +142,5 @@ def test_convert_refuses_a_non_empty_output(hf_dir, tmp_path):
   out.mkdir()
   (out / "keep.txt").write_text("precious")
   with pytest.raises(checkpoints.CheckpointError, match="not empty.*--overwrite"):
-    convert.convert(directory, out)
+    checkpoints.convert(directory, out)
   assert (out / "keep.txt").read_text() == "precious"

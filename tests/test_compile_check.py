@@ -1,6 +1,7 @@
 """compile_check: the real train step compiled for a TPU slice from this CPU host; FLOPs against XLA's count."""
 
 import importlib.util
+import json
 import os
 import pathlib
 import re
@@ -12,24 +13,31 @@ import numpy as np
 import pytest
 from flax.linen import partitioning as nn_partitioning
 
-from albert_jax import compile_check
-from albert_jax import config_lib
-from albert_jax import flops as flops_lib
-from albert_jax import hlo_collectives
+from albert_jax import config_lib, sharding
 from albert_jax import model as model_lib
-from albert_jax import sharding
-from albert_jax import train
+from albert_jax.tools import compile_check, hlo_collectives
+from albert_jax.tools import flops as flops_lib
+from albert_jax.trainers import pretraining
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 needs_libtpu = pytest.mark.skipif(
-    importlib.util.find_spec("libtpu") is None,
-    reason=f"libtpu is not installed; TPU compile checks need it: {compile_check.libtpu_install_line()}")
+  importlib.util.find_spec("libtpu") is None,
+  reason=f"libtpu is not installed; TPU compile checks need it: {compile_check.libtpu_install_line()}",
+)
 TOPOLOGY = "v5e:2x2"  # 4 single-core chips: the smallest slice that has a data and an fsdp axis to split
-SMALL_FLAGS = {"model.vocab_size": 256, "model.embedding_size": 32, "model.hidden_size": 64,
-               "model.num_hidden_layers": 3, "model.num_attention_heads": 2, "model.intermediate_size": 128,
-               "model.max_position_embeddings": 64, "data.max_seq_length": 64, "data.max_predictions_per_seq": 8,
-               "batch_size": 16}
+SMALL_FLAGS = {
+  "model.vocab_size": 256,
+  "model.embedding_size": 32,
+  "model.hidden_size": 64,
+  "model.num_hidden_layers": 3,
+  "model.num_attention_heads": 2,
+  "model.intermediate_size": 128,
+  "model.max_position_embeddings": 64,
+  "data.max_seq_length": 64,
+  "data.max_predictions_per_seq": 8,
+  "batch_size": 16,
+}
 
 
 def _small_config(**mesh):
@@ -44,9 +52,11 @@ def _small_config(**mesh):
 def _param_shapes(config, under: str = "") -> list[tuple[int, ...]]:
   model = model_lib.AlbertForPreTraining(compile_check.model_config(config))
   params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), np.zeros((1, 8), np.int32)))["params"]
-  return [leaf.value.shape if hasattr(leaf, "value") else leaf.shape
-          for path, leaf in jax.tree.leaves_with_path(params, is_leaf=lambda x: hasattr(x, "value"))
-          if under in jax.tree_util.keystr(path)]
+  return [
+    leaf.value.shape if hasattr(leaf, "value") else leaf.shape
+    for path, leaf in jax.tree.leaves_with_path(params, is_leaf=lambda x: hasattr(x, "value"))
+    if under in jax.tree_util.keystr(path)
+  ]
 
 
 @pytest.fixture(scope="module")
@@ -93,21 +103,24 @@ def test_fsdp_gathers_the_shared_layer_once_per_step(fsdp_report):
   looped = [c for c in fsdp_report["collective_instructions"] if c["in_loop"]]
   shapes = lambda c: {tuple(int(d) for d in dims.split(",") if d) for dims in re.findall(r"\[([\d,]*)\]", c["shape"])}
   regathered = [c for c in looped if shapes(c) & shared]
-  assert not regathered, regathered  # without train.shared_layer_gather, every weight is re-gathered per layer
+  assert not regathered, regathered  # without pretraining.shared_layer_gather, every weight is re-gathered per layer
   assert not [c for c in looped if c["kind"] in ("all-reduce", "reduce-scatter")]  # gradients summed outside
   outside = fsdp_report["collectives"]["outside_loop"]
   assert outside["all-gather"]["per_step"] > 0 and fsdp_report["memory"]["fits"]
 
 
 @needs_libtpu
-@pytest.mark.parametrize("topology, mesh, batch_size, message", [
+@pytest.mark.parametrize(
+  "topology, mesh, batch_size, message",
+  [
     ("v5e:3x3x3x3", dict(data=4), 16, "Unknown TPU topology 'v5e:3x3x3x3'.*e.g. v3:16x16"),
     ("tpu9:2x2", dict(data=4), 16, "Unknown TPU topology 'tpu9:2x2'"),
     (TOPOLOGY, dict(data=3), 16, "needs 3 devices but 4 are present.*v5e:2x2 has 4 devices"),
     (TOPOLOGY, dict(data=-1, fsdp=3), 16, "4 devices are not divisible by 3"),
     ("v4:4x4x4", dict(data=-1, fsdp=8), 64, "cannot be laid out on these 64 devices.*product of some of the torus"),
     (TOPOLOGY, dict(data=4), 10, "batch_size=10 is not divisible by the data-parallel size 4.*multiple of 4"),
-])
+  ],
+)
 def test_bad_input_says_what_to_change(topology, mesh, batch_size, message):
   config = _small_config(**mesh)
   config.batch_size = batch_size
@@ -116,18 +129,30 @@ def test_bad_input_says_what_to_change(topology, mesh, batch_size, message):
 
 
 @needs_libtpu
-def test_trainer_compile_only_flag_runs_the_check(tmp_path):
+def test_the_command_compiles_the_trainers_step_quietly(tmp_path):
   flags = [f"--config.{k}={v}" for k, v in SMALL_FLAGS.items()]
   result = subprocess.run(
-      [sys.executable, "-m", "albert_jax.train", "--config=experiments/base.py", f"--workdir={tmp_path / 'w'}",
-       "--compile_only", f"--topology={TOPOLOGY}", "--config.mesh.data=4", *flags],
-      cwd=REPO, env={**{k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}, "PYTHONPATH": str(REPO)},
-      capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      "-m",
+      "albert_jax.compile_check",
+      "--config=experiments/base.py",
+      f"--topology={TOPOLOGY}",
+      "--config.mesh.data=4",
+      f"--json={tmp_path / 'report.json'}",
+      *flags,
+    ],
+    cwd=REPO,
+    env={**{k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}, "PYTHONPATH": str(REPO)},
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "TPU_WORKER_HOSTNAMES" not in result.stderr and "accelerator type" not in result.stderr  # libtpu kept quiet
   assert "on v5e:2x2 (4 x TPU v5 lite), mesh {'data': 4, 'fsdp': 1, 'tensor': 1}" in result.stdout
   assert "headroom" in result.stdout and "all-reduce" in result.stdout
-  assert not (tmp_path / "w").exists()  # compile-only writes nothing
+  assert json.loads((tmp_path / "report.json").read_text())["topology"] == TOPOLOGY
 
 
 def test_missing_libtpu_names_the_install_line(monkeypatch):
@@ -177,6 +202,7 @@ def test_hlo_collectives_counts_loop_bodies_once_per_iteration():
 # ---------------------------------------------------------------------------
 # Must-show: the analytic FLOPs behind MFU agree with an independent count.
 
+
 def _matmul_flops(jaxpr) -> float:
   """2·M·N·K of every dot_general the traced step runs, loop bodies times their length."""
   total = 0.0
@@ -193,14 +219,23 @@ def _matmul_flops(jaxpr) -> float:
 
 def test_analytic_flops_match_xla_cost_analysis_of_an_unrolled_step():
   config = _small_config(data=1)
-  config.model.update(vocab_size=512, embedding_size=64, hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
-                      intermediate_size=1024, max_position_embeddings=128, scan_unroll=2, remat_policy="none")
+  config.model.update(
+    vocab_size=512,
+    embedding_size=64,
+    hidden_size=256,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=1024,
+    max_position_embeddings=128,
+    scan_unroll=2,
+    remat_policy="none",
+  )
   config.data.update(max_seq_length=128, max_predictions_per_seq=20)
   config.batch_size = 4
   mesh = sharding.create_mesh(config.mesh, jax.devices()[:1])
   rules = sharding.axis_rules(config)
   model = compile_check.model_config(config)
-  setup = train.build(config, model, mesh, rules)
+  setup = pretraining.build(config, model, mesh, rules)
   args = (setup.abstract_state, compile_check.abstract_batch(config, mesh), jax.eval_shape(jax.random.PRNGKey, 0))
   with jax.set_mesh(mesh), nn_partitioning.axis_rules(rules):
     matmuls = _matmul_flops(jax.make_jaxpr(setup.train_step)(*args).jaxpr)

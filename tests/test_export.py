@@ -15,20 +15,26 @@ import transformers
 from safetensors.numpy import load_file
 
 from albert_jax import checkpoints
-from albert_jax import convert
-from albert_jax import export
 from albert_jax import model as model_lib
 from albert_jax import tokenizer as tokenizer_lib
+from albert_jax.checkpoints import export
 from tests import hf_reference
-from tests.test_tokenizer import DIGIT_COMMA_TEXTS
-from tests.test_tokenizer import MASK_TEXTS
+from tests.test_tokenizer import DIGIT_COMMA_TEXTS, MASK_TEXTS
 
 # Tiny everything, the generated vocabulary's size (tests/test_export_tokenizer.py exports the official one).
 SMALL = dict(embedding_size=8, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24)
-TEXTS = ["The capital of [MASK] is Delhi.", "I was born in 92000, and this is falsé.",
-         "  Hello [MASK][MASK] world ``quoted'' 1,000,000 a9,b", "ÀLBERT Ünïcödé naïve café—[SEP] x [CLS]"]
-HEADS_ONLY_IN_PRETRAINING = {"albert.pooler.weight", "albert.pooler.bias", "sop_classifier.classifier.weight",
-                             "sop_classifier.classifier.bias"}
+TEXTS = [
+  "The capital of [MASK] is Delhi.",
+  "I was born in 92000, and this is falsé.",
+  "  Hello [MASK][MASK] world ``quoted'' 1,000,000 a9,b",
+  "ÀLBERT Ünïcödé naïve café—[SEP] x [CLS]",
+]
+HEADS_ONLY_IN_PRETRAINING = {
+  "albert.pooler.weight",
+  "albert.pooler.bias",
+  "sop_classifier.classifier.weight",
+  "sop_classifier.classifier.bias",
+}
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +43,7 @@ def exported(tmp_path_factory, generated_vocab):
   root = tmp_path_factory.mktemp("export")
   hf_reference.random_hf_model(root / "hf", vocab_size=tokenizer_lib.Tokenizer(generated_vocab).vocab_size, **SMALL)
   shutil.copyfile(generated_vocab, root / "hf" / "spiece.model")
-  converted = convert.convert(root / "hf", root / "converted")
+  converted = checkpoints.convert(root / "hf", root / "converted")
   return root / "hf", converted, export.export(converted, root / "exported")
 
 
@@ -111,20 +117,32 @@ def test_auto_tokenizer_gives_the_ids_of_albert_jax_tokenizer(exported):
   for text in TEXTS + MASK_TEXTS + DIGIT_COMMA_TEXTS:
     assert hf_tokenizer(text)["input_ids"] == [ours.cls_id, *ours.encode(text), ours.sep_id], text
   pair = hf_tokenizer(TEXTS[0], TEXTS[1])
-  assert [pair["input_ids"], pair["token_type_ids"]] == list(ours.encode_pair(ours.encode(TEXTS[0]),
-                                                                              ours.encode(TEXTS[1])))
+  assert [pair["input_ids"], pair["token_type_ids"]] == list(
+    ours.encode_pair(ours.encode(TEXTS[0]), ours.encode(TEXTS[1]))
+  )
   assert hf_tokenizer.mask_token_id == ours.mask_id and hf_tokenizer.pad_token_id == ours.pad_id
 
 
 def test_cli_exports_and_refuses_a_non_empty_output(exported, generated_vocab, tmp_path):
   _, converted, out = exported
   target = tmp_path / "cli"
-  command = [sys.executable, "-m", "albert_jax.export", f"--checkpoint={converted}", f"--output={target}",
-             f"--vocab={generated_vocab}"]
+  command = [
+    sys.executable,
+    "-m",
+    "albert_jax.export",
+    f"--checkpoint={converted}",
+    f"--output={target}",
+    f"--vocab={generated_vocab}",
+  ]
   result = subprocess.run(command, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
-  for name in ("model.safetensors", "spiece.model", "tokenizer.json", "tokenizer_config.json",
-               "special_tokens_map.json"):
+  for name in (
+    "model.safetensors",
+    "spiece.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+  ):
     assert (target / name).read_bytes() == (out / name).read_bytes(), name
   result = subprocess.run(command, capture_output=True, text=True, timeout=300)
   assert result.returncode != 0
@@ -144,14 +162,21 @@ def test_non_empty_output_is_kept_unless_overwrite(exported, tmp_path):
     export.export(converted, target, overwrite=True, vocab=tmp_path / "missing.model")
   assert (target / "notes.txt").read_text() == "precious"
   export.export(converted, target, overwrite=True)
-  assert sorted(p.name for p in target.iterdir()) == ["config.json", "model.safetensors", "special_tokens_map.json",
-                                                       "spiece.model", "tokenizer.json", "tokenizer_config.json"]
+  assert sorted(p.name for p in target.iterdir()) == [
+    "config.json",
+    "model.safetensors",
+    "special_tokens_map.json",
+    "spiece.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+  ]
   assert [p.name for p in tmp_path.iterdir()] == ["busy"]
 
 
 def test_another_architecture_is_refused(tmp_path):
-  config = transformers.BertConfig(vocab_size=32, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                                   intermediate_size=8)
+  config = transformers.BertConfig(
+    vocab_size=32, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8
+  )
   transformers.BertForMaskedLM(config).save_pretrained(tmp_path / "bert")
   with pytest.raises(checkpoints.CheckpointError, match="model_type='bert'.*ALBERT"):
     export.export(tmp_path / "bert", tmp_path / "out")

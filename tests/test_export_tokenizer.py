@@ -12,19 +12,24 @@ import sys
 import pytest
 import transformers
 
-from albert_jax import convert
-from albert_jax import export
+from albert_jax import checkpoints
 from albert_jax import tokenizer as tokenizer_lib
-from tests import conftest
-from tests import hf_reference
+from albert_jax.checkpoints import export
+from tests import conftest, hf_reference
 from tests.conftest import needs_data
 from tests.test_export import TEXTS as EXPORT_TEXTS  # exported there with a generated vocabulary
-from tests.test_tokenizer import DIGIT_COMMA_TEXTS
-from tests.test_tokenizer import MASK_TEXTS
+from tests.test_tokenizer import DIGIT_COMMA_TEXTS, MASK_TEXTS
 
 SMALL = dict(embedding_size=8, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24)
-GLUED = ["Paris is the capital of [MASK].", "[MASK]'s capital is Paris.", "[MASK], he said", "of[MASK]is",
-         "The [MASK]ing of the house", "x [MASK]$5", "[MASK]-like [MASK]\"quoted\" [MASK]9,"]
+GLUED = [
+  "Paris is the capital of [MASK].",
+  "[MASK]'s capital is Paris.",
+  "[MASK], he said",
+  "of[MASK]is",
+  "The [MASK]ing of the house",
+  "x [MASK]$5",
+  '[MASK]-like [MASK]"quoted" [MASK]9,',
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +38,7 @@ def converted(tmp_path_factory, shared_data):
   root = tmp_path_factory.mktemp("export_tokenizer")
   hf_reference.random_hf_model(root / "hf", vocab_size=30000, **SMALL)
   shutil.copyfile(conftest.SPM_MODEL, root / "hf" / "spiece.model")
-  return convert.convert(root / "hf", root / "converted")
+  return checkpoints.convert(root / "hf", root / "converted")
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +47,7 @@ def generated_converted(tmp_path_factory, generated_vocab):
   root = tmp_path_factory.mktemp("export_tokenizer_generated")
   hf_reference.random_hf_model(root / "hf", vocab_size=tokenizer_lib.Tokenizer(generated_vocab).vocab_size, **SMALL)
   shutil.copyfile(generated_vocab, root / "hf" / "spiece.model")
-  return convert.convert(root / "hf", root / "converted")
+  return checkpoints.convert(root / "hf", root / "converted")
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +98,8 @@ def test_auto_tokenizer_equals_tokenizer_on_mask_texts_and_pairs(exported, ours)
   assert hf("The capital of [MASK] is Delhi.")["input_ids"] == [2, 14, 1057, 16, 4, 25, 5999, 9, 3]
   pair = hf("The capital of [MASK] is Delhi.", "It is in [MASK].")
   assert [pair["input_ids"], pair["token_type_ids"]] == list(
-      ours.encode_pair(ours.encode("The capital of [MASK] is Delhi."), ours.encode("It is in [MASK].")))
+    ours.encode_pair(ours.encode("The capital of [MASK] is Delhi."), ours.encode("It is in [MASK]."))
+  )
   assert (hf.mask_token_id, hf.pad_token_id, hf.cls_token_id, hf.sep_token_id, hf.unk_token_id) == (4, 0, 2, 3, 1)
 
 
@@ -126,8 +132,13 @@ def test_export_without_tokenizers_package(generated_converted, tmp_path, caplog
     patch.setitem(sys.modules, "tokenizers", None)  # `import tokenizers` raises ImportError
     with caplog.at_level(logging.WARNING):
       out = export.export(generated_converted, tmp_path / "exported")
-  assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "special_tokens_map.json",
-                                                    "spiece.model", "tokenizer_config.json"]
+  assert sorted(p.name for p in out.iterdir()) == [
+    "config.json",
+    "model.safetensors",
+    "special_tokens_map.json",
+    "spiece.model",
+    "tokenizer_config.json",
+  ]
   assert any("Skipped tokenizer.json" in r.getMessage() and "tokenizers" in r.getMessage() for r in caplog.records)
   assert json.loads((out / "tokenizer_config.json").read_text())["tokenizer_class"] == "AlbertTokenizer"
   hf = transformers.AutoTokenizer.from_pretrained(out)

@@ -23,18 +23,16 @@ import flax.linen
 import hypothesis
 import hypothesis.strategies as st
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
-from albert_jax import checkpoints
-from albert_jax import corpus
+from albert_jax import checkpoints, config_lib
 from albert_jax import model as model_lib
-from albert_jax import pretraining_data
 from albert_jax import tokenizer as tokenizer_lib
-from albert_jax import train
+from albert_jax.checkpoints import native
+from albert_jax.data import corpus, pipeline
+from albert_jax.trainers import pretraining
 from tests import cli_helpers as cli
-from tests.cli_helpers import shared_data_dir, straight_run  # noqa: F401  (fixtures)
 
 SEED = 9  # draws the moments of the faults
 EVERY = 3  # checkpoint interval of the faulty run
@@ -45,8 +43,9 @@ TMP = ".orbax-checkpoint-tmp"
 # ---------------------------------------------------------------------------
 # Helpers: what is on disk, damage, small disks.
 
+
 def _complete(workdir) -> list[int]:
-  return checkpoints.training_steps(workdir) if (workdir / "checkpoints").is_dir() else []
+  return native.training_steps(workdir) if (workdir / "checkpoints").is_dir() else []
 
 
 def _writing(workdir) -> bool:
@@ -58,18 +57,24 @@ def _writing(workdir) -> bool:
 def _fingerprint(workdir, newest: int) -> dict[str, str]:
   """The hash of every file of every checkpoint up to step `newest`."""
   folder = workdir / "checkpoints"
-  return {str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest()
-          for step in _complete(workdir) if step <= newest for f in (folder / str(step)).rglob("*") if f.is_file()}
+  return {
+    str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest()
+    for step in _complete(workdir)
+    if step <= newest
+    for f in (folder / str(step)).rglob("*")
+    if f.is_file()
+  }
 
 
 def _largest_array_file(step_dir: pathlib.Path) -> pathlib.Path:
-  return max((f for f in (step_dir / "state").rglob("*") if f.is_file() and f.parent.name == "d"),
-             key=lambda f: f.stat().st_size)
+  return max(
+    (f for f in (step_dir / "state").rglob("*") if f.is_file() and f.parent.name == "d"), key=lambda f: f.stat().st_size
+  )
 
 
 def _truncate_a_file(step_dir) -> int:
   victim = _largest_array_file(step_dir)
-  victim.write_bytes(victim.read_bytes()[:victim.stat().st_size // 2])
+  victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
   return int(step_dir.name)
 
 
@@ -103,8 +108,10 @@ def _resumed_from(log: str) -> int:
 def _small_disk(path: pathlib.Path, size="16m"):
   """A tmpfs of `size` mounted at `path`, or None where mounting is not allowed (not root)."""
   path.mkdir(parents=True)
-  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                           capture_output=True).returncode == 0
+  mounted = (
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True).returncode
+    == 0
+  )
   try:
     yield path if mounted else None
   finally:
@@ -116,7 +123,7 @@ def _small_disk(path: pathlib.Path, size="16m"):
 def _full(disk: pathlib.Path, room=1 << 16):
   """`disk` filled up to its last `room` bytes (less than a checkpoint), for the time of the block."""
   filler = disk / "filler"
-  with open(filler, "wb") as f:
+  with open(filler, "wb", buffering=0) as f:  # unbuffered: a write the disk refused is not retried at close
     with contextlib.suppress(OSError):
       while True:
         f.write(b"\0" * room)
@@ -141,13 +148,16 @@ def _read_only(disk: pathlib.Path):
 # One run, stopped again and again: every resume picks the newest intact checkpoint, nothing is lost.
 
 # (fault, signal, damage done next to the newest checkpoint: it returns the step it damaged)
-STOPS = (("SIGKILL at a random step", signal.SIGKILL, _truncate_a_file),
-         ("SIGKILL during an asynchronous checkpoint write", signal.SIGKILL, _delete_a_file),
-         ("SIGTERM at a random step", signal.SIGTERM, _half_written_next))
+STOPS = (
+  ("SIGKILL at a random step", signal.SIGKILL, _truncate_a_file),
+  ("SIGKILL during an asynchronous checkpoint write", signal.SIGKILL, _delete_a_file),
+  ("SIGTERM at a random step", signal.SIGTERM, _half_written_next),
+)
 
 
-def test_kills_preemption_damage_and_a_full_or_read_only_disk_lose_nothing(straight_run, shared_data_dir,
-                                                                            tmp_path, capsys):
+def test_kills_preemption_damage_and_a_full_or_read_only_disk_lose_nothing(
+  straight_run, shared_data_dir, tmp_path, capsys
+):
   rng = random.Random(SEED)
   workdir = tmp_path / "faulty"
   cmd = cli.train_command(workdir, shared_data_dir, cli.STEPS, *RUN_FLAGS)
@@ -165,8 +175,15 @@ def test_kills_preemption_damage_and_a_full_or_read_only_disk_lose_nothing(strai
     for fault, sig, damage in STOPS:
       proc, rows = start(), len(cli.loss_rows(workdir))
       target, mid_write = expected + rng.randint(EVERY + 1, 3 * EVERY), "write" in fault
-      cli.wait_for(lambda: (_logged_since(workdir, rows) >= target and len(_complete(workdir)) >= 2  # noqa: B023
-                            and (_writing(workdir) or not mid_write)), proc, poll=0.005 if mid_write else 0.02)
+      cli.wait_for(
+        lambda rows=rows, target=target, mid_write=mid_write: (
+          _logged_since(workdir, rows) >= target
+          and len(_complete(workdir)) >= 2
+          and (_writing(workdir) or not mid_write)
+        ),
+        proc,
+        poll=0.005 if mid_write else 0.02,
+      )
       proc.send_signal(sig)
       code = cli.finish([proc], timeout=120)[0]
       check_resume(proc.log.read_text())
@@ -181,8 +198,10 @@ def test_kills_preemption_damage_and_a_full_or_read_only_disk_lose_nothing(strai
       survived.append(fault)
 
     if disk is not None:
-      for fault, condition, reason in (("disk full", _full, "No space left on device"),  # found at the first save
-                                       ("read-only disk", _read_only, "Read-only file system")):  # at the start
+      for fault, condition, reason in (
+        ("disk full", _full, "No space left on device"),  # found at the first save
+        ("read-only disk", _read_only, "Read-only file system"),
+      ):  # at the start
         before = _fingerprint(workdir, expected)
         with condition(disk):
           proc = start()
@@ -210,8 +229,10 @@ def test_kills_preemption_damage_and_a_full_or_read_only_disk_lose_nothing(strai
 # ---------------------------------------------------------------------------
 # Non-finite losses, bad configs.
 
+
 def _params_at(workdir, step):
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
   with ocp.PyTreeCheckpointer() as checkpointer:
     return checkpointer.restore(workdir / "checkpoints" / str(step) / "state")["params"]
 
@@ -219,9 +240,18 @@ def _params_at(workdir, step):
 @pytest.mark.filterwarnings("ignore:Sharding info not provided")
 def test_inf_loss_with_nan_policy_skip_skips_that_update_only(shared_data_dir, tmp_path):
   workdir = tmp_path / "inf"
-  result = cli.run(cli.train_command(workdir, shared_data_dir, 5, "--config.nan_at_step=2", "--config.nan_value=inf",
-                                     "--config.nan_policy=skip", "--config.checkpoint_every_steps=1",
-                                     "--config.keep_checkpoints=5"))
+  result = cli.run(
+    cli.train_command(
+      workdir,
+      shared_data_dir,
+      5,
+      "--config.debug.nan_at_step=2",
+      "--config.debug.nan_value=inf",
+      "--config.nan_policy=skip",
+      "--config.checkpoint_every_steps=1",
+      "--config.keep_checkpoints=5",
+    )
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "Non-finite loss at step 3: update skipped (nan_policy=skip)" in result.stderr
   rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
@@ -230,11 +260,14 @@ def test_inf_loss_with_nan_policy_skip_skips_that_update_only(shared_data_dir, t
   assert not np.array_equal(jax.tree.leaves(_params_at(workdir, 4))[0], jax.tree.leaves(_params_at(workdir, 3))[0])
 
 
-@pytest.mark.parametrize("flag, message", [
+@pytest.mark.parametrize(
+  "flag, message",
+  [
     ("--config.batch_size=eight", "config.batch_size"),
     ("--config.checkpoint_every_steps=0", "error: config.checkpoint_every_steps=0: must be at least 1."),
     ("--config.nan_policy=explode", "error: config.nan_policy='explode': use 'stop' or 'skip'."),
-])
+  ],
+)
 def test_a_bad_config_value_is_one_clear_line(flag, message, shared_data_dir, tmp_path):
   result = cli.run(cli.train_command(tmp_path, shared_data_dir, 5, flag))
   assert result.returncode != 0
@@ -244,24 +277,41 @@ def test_a_bad_config_value_is_one_clear_line(flag, message, shared_data_dir, tm
 # ---------------------------------------------------------------------------
 # Data accounting: one epoch over two processes uses every document once.
 
+
 def test_two_processes_use_every_document_of_an_epoch_once(shared_data_dir, tmp_path, monkeypatch):
   corpus_file = tmp_path / "corpus.txt"
   rng = random.Random(SEED)
   words = "alpha beta gamma delta river mountain city ocean forest desert".split()
-  corpus_file.write_text("\n\n".join(
+  corpus_file.write_text(
+    "\n\n".join(
       "\n".join(" ".join(rng.choices(words, k=rng.randint(1, 40))).capitalize() + "." for _ in range(rng.randint(1, 6)))
-      for _ in range(37)) + "\n")
-  config = ml_collections.ConfigDict(dict(
-      source="files", files=str(corpus_file), format="lines", max_seq_length=32, max_predictions_per_seq=5,
-      validation_percent=0.0, shuffle_window=4, read_threads=1, data_dir=str(tmp_path / "tfds")))
+      for _ in range(37)
+    )
+    + "\n"
+  )
+  config = config_lib.pretraining().data
+  config.update(
+    dict(
+      source="files",
+      files=str(corpus_file),
+      format="lines",
+      max_seq_length=32,
+      max_predictions_per_seq=5,
+      validation_percent=0.0,
+      shuffle_window=4,
+      read_threads=1,
+      data_dir=str(tmp_path / "tfds"),
+    )
+  )
   tokenizer = tokenizer_lib.Tokenizer(shared_data_dir / "spiece.model")
-  source = pretraining_data.document_source(config, tokenizer, "train")
-  monkeypatch.setattr(pretraining_data, "_drop_provenance", lambda example: example)  # batches keep `document`
+  source = pipeline.document_source(config, tokenizer, "train")
+  monkeypatch.setattr(pipeline, "_drop_provenance", lambda example: example)  # batches keep `document`
   num_shards, batch_size = 4, 8
   seen = collections.defaultdict(list)  # document -> [(shard, input_ids)] of epoch 0
   for process in range(2):
-    batches = pretraining_data.make_process_iterator(config, tokenizer, batch_size, SEED, num_shards=num_shards,
-                                                     process_index=process, process_count=2)
+    batches = pipeline.make_process_iterator(
+      config, tokenizer, batch_size, SEED, num_shards=num_shards, process_index=process, process_count=2
+    )
     later = collections.Counter()  # examples of epoch 1 per shard: once past the shuffle window, epoch 0 is over
     while min(later[s] for s in range(2 * process, 2 * process + 2)) < 2 * config.shuffle_window:
       batch = next(batches)
@@ -273,24 +323,38 @@ def test_two_processes_use_every_document_of_an_epoch_once(shared_data_dir, tmp_
           seen[document].append(batch["input_ids"][row].tobytes())
         later[shard] += epoch > 0
   assert sorted(seen) == list(range(len(source)))
-  maker = pretraining_data.ExampleMaker(pretraining_data.PairingOptions.from_config(config),
-                                        pretraining_data.Vocab.from_tokenizer(tokenizer))
+  maker = pipeline.ExampleMaker(pipeline.PairingOptions.from_config(config), pipeline.Vocab.from_tokenizer(tokenizer))
   for document, examples in seen.items():  # exactly the examples of one pass over the document
-    once = maker(source[document]["tokens"], source[document]["sentence_lengths"],
-                 np.random.default_rng([SEED, 0, document]), collections.Counter())
+    once = maker(
+      source[document]["tokens"],
+      source[document]["sentence_lengths"],
+      np.random.default_rng([SEED, 0, document]),
+      collections.Counter(),
+    )
     assert sorted(examples) == sorted(e["input_ids"].tobytes() for e in once)
 
 
 def test_dropped_and_truncated_inputs_are_counted_and_logged(shared_data_dir, caplog):
   tokenizer = tokenizer_lib.Tokenizer(shared_data_dir / "spiece.model")
-  documents = [{"tokens": np.full(n, 7, np.int32), "sentence_lengths": np.array(lengths, np.int32)}
-               for n, lengths in ((1, [1]), (200, [200]), (6, [3, 3]))]  # one token; too long; fine
-  stats = pretraining_data.PipelineStats(log_every=1)
-  options = pretraining_data.PairingOptions(max_seq_length=32, max_predictions_per_seq=5, short_seq_prob=0.0)
+  documents = [
+    {"tokens": np.full(n, 7, np.int32), "sentence_lengths": np.array(lengths, np.int32)}
+    for n, lengths in ((1, [1]), (200, [200]), (6, [3, 3]))
+  ]  # one token; too long; fine
+  stats = pipeline.PipelineStats(log_every=1)
+  options = pipeline.PairingOptions(max_seq_length=32, max_predictions_per_seq=5, short_seq_prob=0.0)
   with caplog.at_level(logging.INFO):
-    examples = list(pretraining_data.example_dataset(documents, options, pretraining_data.Vocab.from_tokenizer(tokenizer),
-                                                     seed=0, num_epochs=1, shuffle_window=1, read_threads=1,
-                                                     stats=stats))
+    examples = list(
+      pipeline.example_dataset(
+        documents,
+        options,
+        pipeline.Vocab.from_tokenizer(tokenizer),
+        seed=0,
+        num_epochs=1,
+        shuffle_window=1,
+        read_threads=1,
+        stats=stats,
+      )
+    )
   counts = stats.snapshot()
   assert counts["documents"] == 3 and counts["sequences"] == len(examples) == 2
   assert counts["skipped_one_token_chunks"] == 1
@@ -301,13 +365,13 @@ def test_dropped_and_truncated_inputs_are_counted_and_logged(shared_data_dir, ca
 # ---------------------------------------------------------------------------
 # Input hardening: any text, empty or huge, is read, tokenised and paired without a crash.
 
+
 @pytest.fixture(scope="module")
 def tokenizer(shared_data_dir):
   return tokenizer_lib.Tokenizer(shared_data_dir / "spiece.model")
 
 
-FEW = hypothesis.settings(max_examples=25, deadline=None,
-                          suppress_health_check=[hypothesis.HealthCheck.too_slow])
+FEW = hypothesis.settings(max_examples=25, deadline=None, suppress_health_check=[hypothesis.HealthCheck.too_slow])
 ANY_TEXT = st.text(st.characters(codec="utf-8"), max_size=300)  # any Unicode a UTF-8 file can hold
 
 
@@ -337,8 +401,10 @@ def test_sentence_splitting_keeps_every_word(text):
 
 
 @FEW
-@hypothesis.given(content=st.binary(max_size=2000) | ANY_TEXT.map(lambda t: t.encode("utf-8")),
-                  fmt=st.sampled_from([None, *corpus.FORMATS]))
+@hypothesis.given(
+  content=st.binary(max_size=2000) | ANY_TEXT.map(lambda t: t.encode("utf-8")),
+  fmt=st.sampled_from([None, *corpus.FORMATS]),
+)
 def test_corpus_readers_take_any_file(content, fmt):
   with tempfile.TemporaryDirectory() as folder:
     path = pathlib.Path(folder) / "corpus.txt"
@@ -352,15 +418,19 @@ def test_corpus_readers_take_any_file(content, fmt):
 
 
 @FEW
-@hypothesis.given(lengths=st.lists(st.integers(1, 80), max_size=30), seed=st.integers(0, 2**32 - 1),
-                  max_seq_length=st.integers(5, 64), short_seq_prob=st.sampled_from([0.0, 0.1, 1.0]))
+@hypothesis.given(
+  lengths=st.lists(st.integers(1, 80), max_size=30),
+  seed=st.integers(0, 2**32 - 1),
+  max_seq_length=st.integers(5, 64),
+  short_seq_prob=st.sampled_from([0.0, 0.1, 1.0]),
+)
 def test_example_maker_keeps_its_invariants_on_any_document(tokenizer, lengths, seed, max_seq_length, short_seq_prob):
   rng = np.random.default_rng(seed)
-  vocab = pretraining_data.Vocab.from_tokenizer(tokenizer)
+  vocab = pipeline.Vocab.from_tokenizer(tokenizer)
   tokens = rng.choice(vocab.random_ids, sum(lengths)).astype(np.int32)
-  options = pretraining_data.PairingOptions(max_seq_length, max_predictions_per_seq=5, short_seq_prob=short_seq_prob)
+  options = pipeline.PairingOptions(max_seq_length, max_predictions_per_seq=5, short_seq_prob=short_seq_prob)
   counts = collections.Counter()
-  examples = pretraining_data.ExampleMaker(options, vocab)(tokens, np.array(lengths, np.int32), rng, counts)
+  examples = pipeline.ExampleMaker(options, vocab)(tokens, np.array(lengths, np.int32), rng, counts)
   assert counts["sequences"] == len(examples) and counts["documents"] == 1
   for e in examples:
     n = int(e["input_mask"].sum())
@@ -375,8 +445,8 @@ def test_example_maker_keeps_its_invariants_on_any_document(tokenizer, lengths, 
 
 
 def test_example_maker_takes_empty_and_huge_documents(tokenizer):
-  vocab = pretraining_data.Vocab.from_tokenizer(tokenizer)
-  maker = pretraining_data.ExampleMaker(pretraining_data.PairingOptions(32, 5), vocab)
+  vocab = pipeline.Vocab.from_tokenizer(tokenizer)
+  maker = pipeline.ExampleMaker(pipeline.PairingOptions(32, 5), vocab)
   assert maker(np.zeros(0, np.int32), np.zeros(0, np.int32), np.random.default_rng(0), collections.Counter()) == []
   huge = np.full(200_000, vocab.random_ids[0], np.int32)
   for lengths in ([200_000], [10] * 20_000):
@@ -388,17 +458,28 @@ def test_example_maker_takes_empty_and_huge_documents(tokenizer):
 # ---------------------------------------------------------------------------
 # Checkpoints of another model, vocabulary or format are refused, naming the mismatch.
 
+
 def test_checkpoint_of_another_vocabulary_size_names_it(tmp_path):
-  cfg = model_lib.AlbertConfig(vocab_size=100, embedding_size=8, hidden_size=16, num_hidden_layers=1,
-                               num_attention_heads=2, intermediate_size=32, max_position_embeddings=16)
+  cfg = model_lib.AlbertConfig(
+    vocab_size=100,
+    embedding_size=8,
+    hidden_size=16,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    intermediate_size=32,
+    max_position_embeddings=16,
+  )
   init = jax.jit(model_lib.AlbertForPreTraining(cfg).init)  # one compilation, not one per operation
   params = flax.linen.unbox(init(jax.random.PRNGKey(0), np.zeros((1, 4), np.int32)))
   checkpoints.save(tmp_path, cfg, params)
   meta = json.loads((tmp_path / "config.json").read_text())
   meta["model"]["vocab_size"] = 120
   (tmp_path / "config.json").write_text(json.dumps(meta))
-  with pytest.raises(checkpoints.CheckpointError, match=r"word_embeddings/embedding: stored \(100, 8\), config.json "
-                                                        r"\(120, 8\).*another model \(vocab_size"):
+  with pytest.raises(
+    checkpoints.CheckpointError,
+    match=r"word_embeddings/embedding: stored \(100, 8\), config.json "
+    r"\(120, 8\).*another model \(vocab_size",
+  ):
     checkpoints.load(tmp_path)
   meta["format_version"] = checkpoints.FORMAT_VERSION + 1
   (tmp_path / "config.json").write_text(json.dumps(meta))
@@ -410,5 +491,5 @@ def test_workdir_of_another_vocabulary_names_the_field(tmp_path):
   (tmp_path / "checkpoints").mkdir()
   saved = model_lib.AlbertConfig(vocab_size=30000)
   (tmp_path / "config.json").write_text(json.dumps({"format": "albert_jax", "model": saved.to_dict()}))
-  with pytest.raises(train.TrainingError, match="vocab_size: checkpoint 30000 vs config 683"):
-    train._check_workdir_model(tmp_path, saved.replace(vocab_size=683))  # pylint: disable=protected-access
+  with pytest.raises(pretraining.TrainingError, match="vocab_size: checkpoint 30000 vs config 683"):
+    pretraining._check_workdir_model(tmp_path, saved.replace(vocab_size=683))  # pylint: disable=protected-access

@@ -18,12 +18,10 @@ import orbax.checkpoint as ocp
 import pytest
 from flax.linen import partitioning as nn_partitioning
 
-from albert_jax import checkpoints
-from albert_jax import finetune
+from albert_jax import checkpoints, tasks
 from albert_jax import model as model_lib
-from albert_jax import tasks
 from albert_jax import tokenizer as tokenizer_lib
-from albert_jax import trainer_lib
+from albert_jax.trainers import core, finetuning
 from tests import cli_helpers as cli
 from tests import hf_finetune
 from tests.conftest import REPO
@@ -32,8 +30,11 @@ from tests.conftest import REPO
 @pytest.fixture(scope="module", autouse=True)
 def compilation_cache(tmp_path_factory):
   """Runs with the same shapes and settings compile once: XLA compilation dominates these tiny runs."""
-  options = {"jax_compilation_cache_dir": str(tmp_path_factory.mktemp("xla_cache")),
-             "jax_persistent_cache_min_compile_time_secs": 0.0, "jax_persistent_cache_min_entry_size_bytes": 0}
+  options = {
+    "jax_compilation_cache_dir": str(tmp_path_factory.mktemp("xla_cache")),
+    "jax_persistent_cache_min_compile_time_secs": 0.0,
+    "jax_persistent_cache_min_entry_size_bytes": 0,
+  }
   previous = {k: getattr(jax.config, k) for k in options}
   for k, v in options.items():
     jax.config.update(k, v)
@@ -74,27 +75,35 @@ def _saved_params(directory):
 @pytest.fixture(scope="module")
 def pretrained_dir(tmp_path_factory, generated_vocab):
   """An albert_jax checkpoint directory of a random tiny AlbertForPreTraining, with its vocabulary."""
-  config = model_lib.AlbertConfig(vocab_size=tokenizer_lib.Tokenizer(generated_vocab).vocab_size, embedding_size=16,
-                                  hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                                  max_position_embeddings=128)
+  config = model_lib.AlbertConfig(
+    vocab_size=tokenizer_lib.Tokenizer(generated_vocab).vocab_size,
+    embedding_size=16,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=128,
+  )
   params = jax.jit(model_lib.AlbertForPreTraining(config).init)(jax.random.PRNGKey(7), np.zeros((1, 8), np.int32))
   directory = tmp_path_factory.mktemp("pretrained")
   return checkpoints.save(directory, config, jax.tree.map(np.asarray, nn.unbox(params)), generated_vocab)
 
 
-@pytest.mark.parametrize("task, scores", [
+@pytest.mark.parametrize(
+  "task, scores",
+  [
     ("sst2", {"accuracy"}),
     ("cola", {"matthews_corr", "accuracy"}),
     ("mrpc", {"accuracy", "f1"}),
     ("stsb", {"pearson", "spearman"}),
-])
-def test_glue_task_trains_evaluates_keeps_the_best_and_writes_predictions(task, scores, data, tmp_path,
-                                                                         pretrained_dir):
+  ],
+)
+def test_glue_task_trains_evaluates_keeps_the_best_and_writes_predictions(task, scores, data, tmp_path, pretrained_dir):
   config = _experiment("glue.py", task, data)
   if task == "sst2":  # from a pretrained checkpoint, its vocabulary found next to it
     config.update(init_checkpoint=str(pretrained_dir))
     config.task.vocab = ""
-  results = finetune.finetune(config, str(tmp_path))
+  results = finetuning.finetune(config, str(tmp_path))
   assert set(results["dev"]) == scores
   saved = json.loads((tmp_path / "eval_results.json").read_text())
   assert saved["best_step"] == results["best_step"]
@@ -115,7 +124,7 @@ def test_glue_task_trains_evaluates_keeps_the_best_and_writes_predictions(task, 
 def test_squad_v1_on_a_dev_slice_writes_official_predictions(data, tmp_path):
   config = _experiment("squad.py", "v1", data, num_train_steps=2, eval_every_steps=0)
   config.task.max_examples = 16
-  results = finetune.finetune(config, str(tmp_path))
+  results = finetuning.finetune(config, str(tmp_path))
   assert {"exact_match", "f1"} <= set(results["dev"])
   predictions = json.loads((tmp_path / "predictions.json").read_text())
   assert len(predictions) == 16 and all(isinstance(a, str) for a in predictions.values())
@@ -125,7 +134,7 @@ def test_squad_v1_on_a_dev_slice_writes_official_predictions(data, tmp_path):
 def test_squad_v2_chooses_the_null_threshold_on_dev(data, tmp_path):
   config = _experiment("squad.py", "v2", data, num_train_steps=2, eval_every_steps=0)
   config.task.max_examples = 0
-  results = finetune.finetune(config, str(tmp_path))
+  results = finetuning.finetune(config, str(tmp_path))
   dev = results["dev"]
   assert {"exact", "f1", "HasAns_f1", "NoAns_f1", "best_f1", "null_score_diff_threshold"} <= set(dev)
   assert dev["null_score_diff_threshold"] == dev["best_f1_thresh"]
@@ -139,10 +148,10 @@ def test_squad_v2_chooses_the_null_threshold_on_dev(data, tmp_path):
 
 def test_resume_after_a_crash_reproduces_the_uninterrupted_run(data, tmp_path):
   config = _experiment("glue.py", "sst2", data, eval_every_steps=0)
-  finetune.finetune(config, str(tmp_path))
+  finetuning.finetune(config, str(tmp_path))
   straight = _saved_params(tmp_path / "checkpoints" / "4" / "state")
   shutil.rmtree(tmp_path / "checkpoints" / "4")  # as if killed after the step-2 save
-  finetune.finetune(config, str(tmp_path))
+  finetuning.finetune(config, str(tmp_path))
   resumed = _saved_params(tmp_path / "checkpoints" / "4" / "state")
   for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(a, b)
@@ -153,29 +162,31 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_run(data, tmp_path):
 
 
 def test_batches_are_seeded_permutations_of_each_epoch():
-  epoch = np.concatenate([finetune.batch_rows(10, 3, seed=0, step=s) for s in range(3)])
+  epoch = np.concatenate([finetuning.batch_rows(10, 3, seed=0, step=s) for s in range(3)])
   assert len(set(epoch)) == 9  # three batches of three, the tenth row left for a later epoch
-  assert not np.array_equal(finetune.batch_rows(10, 3, 0, 0), finetune.batch_rows(10, 3, 0, 3))
-  np.testing.assert_array_equal(finetune.batch_rows(10, 3, 0, 4), finetune.batch_rows(10, 3, 0, 4))
+  assert not np.array_equal(finetuning.batch_rows(10, 3, 0, 0), finetuning.batch_rows(10, 3, 0, 3))
+  np.testing.assert_array_equal(finetuning.batch_rows(10, 3, 0, 4), finetuning.batch_rows(10, 3, 0, 4))
 
 
-@pytest.mark.parametrize("experiment, task, head", [("glue.py", "sst2", "classifier_head"),
-                                                    ("squad.py", "v2", "qa_outputs")])
-def test_backbone_comes_from_the_checkpoint_and_the_head_is_fresh(experiment, task, head, pretrained_dir,
-                                                                  data, tmp_path):
+@pytest.mark.parametrize(
+  "experiment, task, head", [("glue.py", "sst2", "classifier_head"), ("squad.py", "v2", "qa_outputs")]
+)
+def test_backbone_comes_from_the_checkpoint_and_the_head_is_fresh(
+  experiment, task, head, pretrained_dir, data, tmp_path
+):
   config = _experiment(experiment, task, data, init_checkpoint=str(pretrained_dir))
   config.task.vocab = ""  # found next to the checkpoint
   config.model.hidden_size = 48  # shape fields yield to the checkpoint's
   config.model.hidden_dropout_prob = 0.1  # dropout follows the fine-tuning config
-  tokenizer = finetune.load_vocabulary(config, tmp_path)
-  model_config, pretrained = finetune.load_backbone(config, tokenizer)
+  tokenizer = finetuning.load_vocabulary(config, tmp_path)
+  model_config, pretrained = finetuning.load_backbone(config, tokenizer)
   assert (model_config.hidden_size, model_config.hidden_dropout_prob) == (32, 0.1)
-  mesh, rules = trainer_lib.setup_mesh(config)
+  mesh, rules = core.setup_mesh(config)
   spec = tasks.get_spec(config.task)
-  setup = finetune.build(config, model_config, spec, (config.task.max_seq_length,), mesh, rules)
+  setup = finetuning.build(config, model_config, spec, (config.task.max_seq_length,), mesh, rules)
   with jax.set_mesh(mesh), nn_partitioning.axis_rules(rules):
     fresh = setup.init(jax.random.PRNGKey(0))
-    state = finetune.with_backbone(fresh, pretrained, setup.state_shardings)
+    state = finetuning.with_backbone(fresh, pretrained, setup.state_shardings)
   assert head in state.params
   expected = pretrained["params"]["albert"]
   if spec.head == "span":  # span heads have no pooler
@@ -202,11 +213,25 @@ def test_first_steps_match_hugging_face_adamw(data):
 # ---------------------------------------------------------------------------
 # Bad input through the command line: one clear line, no traceback.
 
+
 def _cli(workdir, vocab, *flags):
   env = cli.env()
-  return subprocess.run([sys.executable, "-m", "albert_jax.finetune", "--config=experiments/glue.py:sst2,tiny",
-                         f"--workdir={workdir}", f"--config.task.vocab={vocab}", *flags],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "albert_jax.finetune",
+      "--config=experiments/glue.py:sst2,tiny",
+      f"--workdir={workdir}",
+      f"--config.task.vocab={vocab}",
+      *flags,
+    ],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
 
 
 def _bad_label_dir(tmp_path):
@@ -217,12 +242,18 @@ def _bad_label_dir(tmp_path):
   return folder
 
 
-@pytest.mark.parametrize("case, flags, message", [
+@pytest.mark.parametrize(
+  "case, flags, message",
+  [
     ("label outside the label set", ["--config.task.data_dir={bad}"], r"train.tsv:3: label '7' is not one of"),
     ("no vocabulary", ["--config.task.vocab="], "No vocabulary: no init_checkpoint is set"),
-    ("sequence too short for the text", ["--config.task.data_dir={glue}", "--config.task.max_seq_length=2"],
-     "max_seq_length=2 leaves no room"),
-])
+    (
+      "sequence too short for the text",
+      ["--config.task.data_dir={glue}", "--config.task.max_seq_length=2"],
+      "max_seq_length=2 leaves no room",
+    ),
+  ],
+)
 def test_bad_input_is_one_clear_error_line(case, flags, message, data, tmp_path):
   del case
   bad = _bad_label_dir(tmp_path)

@@ -103,10 +103,13 @@ def test_reuses_an_existing_ready_tpu(fake_gcloud):
   check_pod_commands(calls(fake_gcloud), created=False, run=[*TRAIN, "--config.distributed.auto=True"])
 
 
-@pytest.mark.parametrize("existing, message", [
+@pytest.mark.parametrize(
+  "existing, message",
+  [
     ("READY v4-8", "exists as v4-8, not v4-32"),
     ("STOPPED v4-32", "is STOPPED, not READY"),
-])
+  ],
+)
 def test_an_existing_tpu_that_does_not_fit_is_an_error(fake_gcloud, existing, message):
   result = launch(fake_gcloud, *POD, "--", *TRAIN, existing=existing)
   assert result.returncode == 2
@@ -138,12 +141,15 @@ def test_a_missing_required_flag_is_named(fake_gcloud, missing):
   assert not fake_gcloud.exists()
 
 
-@pytest.mark.parametrize("args, message", [
+@pytest.mark.parametrize(
+  "args, message",
+  [
     (["--preemptible", "--spot"], "--preemptible and --spot exclude each other"),
     (["--accelerator_type=tpu32"], "is not a TPU type like v4-32"),
     (["--zone"], "--zone needs a value"),
     (["--bogus"], "unknown argument '--bogus'"),
-])
+  ],
+)
 def test_bad_flags_are_explained(fake_gcloud, args, message):
   result = launch(fake_gcloud, *POD, *args)
   assert result.returncode == 2
@@ -160,26 +166,41 @@ def test_project_spot_and_version_reach_gcloud(fake_gcloud):
   assert "--spot" in create and "--preemptible" not in create and flag(create, "version") == "v2-alpha-tpuv5"
 
 
-@pytest.mark.parametrize("accelerator_type, version", [
-    ("v4-8", "tpu-ubuntu2204-base"), ("v5litepod-16", "v2-alpha-tpuv5-lite"), ("v5p-32", "v2-alpha-tpuv5"),
+@pytest.mark.parametrize(
+  "accelerator_type, version",
+  [
+    ("v4-8", "tpu-ubuntu2204-base"),
+    ("v5litepod-16", "v2-alpha-tpuv5-lite"),
+    ("v5p-32", "v2-alpha-tpuv5"),
     ("v6e-16", "v2-alpha-tpuv6e"),
-])
+  ],
+)
 def test_the_runtime_version_follows_the_tpu_generation(fake_gcloud, accelerator_type, version):
   result = launch(fake_gcloud, "--name=t", "--zone=z", f"--accelerator_type={accelerator_type}", "--dry_run")
   assert result.returncode == 0, result.stderr
-  create = next(shlex.split(line) for line in result.stdout.splitlines()
-                if line.startswith("gcloud compute tpus tpu-vm create "))
+  create = next(
+    shlex.split(line) for line in result.stdout.splitlines() if line.startswith("gcloud compute tpus tpu-vm create ")
+  )
   assert flag(create, "version") == version
 
 
-@pytest.mark.parametrize("command, expected", [
-    (["python3", "-m", "albert_jax.finetune", "--config=experiments/glue.py:sst2"],
-     ["python3", "-m", "albert_jax.finetune", "--config=experiments/glue.py:sst2", "--config.distributed.auto=True"]),
-    ([*TRAIN, "--config.distributed.coordinator_address=10.0.0.2:1234"],
-     [*TRAIN, "--config.distributed.coordinator_address=10.0.0.2:1234"]),
-    (["python3", "-c", "import jax; print(jax.device_count())"],
-     ["python3", "-c", "import jax; print(jax.device_count())"]),
-])
+@pytest.mark.parametrize(
+  "command, expected",
+  [
+    (
+      ["python3", "-m", "albert_jax.finetune", "--config=experiments/glue.py:sst2"],
+      ["python3", "-m", "albert_jax.finetune", "--config=experiments/glue.py:sst2", "--config.distributed.auto=True"],
+    ),
+    (
+      [*TRAIN, "--config.distributed.coordinator_address=10.0.0.2:1234"],
+      [*TRAIN, "--config.distributed.coordinator_address=10.0.0.2:1234"],
+    ),
+    (
+      ["python3", "-c", "import jax; print(jax.device_count())"],
+      ["python3", "-c", "import jax; print(jax.device_count())"],
+    ),
+  ],
+)
 def test_multihost_initialisation_is_added_to_albert_jax_entry_points_only(fake_gcloud, command, expected):
   result = launch(fake_gcloud, *POD, "--", *command)
   assert result.returncode == 0, result.stderr
@@ -189,6 +210,14 @@ def test_multihost_initialisation_is_added_to_albert_jax_entry_points_only(fake_
 def test_help_describes_the_flags():
   result = subprocess.run(["bash", str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60)
   assert result.returncode == 0
-  for name in ("--name", "--zone", "--accelerator_type", "--version", "--project", "--preemptible", "--spot",
-               "--dry_run"):
+  for name in (
+    "--name",
+    "--zone",
+    "--accelerator_type",
+    "--version",
+    "--project",
+    "--preemptible",
+    "--spot",
+    "--dry_run",
+  ):
     assert name in result.stdout

@@ -10,17 +10,19 @@ import transformers
 
 from albert_jax import checkpoints
 from albert_jax import model as model_lib
-from albert_jax import summary
+from albert_jax.checkpoints import hf
+from albert_jax.tools import summary
 from tests import hf_reference
 
-SMALL = dict(vocab_size=101, embedding_size=16, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-             intermediate_size=48)
+SMALL = dict(
+  vocab_size=101, embedding_size=16, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=48
+)
 
 
 @pytest.mark.parametrize("preset", ["base", "large", "xlarge", "xxlarge"])
 def test_param_counts_equal_hugging_face(preset):
   config = model_lib.AlbertConfig.preset(preset)
-  hf_config = transformers.AlbertConfig(**checkpoints.config_to_hf(config))
+  hf_config = transformers.AlbertConfig(**hf.config_to_hf(config))
   with torch.device("meta"):
     hf_backbone = sum(p.numel() for p in transformers.AlbertModel(hf_config).parameters())
     hf_total = sum(p.numel() for p in transformers.AlbertForPreTraining(hf_config).parameters())
@@ -28,33 +30,43 @@ def test_param_counts_equal_hugging_face(preset):
 
 
 def test_param_counts_match_design_table():
-  expected = {"base": (11_683_584, 11_813_810), "large": (17_683_968, 17_847_474),
-              "xlarge": (58_724_864, 59_021_490), "xxlarge": (222_595_584, 223_158_450)}
+  expected = {
+    "base": (11_683_584, 11_813_810),
+    "large": (17_683_968, 17_847_474),
+    "xlarge": (58_724_864, 59_021_490),
+    "xxlarge": (222_595_584, 223_158_450),
+  }
   assert {p: summary.param_counts(model_lib.AlbertConfig.preset(p)) for p in expected} == expected
 
 
-@pytest.mark.parametrize("embedding_size, expected", [
+@pytest.mark.parametrize(
+  "embedding_size, expected",
+  [
     (768, {"all": 31_705_344, "attention": 83_668_992, "ffn": 57_708_288, "none": 109_671_936}),
     (128, {"all": 11_683_584, "attention": 63_647_232, "ffn": 37_686_528, "none": 89_650_176}),
-])
+  ],
+)
 def test_sharing_ablation_counts_paper_table_4(embedding_size, expected):
-  counts = {mode: summary.param_counts(model_lib.AlbertConfig.preset("base", embedding_size=embedding_size,
-                                                                     sharing=mode))[0] for mode in expected}
+  counts = {
+    mode: summary.param_counts(model_lib.AlbertConfig.preset("base", embedding_size=embedding_size, sharing=mode))[0]
+    for mode in expected
+  }
   assert counts == expected
   # Not-shared equals Hugging Face's ALBERT with one group per layer.
-  hf_config = transformers.AlbertConfig(**checkpoints.config_to_hf(
-      model_lib.AlbertConfig.preset("base", embedding_size=embedding_size, num_hidden_groups=12)))
+  hf_config = transformers.AlbertConfig(
+    **hf.config_to_hf(model_lib.AlbertConfig.preset("base", embedding_size=embedding_size, num_hidden_groups=12))
+  )
   with torch.device("meta"):
     assert sum(p.numel() for p in transformers.AlbertModel(hf_config).parameters()) == expected["none"]
 
 
 PARITY_CONFIGS = {
-    "e_lt_h": dict(SMALL),
-    "e_eq_h": dict(SMALL, embedding_size=32),
-    "odd_heads": dict(SMALL, hidden_size=30, num_attention_heads=3, embedding_size=10),
-    "two_groups": dict(SMALL, num_hidden_groups=2),
-    "inner_group_2": dict(SMALL, inner_group_num=2, num_hidden_layers=3),
-    "exact_gelu": dict(SMALL, hidden_act="gelu"),
+  "e_lt_h": dict(SMALL),
+  "e_eq_h": dict(SMALL, embedding_size=32),
+  "odd_heads": dict(SMALL, hidden_size=30, num_attention_heads=3, embedding_size=10),
+  "two_groups": dict(SMALL, num_hidden_groups=2),
+  "inner_group_2": dict(SMALL, inner_group_num=2, num_hidden_layers=3),
+  "exact_gelu": dict(SMALL, hidden_act="gelu"),
 }
 
 
@@ -73,8 +85,9 @@ def test_logits_equal_hugging_face(name, tmp_path):
 
   positions = np.array([[0, 5, 11], [2, 2, 7], [10, 1, 3]], np.int32)
   masked = model.apply(params, ids, mask, types, masked_positions=positions)
-  np.testing.assert_allclose(masked["mlm_logits"], np.take_along_axis(hf_mlm, positions[..., None], axis=1), atol=1e-4,
-                             rtol=0)
+  np.testing.assert_allclose(
+    masked["mlm_logits"], np.take_along_axis(hf_mlm, positions[..., None], axis=1), atol=1e-4, rtol=0
+  )
   np.testing.assert_allclose(masked["sop_logits"], hf_sop, atol=1e-4, rtol=0)
 
 
@@ -94,8 +107,11 @@ def test_last_layer_at_the_masked_positions_only_gives_the_full_models_gradients
     return {"mlm_logits": mlm, "sop_logits": m.sop_classifier(pooled, True)}
 
   def loss(p, gathered):
-    out = model.apply(p, ids, mask, types, masked_positions=positions) if gathered else model.apply(
-        p, method=full_then_gather)
+    out = (
+      model.apply(p, ids, mask, types, masked_positions=positions)
+      if gathered
+      else model.apply(p, method=full_then_gather)
+    )
     return jnp.sum(out["mlm_logits"] ** 2) + jnp.sum(out["sop_logits"] ** 2)
 
   (got, got_grads), (want, want_grads) = (jax.value_and_grad(loss)(params, g) for g in (True, False))
@@ -116,8 +132,10 @@ def test_shared_layer_has_one_unstacked_parameter_set():
   assert layer["layer_0_ffn"]["ffn"]["kernel"].shape == (32, 48)
 
 
-@pytest.mark.parametrize("sharing, shared_name, stacked_name", [
-    ("attention", "shared_attention", "layer_0_ffn"), ("ffn", "shared_ffn", "layer_0_attention")])
+@pytest.mark.parametrize(
+  "sharing, shared_name, stacked_name",
+  [("attention", "shared_attention", "layer_0_ffn"), ("ffn", "shared_ffn", "layer_0_attention")],
+)
 def test_partial_sharing_with_equal_copies_equals_full_sharing(sharing, shared_name, stacked_name):
   ids = jnp.asarray(hf_reference.random_inputs(SMALL["vocab_size"])[0])
   full_config = model_lib.AlbertConfig(**SMALL)
@@ -126,8 +144,11 @@ def test_partial_sharing_with_equal_copies_equals_full_sharing(sharing, shared_n
   partial = nn.unbox(_init(partial_config, ids))
   layer = full["params"]["albert"]["encoder"]["layer_group"]
   encoder = partial["params"]["albert"]["encoder"]
-  encoder[shared_name] = layer[stacked_name.replace("0_ffn", "0_attention") if sharing == "attention"
-                               else stacked_name.replace("0_attention", "0_ffn")]
+  encoder[shared_name] = layer[
+    stacked_name.replace("0_ffn", "0_attention")
+    if sharing == "attention"
+    else stacked_name.replace("0_attention", "0_ffn")
+  ]
   stack = lambda x: jnp.broadcast_to(x, (SMALL["num_hidden_layers"],) + x.shape)
   encoder["layer_group"][stacked_name] = jax.tree.map(stack, layer[stacked_name])
   for name in ("embeddings", "pooler"):
@@ -191,8 +212,10 @@ def test_presets_v1_dropout_and_xxlarge_without():
 def test_fine_tuning_heads_shapes():
   config = model_lib.AlbertConfig(**SMALL)
   ids = jnp.ones((2, 6), jnp.int32)
-  for module, shape in [(model_lib.AlbertForSequenceClassification(config, num_labels=3), (2, 3)),
-                        (model_lib.AlbertForSequenceClassification(config, num_labels=1), (2, 1))]:
+  for module, shape in [
+    (model_lib.AlbertForSequenceClassification(config, num_labels=3), (2, 3)),
+    (model_lib.AlbertForSequenceClassification(config, num_labels=1), (2, 1)),
+  ]:
     assert module.apply(module.init(jax.random.PRNGKey(0), ids), ids).shape == shape
   qa = model_lib.AlbertForQuestionAnswering(config)
   out = qa.apply(qa.init(jax.random.PRNGKey(0), ids), ids)
@@ -202,13 +225,15 @@ def test_fine_tuning_heads_shapes():
   assert mc.apply(mc.init(jax.random.PRNGKey(0), choices), choices).shape == (2, 4)
 
 
-
-@pytest.mark.parametrize("kwargs, message", [
+@pytest.mark.parametrize(
+  "kwargs, message",
+  [
     (dict(hidden_size=30, num_attention_heads=4), "divisible by num_attention_heads"),
     (dict(sharing="some"), "is not one of"),
     (dict(hidden_act="swish"), "not supported"),
     (dict(num_hidden_layers=5, num_hidden_groups=2), "multiple of num_hidden_groups"),
-])
+  ],
+)
 def test_bad_config_is_refused_with_a_clear_message(kwargs, message):
   with pytest.raises(ValueError, match=message):
     model_lib.AlbertConfig(**kwargs)

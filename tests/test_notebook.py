@@ -13,7 +13,7 @@ NOTEBOOK = REPO / "notebooks" / "albert_colab_tpu.ipynb"
 # Appended after the notebook's last cell, in the same kernel: what the run produced, as one JSON line.
 REPORT = """
 import json
-hf_top = [fill_mask(text, top_k=1)[0] for text in TEXTS]
+hf_top = [hf_fill_mask(text, top_k=1)[0] for text in TEXTS]
 import albert_jax
 print(json.dumps({
     "albert_jax_file": albert_jax.__file__,
@@ -48,13 +48,18 @@ def test_the_notebook_source_is_valid_and_clean():
 
 @pytest.mark.slow
 def test_the_notebook_runs_end_to_end_on_cpu(shared_data, tmp_path):
-  notebook = with_parameters(nbformat.read(NOTEBOOK, as_version=4), TINY=True,
-                             SST2_DIR=str(shared_data / "glue" / "SST-2"), WORKDIR=str(tmp_path / "workdir"))
+  notebook = with_parameters(
+    nbformat.read(NOTEBOOK, as_version=4),
+    TINY=True,
+    SST2_DIR=str(shared_data / "glue" / "SST-2"),
+    WORKDIR=str(tmp_path / "workdir"),
+  )
   notebook = with_parameters(notebook, "source", ALBERT_JAX_SOURCE=str(REPO))  # this checkout, as a Colab user's
   notebook.cells.append(nbformat.v4.new_code_cell(REPORT))
   # The kernel starts outside the checkout: albert_jax is found only through ALBERT_JAX_SOURCE.
-  client = nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
-                                   resources={"metadata": {"path": str(tmp_path)}})
+  client = nbclient.NotebookClient(
+    notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+  )
   client.execute()
 
   report = json.loads(notebook.cells[-1].outputs[-1]["text"].strip().splitlines()[-1])

@@ -10,17 +10,26 @@ import numpy as np
 import pytest
 
 from albert_jax import checkpoints
-from albert_jax import convert
 from albert_jax import model as model_lib
-from albert_jax import tf_checkpoint
+from albert_jax.checkpoints import original_tf
 from tests import hf_reference
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None,
-                                reason="needs TensorFlow to write checkpoints (pip install tensorflow-cpu)")
+pytestmark = pytest.mark.skipif(
+  importlib.util.find_spec("tensorflow") is None,
+  reason="needs TensorFlow to write checkpoints (pip install tensorflow-cpu)",
+)
 
 # Two parameter groups, E != H: every kind of name in the original layout.
-SMALL = dict(vocab_size=64, embedding_size=8, hidden_size=16, num_hidden_layers=4, num_hidden_groups=2,
-             num_attention_heads=2, intermediate_size=24, hidden_act="gelu_new")
+SMALL = dict(
+  vocab_size=64,
+  embedding_size=8,
+  hidden_size=16,
+  num_hidden_layers=4,
+  num_hidden_groups=2,
+  num_attention_heads=2,
+  intermediate_size=24,
+  hidden_act="gelu_new",
+)
 
 # Runs in a child process so that TensorFlow and JAX never share one. Saves each npz as a TF1 `Saver` does (the
 # original run_pretraining.py), or for `bundle*` prefixes straight with the SaveV2 op that `Saver` runs, which
@@ -52,22 +61,22 @@ def _tf_variables(state, num_groups):
   """A Hugging Face AlbertForPreTraining state dict → the original TF variables, written out name by name."""
   t = lambda key: state[key].T  # PyTorch [out, in] → TF [in, out]
   tf = {
-      "bert/embeddings/word_embeddings": state["albert.embeddings.word_embeddings.weight"],
-      "bert/embeddings/position_embeddings": state["albert.embeddings.position_embeddings.weight"],
-      "bert/embeddings/token_type_embeddings": state["albert.embeddings.token_type_embeddings.weight"],
-      "bert/embeddings/LayerNorm/gamma": state["albert.embeddings.LayerNorm.weight"],
-      "bert/embeddings/LayerNorm/beta": state["albert.embeddings.LayerNorm.bias"],
-      "bert/encoder/embedding_hidden_mapping_in/kernel": t("albert.encoder.embedding_hidden_mapping_in.weight"),
-      "bert/encoder/embedding_hidden_mapping_in/bias": state["albert.encoder.embedding_hidden_mapping_in.bias"],
-      "bert/pooler/dense/kernel": t("albert.pooler.weight"),
-      "bert/pooler/dense/bias": state["albert.pooler.bias"],
-      "cls/predictions/transform/dense/kernel": t("predictions.dense.weight"),
-      "cls/predictions/transform/dense/bias": state["predictions.dense.bias"],
-      "cls/predictions/transform/LayerNorm/gamma": state["predictions.LayerNorm.weight"],
-      "cls/predictions/transform/LayerNorm/beta": state["predictions.LayerNorm.bias"],
-      "cls/predictions/output_bias": state["predictions.bias"],
-      "cls/seq_relationship/output_weights": state["sop_classifier.classifier.weight"],  # [2, H] in both
-      "cls/seq_relationship/output_bias": state["sop_classifier.classifier.bias"],
+    "bert/embeddings/word_embeddings": state["albert.embeddings.word_embeddings.weight"],
+    "bert/embeddings/position_embeddings": state["albert.embeddings.position_embeddings.weight"],
+    "bert/embeddings/token_type_embeddings": state["albert.embeddings.token_type_embeddings.weight"],
+    "bert/embeddings/LayerNorm/gamma": state["albert.embeddings.LayerNorm.weight"],
+    "bert/embeddings/LayerNorm/beta": state["albert.embeddings.LayerNorm.bias"],
+    "bert/encoder/embedding_hidden_mapping_in/kernel": t("albert.encoder.embedding_hidden_mapping_in.weight"),
+    "bert/encoder/embedding_hidden_mapping_in/bias": state["albert.encoder.embedding_hidden_mapping_in.bias"],
+    "bert/pooler/dense/kernel": t("albert.pooler.weight"),
+    "bert/pooler/dense/bias": state["albert.pooler.bias"],
+    "cls/predictions/transform/dense/kernel": t("predictions.dense.weight"),
+    "cls/predictions/transform/dense/bias": state["predictions.dense.bias"],
+    "cls/predictions/transform/LayerNorm/gamma": state["predictions.LayerNorm.weight"],
+    "cls/predictions/transform/LayerNorm/beta": state["predictions.LayerNorm.bias"],
+    "cls/predictions/output_bias": state["predictions.bias"],
+    "cls/seq_relationship/output_weights": state["sop_classifier.classifier.weight"],  # [2, H] in both
+    "cls/seq_relationship/output_bias": state["sop_classifier.classifier.bias"],
   }
   for g in range(num_groups):
     tf_layer = f"bert/encoder/transformer/group_{g}/inner_group_0/"
@@ -92,21 +101,39 @@ def _tf_variables(state, num_groups):
 
 def _original_config():
   """albert_config.json as the releases ship it: "gelu" there is the tanh approximation."""
-  return {**{k: v for k, v in SMALL.items() if k != "hidden_act"}, "hidden_act": "gelu", "inner_group_num": 1,
-          "down_scale_factor": 1, "hidden_dropout_prob": 0, "attention_probs_dropout_prob": 0,
-          "max_position_embeddings": 512, "type_vocab_size": 2, "initializer_range": 0.02}
+  return {
+    **{k: v for k, v in SMALL.items() if k != "hidden_act"},
+    "hidden_act": "gelu",
+    "inner_group_num": 1,
+    "down_scale_factor": 1,
+    "hidden_dropout_prob": 0,
+    "attention_probs_dropout_prob": 0,
+    "max_position_embeddings": 512,
+    "type_vocab_size": 2,
+    "initializer_range": 0.02,
+  }
 
 
 def _dtype_arrays():
   """Every dtype the reader decodes, plus enough variables that the index spans several SSTable blocks (256 KiB)."""
   rng = np.random.RandomState(1)
-  arrays = {"f32": rng.randn(3, 5).astype(np.float32), "f16": rng.randn(7).astype(np.float16),
-            "f64": rng.randn(2, 2), "i32": np.arange(-3, 3, dtype=np.int32).reshape(2, 3),
-            "i64": np.int64(2**40), "flags": np.array([True, False, True]), "u8": np.arange(4, dtype=np.uint8),
-            # bfloat16 keeps 8 significant bits: these values survive the cast exactly.
-            "x_bf16": np.array([1.5, -0.25, 3.0, 1024.0], np.float32)}
-  arrays.update({f"many/scope_{i:04d}/a_long_name_so_that_the_index_fills_more_than_one_block/kernel":
-                 np.full((2,), i, np.float32) for i in range(4000)})
+  arrays = {
+    "f32": rng.randn(3, 5).astype(np.float32),
+    "f16": rng.randn(7).astype(np.float16),
+    "f64": rng.randn(2, 2),
+    "i32": np.arange(-3, 3, dtype=np.int32).reshape(2, 3),
+    "i64": np.int64(2**40),
+    "flags": np.array([True, False, True]),
+    "u8": np.arange(4, dtype=np.uint8),
+    # bfloat16 keeps 8 significant bits: these values survive the cast exactly.
+    "x_bf16": np.array([1.5, -0.25, 3.0, 1024.0], np.float32),
+  }
+  arrays.update(
+    {
+      f"many/scope_{i:04d}/a_long_name_so_that_the_index_fills_more_than_one_block/kernel": np.full((2,), i, np.float32)
+      for i in range(4000)
+    }
+  )
   return arrays
 
 
@@ -119,11 +146,12 @@ def written(tmp_path_factory):
   state = {k: v.numpy() for k, v in model.state_dict().items()}
   variables = _tf_variables(state, SMALL["num_hidden_groups"])
   layouts = {
-      "albert_base/model.ckpt-best": variables,
-      "hub/variables/variables": {f"module/{k}": v for k, v in variables.items() if "/adam_" not in k},
-      "bert/bert_model.ckpt": {k.replace("transformer/group_0/inner_group_0", "layer_0"): v
-                               for k, v in variables.items() if "group_1" not in k},
-      "dtypes/bundle": _dtype_arrays(),
+    "albert_base/model.ckpt-best": variables,
+    "hub/variables/variables": {f"module/{k}": v for k, v in variables.items() if "/adam_" not in k},
+    "bert/bert_model.ckpt": {
+      k.replace("transformer/group_0/inner_group_0", "layer_0"): v for k, v in variables.items() if "group_1" not in k
+    },
+    "dtypes/bundle": _dtype_arrays(),
   }
   args = []
   for prefix, arrays in layouts.items():
@@ -161,7 +189,7 @@ def _assert_same_params(got, want):
 def test_reader_decodes_every_dtype_as_tensorflow_wrote_it(written):
   root, _ = written
   expected = _dtype_arrays()
-  tensors = tf_checkpoint.read_bundle(root / "dtypes" / "bundle")
+  tensors = original_tf.read_bundle(root / "dtypes" / "bundle")
   assert sorted(tensors) == sorted(expected)
   for name, value in expected.items():
     assert tensors[name].shape == np.shape(value), name
@@ -177,24 +205,27 @@ def test_original_checkpoint_gives_the_logits_of_the_same_weights_in_hf_format(w
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("source,prefix", [
+@pytest.mark.parametrize(
+  "source,prefix",
+  [
     ("albert_base", "albert_base/model.ckpt-best"),  # via the `checkpoint` state file
     ("albert_base/model.ckpt-best", "albert_base/model.ckpt-best"),
     ("albert_base/model.ckpt-best.index", "albert_base/model.ckpt-best"),
     ("hub", "hub/variables/variables"),
     ("hub/variables/variables", "hub/variables/variables"),
     ("hf", None),  # a Hugging Face directory is not a TF checkpoint
-])
+  ],
+)
 def test_every_way_of_naming_a_checkpoint_finds_its_prefix(written, source, prefix):
   root, _ = written
-  assert tf_checkpoint.find_prefix(root / source) == (root / prefix if prefix else None)
+  assert original_tf.find_prefix(root / source) == (root / prefix if prefix else None)
 
 
 def test_convert_accepts_a_tf_checkpoint_and_copies_its_vocabulary(written, reference, tmp_path):
   root, _ = written
   vocab = root / "albert_base" / "30k-clean.model"  # the releases' name for spiece.model
   vocab.write_bytes(b"stands in for the SentencePiece model")
-  out = convert.convert(root / "albert_base", tmp_path / "converted")
+  out = checkpoints.convert(root / "albert_base", tmp_path / "converted")
   assert (out / "spiece.model").read_bytes() == vocab.read_bytes()
   config, params = checkpoints.load(out)
   assert config == reference[0]
@@ -220,7 +251,7 @@ def test_truncated_data_file_is_reported(written, tmp_path):
   (tmp_path / "albert_config.json").write_text(json.dumps(_original_config()))
   (tmp_path / "model.ckpt.index").write_bytes((root / "albert_base" / "model.ckpt-best.index").read_bytes())
   data = (root / "albert_base" / "model.ckpt-best.data-00000-of-00001").read_bytes()
-  (tmp_path / "model.ckpt.data-00000-of-00001").write_bytes(data[:len(data) // 2])
+  (tmp_path / "model.ckpt.data-00000-of-00001").write_bytes(data[: len(data) // 2])
   with pytest.raises(checkpoints.CheckpointError, match="Cannot read the TensorFlow checkpoint.*truncated"):
     checkpoints.load(tmp_path)
 

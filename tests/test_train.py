@@ -11,18 +11,23 @@ import pytest
 from flax.linen import partitioning as nn_partitioning
 from jax.sharding import PartitionSpec as P
 
-from albert_jax import config_lib
+from albert_jax import config_lib, sharding
 from albert_jax import model as model_lib
-from albert_jax import sharding
-from albert_jax import train
+from albert_jax.trainers import pretraining
 from tests import cli_helpers as cli
-from tests.cli_helpers import shared_data_dir  # noqa: F401  (a fixture)
 
 
 def _small_config(**mesh):
   config = config_lib.pretraining("base")
-  config.model.update(vocab_size=128, embedding_size=16, hidden_size=32, num_hidden_layers=3,
-                      num_attention_heads=4, intermediate_size=64, max_position_embeddings=32)
+  config.model.update(
+    vocab_size=128,
+    embedding_size=16,
+    hidden_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=32,
+  )
   config.data.max_seq_length = 16
   config.data.max_predictions_per_seq = 4
   config.update(batch_size=8, num_train_steps=5, warmup_steps=2, learning_rate=1e-2)
@@ -36,26 +41,26 @@ def _random_batches(config, n, seed=0):
   for _ in range(n):
     mask = (np.arange(T)[None] < rng.randint(T // 2, T + 1, (B, 1))).astype(np.int32)
     yield {
-        "input_ids": rng.randint(5, config.model.vocab_size, (B, T)).astype(np.int32) * mask,
-        "input_mask": mask,
-        "token_type_ids": (np.arange(T)[None] >= T // 2).astype(np.int32).repeat(B, 0),
-        "masked_lm_positions": rng.randint(1, T // 2, (B, Pn)).astype(np.int32),
-        "masked_lm_ids": rng.randint(5, config.model.vocab_size, (B, Pn)).astype(np.int32),
-        "masked_lm_weights": (rng.rand(B, Pn) < 0.8).astype(np.float32),
-        "sentence_order_label": rng.randint(0, 2, (B,)).astype(np.int32),
+      "input_ids": rng.randint(5, config.model.vocab_size, (B, T)).astype(np.int32) * mask,
+      "input_mask": mask,
+      "token_type_ids": (np.arange(T)[None] >= T // 2).astype(np.int32).repeat(B, 0),
+      "masked_lm_positions": rng.randint(1, T // 2, (B, Pn)).astype(np.int32),
+      "masked_lm_ids": rng.randint(5, config.model.vocab_size, (B, Pn)).astype(np.int32),
+      "masked_lm_weights": (rng.rand(B, Pn) < 0.8).astype(np.float32),
+      "sentence_order_label": rng.randint(0, 2, (B,)).astype(np.int32),
     }
 
 
 def _run_steps(config, devices):
   mesh = sharding.create_mesh(config.mesh, devices=devices)
   rules = sharding.axis_rules(config)
-  setup = train.build(config, config_lib.model_config(config), mesh, rules)
+  setup = pretraining.build(config, config_lib.model_config(config), mesh, rules)
   losses = []
   with jax.set_mesh(mesh), nn_partitioning.axis_rules(rules):
     state = setup.init(jax.random.PRNGKey(0))
     for batch in _random_batches(config, config.num_train_steps):
       state, metrics = setup.train_step(state, sharding.global_batch(batch, mesh), jax.random.PRNGKey(1))
-      losses.append(train.summarize(jax.device_get(metrics))["loss"])
+      losses.append(pretraining.summarize(jax.device_get(metrics))["loss"])
   return np.array(losses), state
 
 
@@ -64,11 +69,14 @@ def single_device_losses():
   return _run_steps(_small_config(data=1), jax.devices()[:1])[0]
 
 
-@pytest.mark.parametrize("mesh, expected_ffn_spec, expected_embedding_spec", [
+@pytest.mark.parametrize(
+  "mesh, expected_ffn_spec, expected_embedding_spec",
+  [
     (dict(data=8), P(), P()),
     (dict(fsdp=4, data=2), P("fsdp", None), P(None, "fsdp")),
     (dict(tensor=2, data=4), P(None, "tensor"), P("tensor", None)),
-])
+  ],
+)
 def test_sharded_steps_match_one_device(mesh, expected_ffn_spec, expected_embedding_spec, single_device_losses):
   config = _small_config(**mesh)
   losses, state = _run_steps(config, jax.devices())
@@ -80,6 +88,7 @@ def test_sharded_steps_match_one_device(mesh, expected_ffn_spec, expected_embedd
   def spec(x):  # the mesh axes that really split x (axes of size 1 dropped)
     used = [a if a and x.sharding.mesh.shape[a] > 1 else None for a in x.sharding.spec]
     return P(*used) if any(used) else P()
+
   ffn = state.params["albert"]["encoder"]["layer_group"]["layer_0_ffn"]["ffn"]["kernel"]
   embedding = state.params["albert"]["embeddings"]["word_embeddings"]["embedding"]
   assert spec(ffn) == expected_ffn_spec
@@ -94,32 +103,35 @@ def test_sharded_steps_match_one_device(mesh, expected_ffn_spec, expected_embedd
 def test_batch_not_divisible_by_data_parallel_size(tmp_path):
   config = _small_config(data=8)
   config.batch_size = 12
-  with pytest.raises(train.TrainingError, match="batch_size=12 is not divisible by the data-parallel size 8"):
-    train.train_and_evaluate(config, str(tmp_path))
+  with pytest.raises(pretraining.TrainingError, match="batch_size=12 is not divisible by the data-parallel size 8"):
+    pretraining.train_and_evaluate(config, str(tmp_path))
 
 
 def test_workdir_of_another_model_names_the_field(tmp_path):
   (tmp_path / "checkpoints").mkdir()
   other = model_lib.AlbertConfig(hidden_size=64, num_attention_heads=4)
   (tmp_path / "config.json").write_text(json.dumps({"format": "albert_jax", "model": other.to_dict()}))
-  with pytest.raises(train.TrainingError, match="hidden_size: checkpoint 64 vs config 32"):
-    train._check_workdir_model(tmp_path, other.replace(hidden_size=32))
+  with pytest.raises(pretraining.TrainingError, match="hidden_size: checkpoint 64 vs config 32"):
+    pretraining._check_workdir_model(tmp_path, other.replace(hidden_size=32))
 
 
 # ---------------------------------------------------------------------------
 # The command line, in subprocesses: NaN, bad flags, two processes. (Kills, preemption, damaged
 # checkpoints and full disks during one run: tests/test_faults.py.)
 
+
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(shared_data_dir, tmp_path):
   workdir = tmp_path / "nan"
-  result = cli.run(cli.train_command(workdir, shared_data_dir, 8, "--config.checkpoint_every_steps=2",
-                                     "--config.nan_at_step=4"))
+  result = cli.run(
+    cli.train_command(workdir, shared_data_dir, 8, "--config.checkpoint_every_steps=2", "--config.debug.nan_at_step=4")
+  )
   assert result.returncode != 0
   assert "Non-finite loss or gradient at step 5" in result.stderr, result.stderr[-3000:]
   assert "last good checkpoint is step 4" in result.stderr
   assert "Traceback" not in result.stderr
-  from albert_jax import checkpoints
-  assert checkpoints.training_steps(workdir)[-1] == 4
+  from albert_jax.checkpoints import native
+
+  assert native.training_steps(workdir)[-1] == 4
 
 
 def test_unknown_config_key_is_refused(shared_data_dir, tmp_path):
@@ -140,11 +152,19 @@ def test_two_processes_train_checkpoint_resume_and_match_one_process(shared_data
   port = 20000 + os.getpid() % 20000
 
   def launch(attempt):
-    cmds = [cli.train_command(pair, shared_data_dir, steps, *common,
-                              f"--config.distributed.coordinator_address=127.0.0.1:{port + attempt}",
-                              "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}",
-                              "--config.distributed.heartbeat_timeout_seconds=20")
-            for i in range(2)]
+    cmds = [
+      cli.train_command(
+        pair,
+        shared_data_dir,
+        steps,
+        *common,
+        f"--config.distributed.coordinator_address=127.0.0.1:{port + attempt}",
+        "--config.distributed.num_processes=2",
+        f"--config.distributed.process_id={i}",
+        "--config.distributed.heartbeat_timeout_seconds=20",
+      )
+      for i in range(2)
+    ]
     return [cli.spawn(cmd, tmp_path / f"stderr{i}_{attempt}.log", devices=4) for i, cmd in enumerate(cmds)]
 
   # Process 1 dies after the first checkpoint. Process 0 exits on its own with a clear error: ours when its
@@ -154,8 +174,11 @@ def test_two_processes_train_checkpoint_resume_and_match_one_process(shared_data
   procs[1].kill()
   assert cli.finish(procs, timeout=90)[0] != 0
   log = procs[0].log.read_text()
-  assert ("error: lost contact with another process of this 2-process run" in log or
-          "another task died" in log and "stopped sending heartbeats" in log), log[-3000:]
+  assert (
+    "error: lost contact with another process of this 2-process run" in log
+    or "another task died" in log
+    and "stopped sending heartbeats" in log
+  ), log[-3000:]
 
   procs = launch(1)
   assert cli.finish(procs, timeout=300) == [0, 0], cli.tail(procs[0]) + cli.tail(procs[1])
@@ -170,8 +193,8 @@ def test_metrics_reach_tensorboard_without_importing_torch(tmp_path):
   """The event files hold what metrics.jsonl holds; tensorboardX loads without torch, and torch still imports."""
   script = f"""
 import sys
-from albert_jax import trainer_lib
-writer = trainer_lib.MetricWriter(__import__("pathlib").Path({str(tmp_path)!r}))
+from albert_jax.trainers import metric_writer
+writer = metric_writer.MetricWriter(__import__("pathlib").Path({str(tmp_path)!r}))
 for step in (1, 2):
   writer.write(step, "train", {{"loss": 7.5 / step}})
 writer.close()
@@ -179,23 +202,32 @@ assert "torch" not in sys.modules, "tensorboardX pulled in torch"
 import torch
 print(torch.ones(1).item())
 """
-  result = subprocess.run([sys.executable, "-c", script], cwd=cli.REPO, env=cli.env(), capture_output=True, text=True,
-                          timeout=120)
+  result = subprocess.run(
+    [sys.executable, "-c", script], cwd=cli.REPO, env=cli.env(), capture_output=True, text=True, timeout=120
+  )
   assert result.returncode == 0 and result.stdout.strip() == "1.0", result.stderr[-3000:]
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  events = [(e.step, v.tag, v.simple_value) for path in (tmp_path / "tensorboard").iterdir()
-            for e in tf.compat.v1.train.summary_iterator(str(path)) for v in e.summary.value]
+
+  events = [
+    (e.step, v.tag, v.simple_value)
+    for path in (tmp_path / "tensorboard").iterdir()
+    for e in tf.compat.v1.train.summary_iterator(str(path))
+    for v in e.summary.value
+  ]
   assert events == [(1, "train/loss", 7.5), (2, "train/loss", 3.75)]
   assert [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [
-      {"step": 1, "train/loss": 7.5}, {"step": 2, "train/loss": 3.75}]
+    {"step": 1, "train/loss": 7.5},
+    {"step": 2, "train/loss": 3.75},
+  ]
 
 
 def test_workdir_config_is_replaced_whole_or_not_at_all(tmp_path):
   """Another process resuming reads config.json while process 0 rewrites it: it must never see half a file."""
-  from albert_jax import trainer_lib  # pylint: disable=g-import-not-at-top
+  from albert_jax.trainers import metric_writer  # pylint: disable=g-import-not-at-top
+
   path = tmp_path / "config.json"
-  trainer_lib.write_text_atomic(path, '{"model": {"hidden_size": 32}}')
+  metric_writer.write_text_atomic(path, '{"model": {"hidden_size": 32}}')
   with pytest.raises(UnicodeEncodeError):  # a write that fails half way, as a kill or a full disk would
-    trainer_lib.write_text_atomic(path, '{"model": ' + "x" * 100_000 + "\ud800}")
+    metric_writer.write_text_atomic(path, '{"model": ' + "x" * 100_000 + "\ud800}")
   assert json.loads(path.read_text()) == {"model": {"hidden_size": 32}}
   assert [p.name for p in tmp_path.iterdir()] == ["config.json"]

@@ -17,8 +17,23 @@ import re
 KINDS = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 
 _DTYPE_BYTES = {
-    "pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2,
-    "f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8, "c64": 8, "c128": 16,
+  "pred": 1,
+  "s4": 0.5,
+  "u4": 0.5,
+  "s8": 1,
+  "u8": 1,
+  "bf16": 2,
+  "f16": 2,
+  "s16": 2,
+  "u16": 2,
+  "f32": 4,
+  "s32": 4,
+  "u32": 4,
+  "f64": 8,
+  "s64": 8,
+  "u64": 8,
+  "c64": 8,
+  "c128": 16,
 }
 _ARRAY = re.compile(r"\b([a-z]+[0-9]*(?:e[0-9]m[0-9][a-z0-9]*)?)\[([0-9,]*)\]")
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%([^\s(]+) \(.*\{$")
@@ -32,6 +47,7 @@ _TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
 @dataclasses.dataclass(frozen=True)
 class Collective:
   """One collective instruction of the compiled program."""
+
   kind: str  # one of KINDS
   name: str  # the HLO instruction name
   bytes: float  # the full buffer it moves or reduces (all-gather: output; reduce-scatter: input), per execution
@@ -68,7 +84,7 @@ def _top_level_elements(type_text: str) -> list[str]:
 
 def _readable(type_text: str, limit: int = 100) -> str:
   text = re.sub(r"/\*.*?\*/|\{[^{}]*\}", "", type_text)
-  return text if len(text) <= limit else text[:limit - 3] + "..."
+  return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _group_size(attributes: str) -> int:
@@ -116,8 +132,9 @@ def _trip_count(line: str, bodies) -> int:
   if known:
     return int(known.group(1))
   condition = re.search(r"condition=%([^\s,]+)", line)
-  constants = {int(c) for l in bodies.get(condition.group(1) if condition else "", [])
-               for c in _CONSTANT.findall(l)}
+  constants = {
+    int(c) for text in bodies.get(condition.group(1) if condition else "", []) for c in _CONSTANT.findall(text)
+  }
   return constants.pop() if len(constants) == 1 else 1
 
 
@@ -163,15 +180,26 @@ def collectives(hlo_text: str) -> list[Collective]:
       if kind not in KINDS or op.endswith("-done"):
         continue
       group = _group_size(rest)
-      found.append(Collective(kind, name, _moved_bytes(kind, op, result_type, group), group,
-                              computation in in_loop, runs[computation], _readable(result_type)))
+      found.append(
+        Collective(
+          kind,
+          name,
+          _moved_bytes(kind, op, result_type, group),
+          group,
+          computation in in_loop,
+          runs[computation],
+          _readable(result_type),
+        )
+      )
   return found
 
 
 def summarize(found: list[Collective]) -> dict[str, dict[str, dict[str, float]]]:
   """{'outside_loop' | 'inside_loop': {kind: {'instructions', 'per_step', 'bytes_per_step'}}}."""
-  table = {where: {k: {"instructions": 0, "per_step": 0, "bytes_per_step": 0.0} for k in KINDS}
-           for where in ("outside_loop", "inside_loop")}
+  table = {
+    where: {k: {"instructions": 0, "per_step": 0, "bytes_per_step": 0.0} for k in KINDS}
+    for where in ("outside_loop", "inside_loop")
+  }
   for c in found:
     row = table["inside_loop" if c.in_loop else "outside_loop"][c.kind]
     row["instructions"] += 1

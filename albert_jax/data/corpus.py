@@ -17,35 +17,35 @@ Lines that are not UTF-8 are skipped and counted (`ReadStats`, and a logged
 warning naming the file and first bad line), or raise with `on_error='raise'`.
 """
 
-from collections.abc import Iterator
 import dataclasses
 import itertools
 import logging
 import os
 import re
+from collections.abc import Iterable, Iterator
 
-FORMATS = ('lines', 'wikiextractor', 'wikitext', 'prose')
+FORMATS = ("lines", "wikiextractor", "wikitext", "prose")
 
 # Words whose trailing period does not end a sentence (compared lowercased).
-_ABBREVIATIONS = frozenset("""
+_ABBREVIATIONS = frozenset(
+  """
     mr mrs ms messrs dr prof st jr sr rev hon gen col capt lt sgt maj cmdr adm
     gov sen rep pres supt esq mt ft no nos vs viz cf al approx dept est fig figs
     vol vols ch chap sec p pp ed eds inc ltd co corp bros jan feb apr jun jul
     aug sep sept oct nov dec e.g i.e a.m p.m u.s u.k
-""".split())
-_CLOSERS = '"\'”’)]}»_*'
-_OPENERS = '"\'“‘([{«_*'
+""".split()
+)
+_CLOSERS = "\"'”’)]}»_*"
+_OPENERS = "\"'“‘([{«_*"
 # A candidate sentence end: terminal punctuation, closing quotes, whitespace.
-_CANDIDATE_END = re.compile(r'(?:[.!?]+|…)[' + re.escape(_CLOSERS) + r']*\s+')
-_WIKITEXT_TITLE = re.compile(r'^ = (?!=)(.*) = $')
-_WIKITEXT_HEADING = re.compile(r'^ (= )+.*( =)+ $')
-_WIKITEXT_MARKERS = ((' @-@ ', '-'), (' @,@ ', ','), (' @.@ ', '.'))
-_GUTENBERG_START = re.compile(r'^\s*\*\*\* ?START OF (THE|THIS) PROJECT GUTENBERG')
-_GUTENBERG_END = re.compile(
-    r'^\s*(\*\*\* ?END OF (THE|THIS) |END OF (THE )?)PROJECT GUTENBERG', re.I)
+_CANDIDATE_END = re.compile(r"(?:[.!?]+|…)[" + re.escape(_CLOSERS) + r"]*\s+")
+_WIKITEXT_TITLE = re.compile(r"^ = (?!=)(.*) = $")
+_WIKITEXT_HEADING = re.compile(r"^ (= )+.*( =)+ $")
+_WIKITEXT_MARKERS = ((" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", "."))
+_GUTENBERG_START = re.compile(r"^\s*\*\*\* ?START OF (THE|THIS) PROJECT GUTENBERG")
+_GUTENBERG_END = re.compile(r"^\s*(\*\*\* ?END OF (THE|THIS) |END OF (THE )?)PROJECT GUTENBERG", re.I)
 # A paragraph that starts a chapter ("CHAPTER I. Down the Rabbit-Hole", "IV").
-_CHAPTER = re.compile(
-    r'^((chapter|book|part|volume|stave|letter)\b|([ivxlc]+|\d+)\.?$)', re.I)
+_CHAPTER = re.compile(r"^((chapter|book|part|volume|stave|letter)\b|([ivxlc]+|\d+)\.?$)", re.I)
 _SAMPLE_BYTES = 1 << 16
 _GUTENBERG_HEADER_LINES = 1000  # The START marker is searched for here.
 
@@ -53,6 +53,7 @@ _GUTENBERG_HEADER_LINES = 1000  # The START marker is searched for here.
 @dataclasses.dataclass
 class ReadStats:
   """What a reader saw and dropped; pass one to `read_documents` to get it."""
+
   lines: int = 0
   bad_lines: int = 0  # Not UTF-8; skipped.
   first_bad_line: int | None = None
@@ -67,26 +68,30 @@ def split_sentences(text: str) -> list[str]:
   the next word starts with a capital letter or digit, except after known
   abbreviations (Mr., Dr., e.g. ...) and single-letter initials (H. G. Wells).
   """
-  text = ' '.join(text.split())
+  text = " ".join(text.split())
   sentences, start = [], 0
   for m in _CANDIDATE_END.finditer(text):
-    rest = text[m.end():].lstrip(_OPENERS)
+    rest = text[m.end() :].lstrip(_OPENERS)
     if not rest or not (rest[0].isupper() or rest[0].isdigit()):
       continue
-    if text[m.start()] == '.' and text[m.start():m.start() + 2] != '..':
-      word = text[start:m.start()].rsplit(' ', 1)[-1].lstrip(_OPENERS).lower()
+    if text[m.start()] == "." and text[m.start() : m.start() + 2] != "..":
+      word = text[start : m.start()].rsplit(" ", 1)[-1].lstrip(_OPENERS).lower()
       if len(word) == 1 and word.isalpha() or word in _ABBREVIATIONS:
         continue
-    sentences.append(text[start:m.end()].strip())
+    sentences.append(text[start : m.end()].strip())
     start = m.end()
   if text[start:].strip():
     sentences.append(text[start:].strip())
   return sentences
 
 
-def read_documents(path: str | os.PathLike, format: str | None = None,  # pylint: disable=redefined-builtin
-                   *, on_error: str = 'skip', stats: ReadStats | None = None
-                   ) -> Iterator[list[str]]:
+def read_documents(
+  path: str | os.PathLike,
+  format: str | None = None,  # pylint: disable=redefined-builtin
+  *,
+  on_error: str = "skip",
+  stats: ReadStats | None = None,
+) -> Iterator[list[str]]:
   """Documents of the file at `path`, each a list of sentences.
 
   The file is checked (exists, readable, not empty, looks like UTF-8 text) and
@@ -103,10 +108,10 @@ def read_documents(path: str | os.PathLike, format: str | None = None,  # pylint
     An iterator over documents; documents without sentences are left out.
   """
   path = os.fspath(path)
-  if on_error not in ('skip', 'raise'):
+  if on_error not in ("skip", "raise"):
     raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
   if format is not None and format not in FORMATS:
-    raise ValueError(f'Unknown corpus format {format!r}; use one of {FORMATS}.')
+    raise ValueError(f"Unknown corpus format {format!r}; use one of {FORMATS}.")
   sample = _read_sample(path)
   format = format or detect_format(sample)
   stats = stats if stats is not None else ReadStats()
@@ -114,84 +119,101 @@ def read_documents(path: str | os.PathLike, format: str | None = None,  # pylint
   return _counted(path, reader(_lines(path, on_error, stats)), stats)
 
 
+def sentences(
+  paths: Iterable[str | os.PathLike],
+  format: str | None = None,  # pylint: disable=redefined-builtin
+) -> Iterator[str]:
+  """Every sentence of every file, in order (what a vocabulary is trained on)."""
+  for path in paths:
+    for document in read_documents(path, format):
+      yield from document
+
+
 def detect_format(sample: str) -> str:
   """The format of a file whose first lines are `sample` (see FORMATS)."""
   lines = sample.splitlines()
-  if sample.lstrip().startswith('<doc '):
-    return 'wikiextractor'
+  if sample.lstrip().startswith("<doc "):
+    return "wikiextractor"
   if any(_WIKITEXT_TITLE.match(line) for line in lines[:100]):
-    return 'wikitext'
-  if 'project gutenberg' in sample[:4000].lower():
-    return 'prose'
+    return "wikitext"
+  if "project gutenberg" in sample[:4000].lower():
+    return "prose"
   # One-sentence-per-line files end almost every line with a sentence end;
   # prose wraps lines mid-sentence.
   text_lines = [line.rstrip() for line in lines[:-1] if line.strip()]
-  ends = sum(line[-1] in '.!?…' + _CLOSERS for line in text_lines)
-  return 'lines' if ends >= 0.7 * len(text_lines) else 'prose'
+  ends = sum(line[-1] in ".!?…" + _CLOSERS for line in text_lines)
+  return "lines" if ends >= 0.7 * len(text_lines) else "prose"
 
 
 def _read_sample(path: str) -> str:
   if not os.path.exists(path):
-    raise FileNotFoundError(f'Corpus file {path!r} does not exist.')
+    raise FileNotFoundError(f"Corpus file {path!r} does not exist.")
   if not os.path.isfile(path):
-    raise IsADirectoryError(f'Corpus path {path!r} is not a file; pass each file.')
+    raise IsADirectoryError(f"Corpus path {path!r} is not a file; pass each file.")
   try:
-    with open(path, 'rb') as f:
+    with open(path, "rb") as f:
       raw = f.read(_SAMPLE_BYTES)
   except OSError as e:
-    raise OSError(f'Cannot read corpus file {path!r}: {e}') from None
-  text = raw.decode('utf-8', errors='replace').lstrip('\ufeff')
+    raise OSError(f"Cannot read corpus file {path!r}: {e}") from None
+  text = raw.decode("utf-8", errors="replace").lstrip("\ufeff")
   if not text.strip():
-    raise ValueError(f'Corpus file {path!r} is empty: it holds no text.')
-  lines = raw.split(b'\n')[:-1] or [raw]
+    raise ValueError(f"Corpus file {path!r} is empty: it holds no text.")
+  lines = raw.split(b"\n")[:-1] or [raw]
   bad = sum(_decodes(line) is None for line in lines)
   if bad > len(lines) / 2:
-    raise ValueError(f'Corpus file {path!r} does not look like UTF-8 text '
-                     f'({bad} of its first {len(lines)} lines are not UTF-8); '
-                     'convert it with e.g. `iconv -t utf-8`.')
+    raise ValueError(
+      f"Corpus file {path!r} does not look like UTF-8 text "
+      f"({bad} of its first {len(lines)} lines are not UTF-8); "
+      "convert it with e.g. `iconv -t utf-8`."
+    )
   return text
 
 
 def _decodes(raw: bytes) -> str | None:
   try:
-    return raw.decode('utf-8')
+    return raw.decode("utf-8")
   except UnicodeDecodeError:
     return None
 
 
 def _lines(path: str, on_error: str, stats: ReadStats) -> Iterator[str]:
   """Decoded lines without line endings or BOM; bad ones skipped or raised."""
-  with open(path, 'rb') as f:
+  with open(path, "rb") as f:
     for number, raw in enumerate(f, 1):
       stats.lines += 1
       try:
-        line = raw.decode('utf-8')
+        line = raw.decode("utf-8")
       except UnicodeDecodeError as e:
-        if on_error == 'raise':
-          raise ValueError(f'{path}:{number}: not UTF-8 ({e.reason} at byte '
-                           f"{e.start}); fix the line or read with on_error='skip'."
-                           ) from None
+        if on_error == "raise":
+          raise ValueError(
+            f"{path}:{number}: not UTF-8 ({e.reason} at byte {e.start}); fix the line or read with on_error='skip'."
+          ) from None
         stats.bad_lines += 1
         stats.first_bad_line = stats.first_bad_line or number
         continue
       if number == 1:
-        line = line.lstrip('\ufeff')
-      yield line.rstrip('\r\n')
+        line = line.lstrip("\ufeff")
+      yield line.rstrip("\r\n")
 
 
-def _counted(path: str, documents: Iterator[list[str]], stats: ReadStats
-             ) -> Iterator[list[str]]:
+def _counted(path: str, documents: Iterator[list[str]], stats: ReadStats) -> Iterator[list[str]]:
   for doc in documents:
     if doc:
       stats.documents += 1
       stats.sentences += len(doc)
       yield doc
   if stats.bad_lines:
-    logging.warning('%s: skipped %d of %d lines that are not UTF-8 (first: line %d).',
-                    path, stats.bad_lines, stats.lines, stats.first_bad_line)
+    logging.warning(
+      "%s: skipped %d of %d lines that are not UTF-8 (first: line %d).",
+      path,
+      stats.bad_lines,
+      stats.lines,
+      stats.first_bad_line,
+    )
   if not stats.documents:
-    raise ValueError(f'Corpus file {path!r} holds no documents; is its format '
-                     f'right? Choose one of {FORMATS} with format=.')
+    raise ValueError(
+      f"Corpus file {path!r} holds no documents; is its format right? Choose one of {FORMATS} with format=."
+    )
 
 
 def _read_lines_format(lines: Iterator[str]) -> Iterator[list[str]]:
@@ -210,10 +232,10 @@ def _read_wikiextractor(lines: Iterator[str]) -> Iterator[list[str]]:
   doc, title = [], None
   for line in lines:
     stripped = line.strip()
-    if stripped.startswith('<doc ') and stripped.endswith('>'):
+    if stripped.startswith("<doc ") and stripped.endswith(">"):
       m = re.search(r'title="([^"]*)"', stripped)
       doc, title = [], m.group(1) if m else None
-    elif stripped == '</doc>':
+    elif stripped == "</doc>":
       yield doc
       doc, title = [], None
     elif stripped and not (not doc and stripped == title):
@@ -237,28 +259,27 @@ def _read_wikitext(lines: Iterator[str]) -> Iterator[list[str]]:
 def _paragraphs(lines: Iterator[str]) -> Iterator[str]:
   """Blank-line separated paragraphs, Project Gutenberg header/footer cut."""
   head = list(itertools.islice(lines, _GUTENBERG_HEADER_LINES))
-  start = next((i + 1 for i, line in enumerate(head)
-                if _GUTENBERG_START.match(line)), 0)
+  start = next((i + 1 for i, line in enumerate(head) if _GUTENBERG_START.match(line)), 0)
   paragraph = []
   for line in itertools.chain(head[start:], lines):
     if _GUTENBERG_END.match(line):
       break
-    if line.startswith('Produced by'):
+    if line.startswith("Produced by"):
       continue  # The digitisers' credit line.
     if line.strip():
       paragraph.append(line.strip())
     elif paragraph:
-      yield ' '.join(paragraph)
+      yield " ".join(paragraph)
       paragraph = []
   if paragraph:
-    yield ' '.join(paragraph)
+    yield " ".join(paragraph)
 
 
 def _read_prose(lines: Iterator[str]) -> Iterator[list[str]]:
   doc, in_illustration = [], False
   for paragraph in _paragraphs(lines):
-    if in_illustration or paragraph.startswith('[Illustration'):
-      in_illustration = ']' not in paragraph
+    if in_illustration or paragraph.startswith("[Illustration"):
+      in_illustration = "]" not in paragraph
     elif _CHAPTER.match(paragraph) and len(paragraph.split()) <= 12:
       yield doc
       doc = []
@@ -269,13 +290,14 @@ def _read_prose(lines: Iterator[str]) -> Iterator[list[str]]:
 
 def _is_front_matter(paragraph: str) -> bool:
   """Titles and bylines: short lines with no sentence end, or all capitals."""
-  return (not any(c.islower() for c in paragraph)
-          or len(paragraph.split()) <= 10 and paragraph[-1] not in '.!?…' + _CLOSERS)
+  return (
+    not any(c.islower() for c in paragraph) or len(paragraph.split()) <= 10 and paragraph[-1] not in ".!?…" + _CLOSERS
+  )
 
 
 _READERS = {
-    'lines': _read_lines_format,
-    'wikiextractor': _read_wikiextractor,
-    'wikitext': _read_wikitext,
-    'prose': _read_prose,
+  "lines": _read_lines_format,
+  "wikiextractor": _read_wikiextractor,
+  "wikitext": _read_wikitext,
+  "prose": _read_prose,
 }

@@ -16,23 +16,24 @@ from albert_jax import model as model_lib
 
 # Dense bf16 peak per chip (jax device), FLOP/s, from the vendors' data sheets.
 PEAK_FLOPS = {
-    "TPU v2": 45e12 / 2,  # per core: jax sees each of the two cores of a chip as a device
-    "TPU v3": 123e12 / 2,
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,
-    "TPU v5e": 197e12,
-    "TPU v5p": 459e12,
-    "TPU v5": 459e12,
-    "TPU v6 lite": 918e12,
-    "TPU v6e": 918e12,
-    "NVIDIA H100": 989e12,
-    "NVIDIA H200": 989e12,
-    "NVIDIA A100": 312e12,
+  "TPU v2": 45e12 / 2,  # per core: jax sees each of the two cores of a chip as a device
+  "TPU v3": 123e12 / 2,
+  "TPU v4": 275e12,
+  "TPU v5 lite": 197e12,
+  "TPU v5e": 197e12,
+  "TPU v5p": 459e12,
+  "TPU v5": 459e12,
+  "TPU v6 lite": 918e12,
+  "TPU v6e": 918e12,
+  "NVIDIA H100": 989e12,
+  "NVIDIA H200": 989e12,
+  "NVIDIA A100": 312e12,
 }
 
 
-def forward_flops_per_sequence(config: model_lib.AlbertConfig, seq_len: int, num_predictions: int | None,
-                               full_last_layer: bool = False) -> float:
+def forward_flops_per_sequence(
+  config: model_lib.AlbertConfig, seq_len: int, num_predictions: int | None, full_last_layer: bool = False
+) -> float:
   """Forward-pass FLOPs for one sequence; MLM logits at `num_predictions` positions (None: every position).
 
   With `num_predictions`, the last layer of a model that
@@ -41,7 +42,7 @@ def forward_flops_per_sequence(config: model_lib.AlbertConfig, seq_len: int, num
   and values stay at every position. `full_last_layer=True` counts that layer
   at every position instead.
   """
-  T, E, H, I, V = seq_len, config.embedding_size, config.hidden_size, config.intermediate_size, config.vocab_size
+  T, E, H, I, V = seq_len, config.embedding_size, config.hidden_size, config.intermediate_size, config.vocab_size  # noqa: E741
 
   def layer(queries):  # key/value projections at T, the rest at `queries` positions
     return 2 * T * H * 2 * H + 2 * queries * H * (2 * H + 2 * I) + 2 * 2 * queries * T * H
@@ -53,8 +54,13 @@ def forward_flops_per_sequence(config: model_lib.AlbertConfig, seq_len: int, num
   return 2 * T * E * H + (applications - 1) * layer(T) + last + 2 * H * H + 2 * H * 2 + 2 * P * (H * E + E * V)
 
 
-def train_flops_per_step(config: model_lib.AlbertConfig, batch_size: int, seq_len: int,
-                         num_predictions: int | None, full_last_layer: bool = False) -> float:
+def train_flops_per_step(
+  config: model_lib.AlbertConfig,
+  batch_size: int,
+  seq_len: int,
+  num_predictions: int | None,
+  full_last_layer: bool = False,
+) -> float:
   return 3 * batch_size * forward_flops_per_sequence(config, seq_len, num_predictions, full_last_layer)
 
 

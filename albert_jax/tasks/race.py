@@ -15,19 +15,19 @@ with its file and question number. An unreadable file is an error.
 """
 
 import collections
-from collections.abc import Sequence
 import dataclasses
 import json
 import os
 import pathlib
+from collections.abc import Sequence
 from typing import Any
 
-from absl import logging
 import numpy as np
+from absl import logging
 
-from albert_jax import glue
+from albert_jax.tasks import glue
 
-LEVELS = ('high', 'middle')
+LEVELS = ("high", "middle")
 NUM_CHOICES = 4
 _MAX_LOGGED = 10
 
@@ -43,6 +43,7 @@ class Example:
     options: the four options.
     label: index of the right option; -1 when unknown.
   """
+
   example_id: str
   level: str
   article: str
@@ -51,27 +52,40 @@ class Example:
   label: int
 
 
-def _questions(record: dict[str, Any], level: str, source: str,
-               counts: collections.Counter) -> list[Example]:
+def _questions(record: dict[str, Any], level: str, source: str, counts: collections.Counter) -> list[Example]:
   examples = []
-  answers = list(record.get('answers', []))
-  for q, (question, options) in enumerate(zip(record['questions'], record['options'])):
-    answer = answers[q] if q < len(answers) else ''
+  answers = list(record.get("answers", []))
+  for q, (question, options) in enumerate(zip(record["questions"], record["options"])):
+    answer = answers[q] if q < len(answers) else ""
     options = tuple(str(o) for o in options)
-    if len(options) != NUM_CHOICES or answer not in ('A', 'B', 'C', 'D', ''):
-      counts['malformed_questions'] += 1
-      if counts['malformed_questions'] <= _MAX_LOGGED:
-        logging.warning('%s question %d: skipped, needs %d options and an answer in '
-                        'A-D (has %d options, answer %r).', source, q, NUM_CHOICES,
-                        len(options), answer)
+    if len(options) != NUM_CHOICES or answer not in ("A", "B", "C", "D", ""):
+      counts["malformed_questions"] += 1
+      if counts["malformed_questions"] <= _MAX_LOGGED:
+        logging.warning(
+          "%s question %d: skipped, needs %d options and an answer in A-D (has %d options, answer %r).",
+          source,
+          q,
+          NUM_CHOICES,
+          len(options),
+          answer,
+        )
       continue
-    examples.append(Example(f'{record.get("id", source)}-{q}', level, record['article'],
-                            question, options, ord(answer) - ord('A') if answer else -1))
+    examples.append(
+      Example(
+        f"{record.get('id', source)}-{q}",
+        level,
+        record["article"],
+        question,
+        options,
+        ord(answer) - ord("A") if answer else -1,
+      )
+    )
   return examples
 
 
-def read_dir(data_dir: str | os.PathLike, split: str, levels: Sequence[str] = LEVELS,
-             counts: collections.Counter | None = None) -> list[Example]:
+def read_dir(
+  data_dir: str | os.PathLike, split: str, levels: Sequence[str] = LEVELS, counts: collections.Counter | None = None
+) -> list[Example]:
   """Questions of `split` ('train', 'dev', 'test') from the original folders.
 
   Args:
@@ -88,54 +102,67 @@ def read_dir(data_dir: str | os.PathLike, split: str, levels: Sequence[str] = LE
   for level in levels:
     folder = pathlib.Path(data_dir).expanduser() / split / level
     if not folder.is_dir():
-      raise FileNotFoundError(f'{folder} not found: point data_dir at the RACE folder '
-                              'holding {train,dev,test}/{high,middle}/*.txt, or use '
-                              'the TFDS source race/high, race/middle.')
-    for path in sorted(folder.glob('*.txt')):
+      raise FileNotFoundError(
+        f"{folder} not found: point data_dir at the RACE folder "
+        "holding {train,dev,test}/{high,middle}/*.txt, or use "
+        "the TFDS source race/high, race/middle."
+      )
+    for path in sorted(folder.glob("*.txt")):
       try:
-        record = json.loads(path.read_text(encoding='utf-8'))
+        record = json.loads(path.read_text(encoding="utf-8"))
       except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f'{path} is not a RACE JSON file: {e}') from None
-      record.setdefault('id', path.name)
+        raise ValueError(f"{path} is not a RACE JSON file: {e}") from None
+      record.setdefault("id", path.name)
       examples.extend(_questions(record, level, str(path), counts))
-  counts['examples'] += len(examples)
+  counts["examples"] += len(examples)
   return examples
 
 
-def read_tfds(split: str, levels: Sequence[str] = LEVELS, data_dir: str | None = None,
-              download: bool = True, counts: collections.Counter | None = None
-              ) -> list[Example]:
+def read_tfds(
+  split: str,
+  levels: Sequence[str] = LEVELS,
+  data_dir: str | None = None,
+  download: bool = True,
+  counts: collections.Counter | None = None,
+) -> list[Example]:
   """Questions of `split` from the TFDS datasets race/<level> (no TensorFlow)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   counts = collections.Counter() if counts is None else counts
   examples = []
   for level in levels:
-    source = tfds.data_source(f'race/{level}', split=split, data_dir=data_dir,
-                              download=download,
-                              builder_kwargs={'file_format': 'array_record'})
+    source = tfds.data_source(
+      f"race/{level}", split=split, data_dir=data_dir, download=download, builder_kwargs={"file_format": "array_record"}
+    )
     for i in range(len(source)):
       row = source[i]
-      record = {'id': _text(row['example_id']), 'article': _text(row['article']),
-                'questions': [_text(q) for q in row['questions']],
-                'options': [[_text(o) for o in opts] for opts in row['options']],
-                'answers': [_text(a) for a in row['answers']]}
-      examples.extend(_questions(record, level, f'race/{level} {split} {record["id"]}',
-                                 counts))
-  counts['examples'] += len(examples)
+      record = {
+        "id": _text(row["example_id"]),
+        "article": _text(row["article"]),
+        "questions": [_text(q) for q in row["questions"]],
+        "options": [[_text(o) for o in opts] for opts in row["options"]],
+        "answers": [_text(a) for a in row["answers"]],
+      }
+      examples.extend(_questions(record, level, f"race/{level} {split} {record['id']}", counts))
+  counts["examples"] += len(examples)
   return examples
 
 
 def _text(value: Any) -> str:
-  return value.decode('utf-8') if isinstance(value, bytes) else str(value)
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def _option_text(question: str, option: str) -> str:
-  return question.replace('_', option) if '_' in question else f'{question} {option}'
+  return question.replace("_", option) if "_" in question else f"{question} {option}"
 
 
-def to_features(examples: Sequence[Example], tokenizer: Any, max_seq_length: int = 512,
-                max_qa_length: int = 128, counts: collections.Counter | None = None
-                ) -> dict[str, np.ndarray]:
+def to_features(
+  examples: Sequence[Example],
+  tokenizer: Any,
+  max_seq_length: int = 512,
+  max_qa_length: int = 128,
+  counts: collections.Counter | None = None,
+) -> dict[str, np.ndarray]:
   """Model inputs [N, 4, T] and labels [N].
 
   Args:
@@ -152,8 +179,7 @@ def to_features(examples: Sequence[Example], tokenizer: Any, max_seq_length: int
   counts = collections.Counter() if counts is None else counts
   articles = list(dict.fromkeys(e.article for e in examples))
   article_ids = dict(zip(articles, tokenizer.encode_batch(articles)))
-  qa_ids = iter(tokenizer.encode_batch(
-      [_option_text(e.question, o) for e in examples for o in e.options]))
+  qa_ids = iter(tokenizer.encode_batch([_option_text(e.question, o) for e in examples for o in e.options]))
   shape = (len(examples), NUM_CHOICES, max_seq_length)
   input_ids = np.zeros(shape, np.int32)
   token_type_ids = np.zeros(shape, np.int32)
@@ -163,15 +189,14 @@ def to_features(examples: Sequence[Example], tokenizer: Any, max_seq_length: int
       qa = next(qa_ids)[-max_qa_length:]
       a = article_ids[example.article]
       if len(a) + len(qa) > max_seq_length - 3:
-        counts['truncated'] += 1
+        counts["truncated"] += 1
         a, qa = glue.truncate_pair(a, qa, max_seq_length - 3)
       ids, types = tokenizer.encode_pair(a, qa)
-      input_ids[n, c, :len(ids)] = ids
-      token_type_ids[n, c, :len(ids)] = types
-      attention_mask[n, c, :len(ids)] = 1
+      input_ids[n, c, : len(ids)] = ids
+      token_type_ids[n, c, : len(ids)] = types
+      attention_mask[n, c, : len(ids)] = 1
   label = np.array([e.label for e in examples], np.int32)
-  return {'input_ids': input_ids, 'attention_mask': attention_mask,
-          'token_type_ids': token_type_ids, 'label': label}
+  return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids, "label": label}
 
 
 def evaluate(logits: Any, examples: Sequence[Example]) -> dict[str, float]:
@@ -180,10 +205,9 @@ def evaluate(logits: Any, examples: Sequence[Example]) -> dict[str, float]:
   labels = np.array([e.label for e in examples])
   levels = np.array([e.level for e in examples])
   if len(predictions) != len(labels):
-    raise ValueError(f'{len(predictions)} predictions for {len(labels)} questions.')
-  scores = {'accuracy': float(np.mean(predictions == labels))}
+    raise ValueError(f"{len(predictions)} predictions for {len(labels)} questions.")
+  scores = {"accuracy": float(np.mean(predictions == labels))}
   for level in LEVELS:
     if (levels == level).any():
-      scores[f'accuracy_{level}'] = float(np.mean(predictions[levels == level] ==
-                                                  labels[levels == level]))
+      scores[f"accuracy_{level}"] = float(np.mean(predictions[levels == level] == labels[levels == level]))
   return scores

@@ -13,7 +13,7 @@ a tensor bundle of two files beside a common prefix such as `model.ckpt-best`:
 `read_bundle` parses both with nothing but the standard library and NumPy.
 `load` then renames the ALBERT variables (`bert/...`, `cls/...`, optionally
 under TF-Hub's `module/`) to Hugging Face names, so that the one name map in
-`checkpoints` turns them into albert_jax parameters. Optimizer slots
+`checkpoints.hf` turns them into albert_jax parameters. Optimizer slots
 (`*/adam_m`, `*/adam_v`, `*/lamb_*`) and `global_step` are skipped.
 """
 
@@ -24,11 +24,12 @@ import re
 import struct
 from typing import Any
 
-from absl import logging
 import numpy as np
+from absl import logging
 
-from albert_jax import checkpoints
 from albert_jax import model as model_lib
+from albert_jax.checkpoints import hf
+from albert_jax.checkpoints.errors import CheckpointError
 
 CONFIG_NAME = "albert_config.json"
 _TABLE_MAGIC = 0xDB4775248B80FB57  # LevelDB/TensorFlow SSTable footer magic.
@@ -36,8 +37,20 @@ _FOOTER_SIZE = 48  # Two block handles padded to 40 bytes, then the 8-byte magic
 _BLOCK_TRAILER_SIZE = 5  # One byte compression type, four bytes masked CRC32C.
 _LITTLE_ENDIAN = 0  # BundleHeaderProto.Endianness.LITTLE
 # tensorflow/core/framework/types.proto DataType values → NumPy dtypes.
-_DTYPES = {1: np.float32, 2: np.float64, 3: np.int32, 4: np.uint8, 5: np.int16, 6: np.int8, 9: np.int64,
-           10: np.bool_, 17: np.uint16, 19: np.float16, 22: np.uint32, 23: np.uint64}
+_DTYPES = {
+  1: np.float32,
+  2: np.float64,
+  3: np.int32,
+  4: np.uint8,
+  5: np.int16,
+  6: np.int8,
+  9: np.int64,
+  10: np.bool_,
+  17: np.uint16,
+  19: np.float16,
+  22: np.uint32,
+  23: np.uint64,
+}
 _DT_BFLOAT16 = 14
 _SKIPPED = re.compile(r"(^|/)(global_step|adam_[mv]|lamb_[mv]|Momentum|ExponentialMovingAverage)($|/)")
 
@@ -66,7 +79,7 @@ def _proto_fields(buf: bytes) -> list[tuple[int, Any]]:
       value, pos = struct.unpack_from("<Q", buf, pos)[0], pos + 8
     elif wire_type == 2:
       size, pos = _varint(buf, pos)
-      value, pos = buf[pos:pos + size], pos + size
+      value, pos = buf[pos : pos + size], pos + size
     elif wire_type == 5:
       value, pos = struct.unpack_from("<I", buf, pos)[0], pos + 4
     else:
@@ -80,9 +93,10 @@ def _block(data: bytes, handle: bytes) -> list[tuple[bytes, bytes]]:
   offset, pos = _varint(handle, 0)
   size, _ = _varint(handle, pos)
   if data[offset + size] != 0:
-    raise ValueError("the index is compressed; re-save the checkpoint with TensorFlow's default (uncompressed) "
-                     "settings")
-  block = data[offset:offset + size]
+    raise ValueError(
+      "the index is compressed; re-save the checkpoint with TensorFlow's default (uncompressed) settings"
+    )
+  block = data[offset : offset + size]
   num_restarts = struct.unpack_from("<I", block, size - 4)[0]
   end = size - 4 - 4 * num_restarts  # Restart points (uint32 each) close the block; entries come before them.
   entries, pos, key = [], 0, b""
@@ -90,9 +104,9 @@ def _block(data: bytes, handle: bytes) -> list[tuple[bytes, bytes]]:
     shared, pos = _varint(block, pos)  # Keys are prefix-compressed against the previous key.
     unshared, pos = _varint(block, pos)
     value_size, pos = _varint(block, pos)
-    key = key[:shared] + block[pos:pos + unshared]
+    key = key[:shared] + block[pos : pos + unshared]
     pos += unshared
-    entries.append((key, block[pos:pos + value_size]))
+    entries.append((key, block[pos : pos + value_size]))
     pos += value_size
   return entries
 
@@ -164,14 +178,17 @@ def _tensor(name: str, dtype: int, shape: tuple[int, ...], raw: bytes) -> np.nda
   else:
     raise ValueError(f"variable {name!r} has TensorFlow dtype {dtype}, which this reader does not support")
   if len(raw) != stored.itemsize * int(np.prod(shape)):
-    raise ValueError(f"variable {name!r}: {len(raw)} bytes do not hold a tensor of shape {shape}; the data file "
-                     "is truncated or does not belong to this index")
+    raise ValueError(
+      f"variable {name!r}: {len(raw)} bytes do not hold a tensor of shape {shape}; the data file "
+      "is truncated or does not belong to this index"
+    )
   array = np.frombuffer(raw, stored).reshape(shape)
   return (array.astype(np.uint32) << 16).view(np.float32) if dtype == _DT_BFLOAT16 else array
 
 
 # ---------------------------------------------------------------------------
 # Finding checkpoints and their config.
+
 
 def find_prefix(path) -> pathlib.Path | None:
   """The checkpoint prefix that `path` names, or None when `path` is not a TensorFlow checkpoint.
@@ -198,9 +215,10 @@ def find_prefix(path) -> pathlib.Path | None:
         return prefix
   indexes = sorted(path.glob("*.index")) or sorted(path.glob("variables/*.index"))
   if len(indexes) > 1:
-    raise checkpoints.CheckpointError(
-        f"{path} holds several TensorFlow checkpoints ({', '.join(p.stem for p in indexes)}); pass the prefix of "
-        f"the one you want, e.g. {indexes[-1].with_suffix('')}")
+    raise CheckpointError(
+      f"{path} holds several TensorFlow checkpoints ({', '.join(p.stem for p in indexes)}); pass the prefix of "
+      f"the one you want, e.g. {indexes[-1].with_suffix('')}"
+    )
   return indexes[0].with_suffix("") if indexes else None
 
 
@@ -208,9 +226,10 @@ def _find_config(prefix: pathlib.Path) -> pathlib.Path:
   for directory in (prefix.parent, prefix.parent.parent):
     if (directory / CONFIG_NAME).is_file():
       return directory / CONFIG_NAME
-  raise checkpoints.CheckpointError(
-      f"No {CONFIG_NAME} beside the TensorFlow checkpoint {prefix}. Put the model's {CONFIG_NAME} (it comes in "
-      "every google-research/albert release archive) in that directory.")
+  raise CheckpointError(
+    f"No {CONFIG_NAME} beside the TensorFlow checkpoint {prefix}. Put the model's {CONFIG_NAME} (it comes in "
+    "every google-research/albert release archive) in that directory."
+  )
 
 
 def config_from_original(values: dict[str, Any]) -> model_lib.AlbertConfig:
@@ -220,8 +239,7 @@ def config_from_original(values: dict[str, Any]) -> model_lib.AlbertConfig:
   Hugging Face and albert_jax call "gelu_new".
   """
   act = values.get("hidden_act", "gelu")
-  hf = {**values, "model_type": "albert", "hidden_act": "gelu_new" if act == "gelu" else act}
-  return checkpoints.config_from_hf(hf)
+  return hf.config_from_hf({**values, "model_type": "albert", "hidden_act": "gelu_new" if act == "gelu" else act})
 
 
 # ---------------------------------------------------------------------------
@@ -231,24 +249,30 @@ _LAYER = r"bert/encoder/transformer/group_(\d+)/inner_group_(\d+)/"
 _HF_LAYER = r"albert.encoder.albert_layer_groups.\1.albert_layers.\2."
 # (pattern over the scope without its leaf, Hugging Face module name); `\1`, `\2` are group and inner group.
 _SCOPES = [
-    (r"bert/embeddings/(word|position|token_type)_embeddings", r"albert.embeddings.\1_embeddings"),
-    (r"bert/embeddings/LayerNorm", "albert.embeddings.LayerNorm"),
-    (r"bert/encoder/embedding_hidden_mapping_in", "albert.encoder.embedding_hidden_mapping_in"),
-    (_LAYER + r"attention_1/self/(query|key|value)", _HF_LAYER + r"attention.\3"),
-    (_LAYER + r"attention_1/output/dense", _HF_LAYER + "attention.dense"),
-    (_LAYER + r"LayerNorm", _HF_LAYER + "attention.LayerNorm"),
-    (_LAYER + r"ffn_1/intermediate/dense", _HF_LAYER + "ffn"),
-    (_LAYER + r"ffn_1/intermediate/output/dense", _HF_LAYER + "ffn_output"),
-    (_LAYER + r"LayerNorm_1", _HF_LAYER + "full_layer_layer_norm"),
-    (r"bert/pooler/dense", "albert.pooler"),
-    (r"cls/predictions/transform/dense", "predictions.dense"),
-    (r"cls/predictions/transform/LayerNorm", "predictions.LayerNorm"),
-    (r"cls/predictions", "predictions"),
-    (r"cls/seq_relationship", "sop_classifier.classifier"),
+  (r"bert/embeddings/(word|position|token_type)_embeddings", r"albert.embeddings.\1_embeddings"),
+  (r"bert/embeddings/LayerNorm", "albert.embeddings.LayerNorm"),
+  (r"bert/encoder/embedding_hidden_mapping_in", "albert.encoder.embedding_hidden_mapping_in"),
+  (_LAYER + r"attention_1/self/(query|key|value)", _HF_LAYER + r"attention.\3"),
+  (_LAYER + r"attention_1/output/dense", _HF_LAYER + "attention.dense"),
+  (_LAYER + r"LayerNorm", _HF_LAYER + "attention.LayerNorm"),
+  (_LAYER + r"ffn_1/intermediate/dense", _HF_LAYER + "ffn"),
+  (_LAYER + r"ffn_1/intermediate/output/dense", _HF_LAYER + "ffn_output"),
+  (_LAYER + r"LayerNorm_1", _HF_LAYER + "full_layer_layer_norm"),
+  (r"bert/pooler/dense", "albert.pooler"),
+  (r"cls/predictions/transform/dense", "predictions.dense"),
+  (r"cls/predictions/transform/LayerNorm", "predictions.LayerNorm"),
+  (r"cls/predictions", "predictions"),
+  (r"cls/seq_relationship", "sop_classifier.classifier"),
 ]
 # Leaf name → (Hugging Face leaf, transpose). TF kernels are [in, out]; PyTorch weights are [out, in].
-_LEAVES = {"kernel": ("weight", True), "bias": ("bias", False), "gamma": ("weight", False), "beta": ("bias", False),
-           "output_bias": ("bias", False), "output_weights": ("weight", False)}
+_LEAVES = {
+  "kernel": ("weight", True),
+  "bias": ("bias", False),
+  "gamma": ("weight", False),
+  "beta": ("bias", False),
+  "output_bias": ("bias", False),
+  "output_weights": ("weight", False),
+}
 
 
 def _hf_name(name: str) -> tuple[str, bool] | None:
@@ -264,7 +288,7 @@ def _hf_name(name: str) -> tuple[str, bool] | None:
 
 
 def to_hf_state(variables: dict[str, np.ndarray], cfg: model_lib.AlbertConfig) -> dict[str, np.ndarray]:
-  """TF variables → a Hugging Face `AlbertForPreTraining` state dict (for `checkpoints.hf_to_params`)."""
+  """TF variables → a Hugging Face `AlbertForPreTraining` state dict (for `hf.hf_to_params`)."""
   state, unused = {}, []
   for name, value in variables.items():
     mapped = _hf_name(name.removeprefix("module/"))
@@ -274,12 +298,14 @@ def to_hf_state(variables: dict[str, np.ndarray], cfg: model_lib.AlbertConfig) -
       key, transpose = mapped
       state[key] = value.T if transpose else value
   if unused:  # e.g. a fine-tuned task head, which AlbertForPreTraining has no place for
-    logging.warning("Ignoring %d TensorFlow variables that are not ALBERT pretraining weights: %s", len(unused),
-                    sorted(unused)[:8])
+    logging.warning(
+      "Ignoring %d TensorFlow variables that are not ALBERT pretraining weights: %s", len(unused), sorted(unused)[:8]
+    )
   if not any(k.startswith("albert.encoder.albert_layer_groups.") for k in state):
-    raise checkpoints.CheckpointError(
-        f"The TensorFlow checkpoint has no ALBERT encoder variables (bert/encoder/transformer/group_0/...); its "
-        f"variables are {sorted(variables)[:8]}... Is it an ALBERT checkpoint (not BERT or another model)?")
+    raise CheckpointError(
+      f"The TensorFlow checkpoint has no ALBERT encoder variables (bert/encoder/transformer/group_0/...); its "
+      f"variables are {sorted(variables)[:8]}... Is it an ALBERT checkpoint (not BERT or another model)?"
+    )
   if "albert.encoder.embedding_hidden_mapping_in.weight" not in state and cfg.embedding_size == cfg.hidden_size:
     # The original creates this projection only when E != H; an identity map is the same computation.
     state["albert.encoder.embedding_hidden_mapping_in.weight"] = np.eye(cfg.hidden_size, dtype=np.float32)
@@ -294,10 +320,10 @@ def load(prefix) -> tuple[model_lib.AlbertConfig, dict[str, Any]]:
   try:
     values = json.loads(config_file.read_text())
   except (OSError, json.JSONDecodeError) as e:
-    raise checkpoints.CheckpointError(f"Cannot read {config_file}: {e}") from None
+    raise CheckpointError(f"Cannot read {config_file}: {e}") from None
   cfg = config_from_original(values)
   try:
     variables = read_bundle(prefix, skip=lambda name: bool(_SKIPPED.search(name)))
   except (OSError, ValueError, IndexError, struct.error) as e:
-    raise checkpoints.CheckpointError(f"Cannot read the TensorFlow checkpoint {prefix}: {e}") from None
-  return cfg, checkpoints.hf_to_params(to_hf_state(variables, cfg), cfg)
+    raise CheckpointError(f"Cannot read the TensorFlow checkpoint {prefix}: {e}") from None
+  return cfg, hf.hf_to_params(to_hf_state(variables, cfg), cfg)

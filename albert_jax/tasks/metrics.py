@@ -8,7 +8,8 @@ them; SQuAD scores are percentages as the official scripts print them.
 import collections
 import re
 import string
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -31,23 +32,21 @@ def f1(predictions: Sequence[int], labels: Sequence[int]) -> float:
   return float(2 * precision * recall / (precision + recall))
 
 
-def matthews_corrcoef(predictions: Sequence[int],
-                      labels: Sequence[int]) -> float:
+def matthews_corrcoef(predictions: Sequence[int], labels: Sequence[int]) -> float:
   """Matthews correlation (multi-class R_K); 0 when undefined (a constant).
 
   Gorodkin's form over the confusion matrix, as scikit-learn computes it.
   """
   predictions, labels = _pair(predictions, labels)
-  classes, index = np.unique(np.concatenate([labels, predictions]),
-                             return_inverse=True)
+  classes, index = np.unique(np.concatenate([labels, predictions]), return_inverse=True)
   n = len(labels)
   confusion = np.zeros((len(classes), len(classes)), np.float64)
   np.add.at(confusion, (index[:n], index[n:]), 1.0)
   true_sum, pred_sum = confusion.sum(axis=1), confusion.sum(axis=0)
   correct, total = np.trace(confusion), confusion.sum()
   cov_true_pred = correct * total - true_sum @ pred_sum
-  cov_pred_pred = total ** 2 - pred_sum @ pred_sum
-  cov_true_true = total ** 2 - true_sum @ true_sum
+  cov_pred_pred = total**2 - pred_sum @ pred_sum
+  cov_true_true = total**2 - true_sum @ true_sum
   if cov_pred_pred * cov_true_true == 0:
     return 0.0
   return float(cov_true_pred / np.sqrt(cov_true_true * cov_pred_pred))
@@ -74,8 +73,7 @@ def spearman(predictions: Sequence[float], labels: Sequence[float]) -> float:
 
 
 def _average_ranks(values: np.ndarray) -> np.ndarray:
-  _, inverse, counts = np.unique(values, return_inverse=True,
-                                 return_counts=True)
+  _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
   first_rank = np.cumsum(counts) - counts + 1
   return (first_rank + (counts - 1) / 2.0)[inverse]
 
@@ -84,46 +82,53 @@ def _pair(predictions, labels, dtype=None):
   predictions = np.asarray(predictions, dtype).reshape(-1)
   labels = np.asarray(labels, dtype).reshape(-1)
   if predictions.shape != labels.shape or not len(labels):
-    raise ValueError(f'Got {len(predictions)} predictions for {len(labels)} '
-                     'labels; pass one prediction per example (at least one).')
+    raise ValueError(
+      f"Got {len(predictions)} predictions for {len(labels)} labels; pass one prediction per example (at least one)."
+    )
   return predictions, labels
 
 
-_METRICS = {'accuracy': accuracy, 'f1': f1, 'matthews_corr':
-            matthews_corrcoef, 'pearson': pearson, 'spearman': spearman}
+_METRICS = {
+  "accuracy": accuracy,
+  "f1": f1,
+  "matthews_corr": matthews_corrcoef,
+  "pearson": pearson,
+  "spearman": spearman,
+}
 
 # task -> (metrics reported, the metric that picks the best checkpoint).
 # The main metric follows the original run_classifier: Matthews for CoLA,
 # Pearson for STS-B, accuracy elsewhere. MNLI is evaluated on its matched
 # and mismatched dev sets separately; the matched accuracy is the main one.
 GLUE_TASKS = {
-    'cola': (('matthews_corr', 'accuracy'), 'matthews_corr'),
-    'sst2': (('accuracy',), 'accuracy'),
-    'mrpc': (('accuracy', 'f1'), 'accuracy'),
-    'stsb': (('pearson', 'spearman'), 'pearson'),
-    'qqp': (('accuracy', 'f1'), 'accuracy'),
-    'mnli': (('accuracy',), 'accuracy'),
-    'mnli_matched': (('accuracy',), 'accuracy'),
-    'mnli_mismatched': (('accuracy',), 'accuracy'),
-    'qnli': (('accuracy',), 'accuracy'),
-    'rte': (('accuracy',), 'accuracy'),
-    'wnli': (('accuracy',), 'accuracy'),
+  "cola": (("matthews_corr", "accuracy"), "matthews_corr"),
+  "sst2": (("accuracy",), "accuracy"),
+  "mrpc": (("accuracy", "f1"), "accuracy"),
+  "stsb": (("pearson", "spearman"), "pearson"),
+  "qqp": (("accuracy", "f1"), "accuracy"),
+  "mnli": (("accuracy",), "accuracy"),
+  "mnli_matched": (("accuracy",), "accuracy"),
+  "mnli_mismatched": (("accuracy",), "accuracy"),
+  "qnli": (("accuracy",), "accuracy"),
+  "rte": (("accuracy",), "accuracy"),
+  "wnli": (("accuracy",), "accuracy"),
 }
 
 
 def _task(task: str) -> tuple[tuple[str, ...], str]:
-  key = task.lower().replace('-', '').replace('_', '')
-  key = {'mnlim': 'mnli_matched', 'mnlimm': 'mnli_mismatched',
-         'mnlimatched': 'mnli_matched',
-         'mnlimismatched': 'mnli_mismatched'}.get(key, key)
+  key = task.lower().replace("-", "").replace("_", "")
+  key = {
+    "mnlim": "mnli_matched",
+    "mnlimm": "mnli_mismatched",
+    "mnlimatched": "mnli_matched",
+    "mnlimismatched": "mnli_mismatched",
+  }.get(key, key)
   if key not in GLUE_TASKS:
-    raise ValueError(f'Unknown GLUE task {task!r}; use one of '
-                     f'{", ".join(GLUE_TASKS)}.')
+    raise ValueError(f"Unknown GLUE task {task!r}; use one of {', '.join(GLUE_TASKS)}.")
   return GLUE_TASKS[key]
 
 
-def glue_metrics(task: str, predictions: Sequence[Any],
-                 labels: Sequence[Any]) -> dict[str, float]:
+def glue_metrics(task: str, predictions: Sequence[Any], labels: Sequence[Any]) -> dict[str, float]:
   """The task's official metrics: class ids, or scores for STS-B."""
   names, _ = _task(task)
   return {name: _METRICS[name](predictions, labels) for name in names}
@@ -139,9 +144,9 @@ def main_metric(task: str) -> str:
 
 def normalize_answer(text: str) -> str:
   """Lowercase, drop punctuation and the articles a/an/the, squeeze spaces."""
-  text = ''.join(ch for ch in text.lower() if ch not in _PUNCTUATION)
-  text = re.sub(r'\b(a|an|the)\b', ' ', text)
-  return ' '.join(text.split())
+  text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
+  text = re.sub(r"\b(a|an|the)\b", " ", text)
+  return " ".join(text.split())
 
 
 _PUNCTUATION = frozenset(string.punctuation)
@@ -151,8 +156,7 @@ def squad_exact(prediction: str, gold: str) -> float:
   return float(normalize_answer(prediction) == normalize_answer(gold))
 
 
-def squad_f1(prediction: str, gold: str, empty_matches_empty: bool = True
-            ) -> float:
+def squad_f1(prediction: str, gold: str, empty_matches_empty: bool = True) -> float:
   """Token-overlap F1 of the normalised answers.
 
   Args:
@@ -178,15 +182,14 @@ def squad_f1(prediction: str, gold: str, empty_matches_empty: bool = True
 
 def _questions(dataset: Any):
   """(id, gold answer texts) for every question of SQuAD JSON (or its data)."""
-  articles = dataset['data'] if isinstance(dataset, Mapping) else dataset
+  articles = dataset["data"] if isinstance(dataset, Mapping) else dataset
   for article in articles:
-    for paragraph in article['paragraphs']:
-      for qa in paragraph['qas']:
-        yield qa['id'], [answer['text'] for answer in qa['answers']]
+    for paragraph in article["paragraphs"]:
+      for qa in paragraph["qas"]:
+        yield qa["id"], [answer["text"] for answer in qa["answers"]]
 
 
-def squad_v1(dataset: Any, predictions: Mapping[str, str]
-            ) -> dict[str, float]:
+def squad_v1(dataset: Any, predictions: Mapping[str, str]) -> dict[str, float]:
   """The official v1.1 scores: {'exact_match', 'f1'} in percent.
 
   Args:
@@ -206,15 +209,13 @@ def squad_v1(dataset: Any, predictions: Mapping[str, str]
       continue
     prediction = predictions[qid]
     exact += max(squad_exact(prediction, g) for g in golds)
-    f1_total += max(squad_f1(prediction, g, empty_matches_empty=False)
-                    for g in golds)
-  return {'exact_match': 100.0 * exact / total, 'f1': 100.0 * f1_total / total,
-          'total': total, 'missing': missing}
+    f1_total += max(squad_f1(prediction, g, empty_matches_empty=False) for g in golds)
+  return {"exact_match": 100.0 * exact / total, "f1": 100.0 * f1_total / total, "total": total, "missing": missing}
 
 
-def squad_v2(dataset: Any, predictions: Mapping[str, str],
-             na_probs: Mapping[str, float] | None = None,
-             na_prob_thresh: float = 1.0) -> dict[str, float]:
+def squad_v2(
+  dataset: Any, predictions: Mapping[str, str], na_probs: Mapping[str, float] | None = None, na_prob_thresh: float = 1.0
+) -> dict[str, float]:
   """The official v2.0 scores, with the HasAns / NoAns breakdown.
 
   Args:
@@ -237,8 +238,8 @@ def squad_v2(dataset: Any, predictions: Mapping[str, str],
   raw_exact, raw_f1, has_answer = {}, {}, {}
   missing = 0
   for qid, golds in _questions(dataset):
-    golds = [g for g in golds if normalize_answer(g)] or ['']
-    has_answer[qid] = golds != ['']
+    golds = [g for g in golds if normalize_answer(g)] or [""]
+    has_answer[qid] = golds != [""]
     if qid not in predictions:
       missing += 1
       raw_exact[qid] = raw_f1[qid] = 0.0
@@ -247,28 +248,27 @@ def squad_v2(dataset: Any, predictions: Mapping[str, str],
     raw_f1[qid] = max(squad_f1(predictions[qid], g) for g in golds)
 
   def threshold(scores):
-    return {q: float(not has_answer[q])
-               if na_probs.get(q, 0.0) > na_prob_thresh else s
-            for q, s in scores.items()}
+    return {q: float(not has_answer[q]) if na_probs.get(q, 0.0) > na_prob_thresh else s for q, s in scores.items()}
 
   exact, f1s = threshold(raw_exact), threshold(raw_f1)
 
-  def summary(qids, prefix=''):
-    return {f'{prefix}exact': 100.0 * sum(exact[q] for q in qids) / len(qids),
-            f'{prefix}f1': 100.0 * sum(f1s[q] for q in qids) / len(qids),
-            f'{prefix}total': len(qids)}
+  def summary(qids, prefix=""):
+    return {
+      f"{prefix}exact": 100.0 * sum(exact[q] for q in qids) / len(qids),
+      f"{prefix}f1": 100.0 * sum(f1s[q] for q in qids) / len(qids),
+      f"{prefix}total": len(qids),
+    }
 
   result = summary(list(exact))
-  for prefix, wanted in (('HasAns_', True), ('NoAns_', False)):
+  for prefix, wanted in (("HasAns_", True), ("NoAns_", False)):
     qids = [q for q in exact if has_answer[q] == wanted]
     if qids:
       result.update(summary(qids, prefix))
-  result['missing'] = missing
+  result["missing"] = missing
   if na_probs:
-    for name, scores in (('exact', raw_exact), ('f1', raw_f1)):
-      best, best_thresh = _best_threshold(predictions, scores, na_probs,
-                                          has_answer)
-      result[f'best_{name}'], result[f'best_{name}_thresh'] = best, best_thresh
+    for name, scores in (("exact", raw_exact), ("f1", raw_f1)):
+      best, best_thresh = _best_threshold(predictions, scores, na_probs, has_answer)
+      result[f"best_{name}"], result[f"best_{name}_thresh"] = best, best_thresh
   return result
 
 

@@ -51,30 +51,37 @@ with these attributes; those with defaults are optional):
   read_threads (4): grain threads reading and pairing documents.
 """
 
-from collections.abc import Mapping, Sequence
 import collections
 import dataclasses
 import os
 import threading
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from absl import logging
 import grain
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 
-from albert_jax import corpus
-from albert_jax import tfds_builders
+from albert_jax.data import corpus, tfds_builders
 
-DEFAULT_DATA_DIR = '~/tensorflow_datasets'
+DEFAULT_DATA_DIR = "~/tensorflow_datasets"
 # The fields of one example, and of a batch (each with a leading batch axis).
-FEATURES = ('input_ids', 'input_mask', 'token_type_ids', 'masked_lm_positions',
-            'masked_lm_ids', 'masked_lm_weights', 'sentence_order_label')
+FEATURES = (
+  "input_ids",
+  "input_mask",
+  "token_type_ids",
+  "masked_lm_positions",
+  "masked_lm_ids",
+  "masked_lm_weights",
+  "sentence_order_label",
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class PairingOptions:
   """How documents become masked sentence pairs (see the module docstring)."""
+
   max_seq_length: int
   max_predictions_per_seq: int
   short_seq_prob: float = 0.1
@@ -83,23 +90,23 @@ class PairingOptions:
 
   def __post_init__(self):
     if self.max_seq_length < 5:
-      raise ValueError(f'max_seq_length={self.max_seq_length}: need at least 5 '
-                       '([CLS] A [SEP] B [SEP] with one token in each).')
+      raise ValueError(
+        f"max_seq_length={self.max_seq_length}: need at least 5 ([CLS] A [SEP] B [SEP] with one token in each)."
+      )
     if self.max_predictions_per_seq < 1 or self.max_ngram < 1:
-      raise ValueError('max_predictions_per_seq and max_ngram must be >= 1.')
+      raise ValueError("max_predictions_per_seq and max_ngram must be >= 1.")
     if not 0 <= self.short_seq_prob <= 1 or not 0 < self.masked_lm_prob < 1:
-      raise ValueError('short_seq_prob must be in [0, 1] and masked_lm_prob '
-                       'in (0, 1).')
+      raise ValueError("short_seq_prob must be in [0, 1] and masked_lm_prob in (0, 1).")
 
   @classmethod
-  def from_config(cls, config_data: Any) -> 'PairingOptions':
-    return cls(**{f.name: getattr(config_data, f.name) for f in dataclasses.fields(cls)
-                  if hasattr(config_data, f.name)})
+  def from_config(cls, config_data: Any) -> "PairingOptions":
+    return cls(**{f.name: getattr(config_data, f.name) for f in dataclasses.fields(cls)})
 
 
 @dataclasses.dataclass(frozen=True)
 class Vocab:
   """The token tables pairing and masking need, taken from a `Tokenizer`."""
+
   cls_id: int
   sep_id: int
   mask_id: int
@@ -108,22 +115,27 @@ class Vocab:
   random_ids: np.ndarray  # int32 [V'], the non-special ids.
 
   @classmethod
-  def from_tokenizer(cls, tokenizer: Any, model_vocab_size: int | None = None) -> 'Vocab':
+  def from_tokenizer(cls, tokenizer: Any, model_vocab_size: int | None = None) -> "Vocab":
     """Checks the tokenizer against the model and keeps its tables."""
     vocab_size = tokenizer.vocab_size
     if model_vocab_size is not None and model_vocab_size != vocab_size:
       raise ValueError(
-          f'The tokenizer has {vocab_size} pieces but the model expects '
-          f'vocab_size={model_vocab_size}: set config.model.vocab_size='
-          f'{vocab_size} or use the SentencePiece model the model was trained with.')
+        f"The tokenizer has {vocab_size} pieces but the model expects "
+        f"vocab_size={model_vocab_size}: set config.model.vocab_size="
+        f"{vocab_size} or use the SentencePiece model the model was trained with."
+      )
     is_special = np.asarray(tokenizer.is_special, bool)
     is_word_start = np.asarray(tokenizer.is_word_start, bool) | is_special
     if is_special.shape != (vocab_size,) or is_word_start.shape != (vocab_size,):
-      raise ValueError('tokenizer.is_special / is_word_start must have one entry '
-                       f'per piece ({vocab_size}).')
-    return cls(cls_id=tokenizer.cls_id, sep_id=tokenizer.sep_id,
-               mask_id=tokenizer.mask_id, is_word_start=is_word_start,
-               is_special=is_special, random_ids=np.flatnonzero(~is_special).astype(np.int32))
+      raise ValueError(f"tokenizer.is_special / is_word_start must have one entry per piece ({vocab_size}).")
+    return cls(
+      cls_id=tokenizer.cls_id,
+      sep_id=tokenizer.sep_id,
+      mask_id=tokenizer.mask_id,
+      is_word_start=is_word_start,
+      is_special=is_special,
+      random_ids=np.flatnonzero(~is_special).astype(np.int32),
+    )
 
 
 class PipelineStats:
@@ -147,18 +159,18 @@ class PipelineStats:
     self._next_log = log_every
 
   def __getstate__(self):  # Picklable for grain's multiprocess prefetch.
-    return {'counts': self.snapshot(), 'log_every': self._log_every}
+    return {"counts": self.snapshot(), "log_every": self._log_every}
 
   def __setstate__(self, state):
-    self.__init__(state['log_every'])
-    self._counts.update(state['counts'])
+    self.__init__(state["log_every"])
+    self._counts.update(state["counts"])
 
   def add(self, counts: Mapping[str, int]) -> None:
     with self._lock:
       self._counts.update(counts)
-      if self._counts['sequences'] >= self._next_log:
+      if self._counts["sequences"] >= self._next_log:
         self._next_log += self._log_every
-        logging.info('Pretraining data so far: %s', dict(self._counts))
+        logging.info("Pretraining data so far: %s", dict(self._counts))
 
   def snapshot(self) -> dict[str, int]:
     with self._lock:
@@ -185,7 +197,7 @@ def _truncate(segment: np.ndarray, drop: int, rng: np.random.Generator) -> np.nd
   if not drop:
     return segment
   front = rng.binomial(drop, 0.5)
-  return segment[front:len(segment) - (drop - front)]
+  return segment[front : len(segment) - (drop - front)]
 
 
 class ExampleMaker:
@@ -198,9 +210,9 @@ class ExampleMaker:
     ngram_p = 1.0 / np.arange(1, options.max_ngram + 1)
     self._ngram_cdf = np.cumsum(ngram_p / ngram_p.sum())
 
-  def __call__(self, tokens: np.ndarray, sentence_lengths: np.ndarray,
-               rng: np.random.Generator, counts: collections.Counter
-               ) -> list[dict[str, np.ndarray]]:
+  def __call__(
+    self, tokens: np.ndarray, sentence_lengths: np.ndarray, rng: np.random.Generator, counts: collections.Counter
+  ) -> list[dict[str, np.ndarray]]:
     """All examples of one document, in document order."""
     tokens = np.asarray(tokens, np.int32)
     bounds = np.concatenate([[0], np.cumsum(sentence_lengths, dtype=np.int64)])
@@ -211,15 +223,15 @@ class ExampleMaker:
       target = self.max_num_tokens
       if rng.random() < self.options.short_seq_prob:
         target = int(rng.integers(2, self.max_num_tokens + 1))
-        counts['short_targets'] += 1
-      end = int(np.searchsorted(bounds, bounds[start] + target, side='left'))
+        counts["short_targets"] += 1
+      end = int(np.searchsorted(bounds, bounds[start] + target, side="left"))
       end = min(max(end, start + 1), num_sentences)
       pair = self._split_chunk(tokens, bounds, start, end, rng, counts)
       if pair is not None:
         examples.append(self._example(*pair, rng, counts))
       start = end
-    counts['documents'] += 1
-    counts['sequences'] += len(examples)
+    counts["documents"] += 1
+    counts["sequences"] += len(examples)
     return examples
 
   def _split_chunk(self, tokens, bounds, start, end, rng, counts):
@@ -228,18 +240,18 @@ class ExampleMaker:
       a_end = bounds[start + int(rng.integers(1, end - start))]
     elif bounds[end] - bounds[start] >= 2:
       a_end = bounds[start] + int(rng.integers(1, bounds[end] - bounds[start]))
-      counts['split_within_sentence'] += 1
+      counts["split_within_sentence"] += 1
     else:
-      counts['skipped_one_token_chunks'] += 1
+      counts["skipped_one_token_chunks"] += 1
       return None
-    seg_a, seg_b = tokens[bounds[start]:a_end], tokens[a_end:bounds[end]]
+    seg_a, seg_b = tokens[bounds[start] : a_end], tokens[a_end : bounds[end]]
     label = int(rng.random() < 0.5)
     if label:
       seg_a, seg_b = seg_b, seg_a
     drop_a, drop_b = _truncation(len(seg_a), len(seg_b), self.max_num_tokens)
     if drop_a or drop_b:
-      counts['truncated_pairs'] += 1
-      counts['truncated_tokens'] += drop_a + drop_b
+      counts["truncated_pairs"] += 1
+      counts["truncated_tokens"] += drop_a + drop_b
       seg_a, seg_b = _truncate(seg_a, drop_a, rng), _truncate(seg_b, drop_b, rng)
     return seg_a, seg_b, label
 
@@ -250,14 +262,14 @@ class ExampleMaker:
     length = len_a + len_b + 3
     input_ids = np.zeros(opts.max_seq_length, np.int32)
     input_ids[0] = vocab.cls_id
-    input_ids[1:1 + len_a] = seg_a
+    input_ids[1 : 1 + len_a] = seg_a
     input_ids[1 + len_a] = vocab.sep_id
-    input_ids[2 + len_a:2 + len_a + len_b] = seg_b
+    input_ids[2 + len_a : 2 + len_a + len_b] = seg_b
     input_ids[length - 1] = vocab.sep_id
     input_mask = np.zeros(opts.max_seq_length, np.int32)
     input_mask[:length] = 1
     token_type_ids = np.zeros(opts.max_seq_length, np.int32)
-    token_type_ids[2 + len_a:length] = 1
+    token_type_ids[2 + len_a : length] = 1
 
     # Maskable: A and B without special tokens (such as <unk>); a word starts at
     # a word-start piece or after a gap left by [SEP] or a special token.
@@ -268,24 +280,28 @@ class ExampleMaker:
     labels = input_ids[positions]
     draw = rng.random(len(positions))
     random_tokens = vocab.random_ids[rng.integers(0, len(vocab.random_ids), len(positions))]
-    input_ids[positions] = np.where(draw < 0.8, vocab.mask_id,
-                                    np.where(draw < 0.9, labels, random_tokens))
+    input_ids[positions] = np.where(draw < 0.8, vocab.mask_id, np.where(draw < 0.9, labels, random_tokens))
 
     num_predictions = opts.max_predictions_per_seq
     masked_lm_positions = np.zeros(num_predictions, np.int32)
     masked_lm_ids = np.zeros(num_predictions, np.int32)
     masked_lm_weights = np.zeros(num_predictions, np.float32)
-    masked_lm_positions[:len(positions)] = positions
-    masked_lm_ids[:len(positions)] = labels
-    masked_lm_weights[:len(positions)] = 1.0
-    return dict(input_ids=input_ids, input_mask=input_mask,
-                token_type_ids=token_type_ids,
-                masked_lm_positions=masked_lm_positions,
-                masked_lm_ids=masked_lm_ids, masked_lm_weights=masked_lm_weights,
-                sentence_order_label=np.int32(label))
+    masked_lm_positions[: len(positions)] = positions
+    masked_lm_ids[: len(positions)] = labels
+    masked_lm_weights[: len(positions)] = 1.0
+    return dict(
+      input_ids=input_ids,
+      input_mask=input_mask,
+      token_type_ids=token_type_ids,
+      masked_lm_positions=masked_lm_positions,
+      masked_lm_ids=masked_lm_ids,
+      masked_lm_weights=masked_lm_weights,
+      sentence_order_label=np.int32(label),
+    )
 
-  def _choose_masked(self, word_starts: np.ndarray, rng: np.random.Generator,
-                     counts: collections.Counter) -> np.ndarray:
+  def _choose_masked(
+    self, word_starts: np.ndarray, rng: np.random.Generator, counts: collections.Counter
+  ) -> np.ndarray:
     """Which maskable pieces to mask: whole-word n-grams within the budget.
 
     Args:
@@ -299,10 +315,8 @@ class ExampleMaker:
     num_pieces = len(word_starts)
     word_bounds = np.append(np.flatnonzero(word_starts), num_pieces)
     num_words = len(word_bounds) - 1
-    budget = min(self.options.max_predictions_per_seq,
-                 max(1, int(round(self.options.masked_lm_prob * num_pieces))))
-    ngram_sizes = (np.searchsorted(self._ngram_cdf, rng.random(num_words), side='right')
-                   + 1).tolist()
+    budget = min(self.options.max_predictions_per_seq, max(1, int(round(self.options.masked_lm_prob * num_pieces))))
+    ngram_sizes = (np.searchsorted(self._ngram_cdf, rng.random(num_words), side="right") + 1).tolist()
     bounds = word_bounds.tolist()
     covered = [False] * num_words
     masked = 0
@@ -321,13 +335,12 @@ class ExampleMaker:
         continue
       covered[word:last] = [True] * (last - word)
       masked += span
-      counts[f'ngram_{last - word}'] += 1
-    drawn = np.bincount(np.take(ngram_sizes, order[:tried]),
-                        minlength=self.options.max_ngram + 1)
+      counts[f"ngram_{last - word}"] += 1
+    drawn = np.bincount(np.take(ngram_sizes, order[:tried]), minlength=self.options.max_ngram + 1)
     for n in range(1, self.options.max_ngram + 1):
-      counts[f'ngram_drawn_{n}'] += int(drawn[n])
-    counts['masked_tokens'] += masked
-    counts['maskable_tokens'] += num_pieces
+      counts[f"ngram_drawn_{n}"] += int(drawn[n])
+    counts["masked_tokens"] += masked
+    counts["maskable_tokens"] += num_pieces
     word_lengths = np.diff(word_bounds)
     return np.flatnonzero(np.repeat(np.array(covered, bool), word_lengths))
 
@@ -335,8 +348,14 @@ class ExampleMaker:
 class _DocumentExamples:
   """grain map: (index in the epoch stream, document id) → its examples."""
 
-  def __init__(self, source: Sequence[Mapping[str, np.ndarray]], maker: ExampleMaker,
-               seed: int, docs_per_epoch: int, stats: PipelineStats):
+  def __init__(
+    self,
+    source: Sequence[Mapping[str, np.ndarray]],
+    maker: ExampleMaker,
+    seed: int,
+    docs_per_epoch: int,
+    stats: PipelineStats,
+  ):
     self._source = source
     self._maker = maker
     self._seed = seed
@@ -348,16 +367,17 @@ class _DocumentExamples:
     record = self._source[int(document)]
     rng = np.random.default_rng([self._seed, epoch, int(document)])
     counts = collections.Counter()
-    examples = self._maker(record['tokens'], record['sentence_lengths'], rng, counts)
+    examples = self._maker(record["tokens"], record["sentence_lengths"], rng, counts)
     self._stats.add(counts)
     for example in examples:
-      example['document'] = np.int64(document)
-      example['epoch'] = np.int64(epoch)
+      example["document"] = np.int64(document)
+      example["epoch"] = np.int64(epoch)
     return examples
 
 
 class _Unlist(grain.experimental.FlatMapTransform):
   """Flattens the per-document example lists into a stream of examples."""
+
   max_fan_out = 1 << 20
 
   def flat_map(self, element):
@@ -368,11 +388,19 @@ def _drop_provenance(example: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return {k: example[k] for k in FEATURES}
 
 
-def example_dataset(source: Sequence[Mapping[str, np.ndarray]], options: PairingOptions,
-                    vocab: Vocab, *, seed: int, process_index: int = 0,
-                    process_count: int = 1, num_epochs: int | None = None,
-                    shuffle_window: int = 1024, read_threads: int = 4,
-                    stats: PipelineStats | None = None) -> grain.IterDataset:
+def example_dataset(
+  source: Sequence[Mapping[str, np.ndarray]],
+  options: PairingOptions,
+  vocab: Vocab,
+  *,
+  seed: int,
+  process_index: int = 0,
+  process_count: int = 1,
+  num_epochs: int | None = None,
+  shuffle_window: int = 1024,
+  read_threads: int = 4,
+  stats: PipelineStats | None = None,
+) -> grain.IterDataset:
   """Masked SOP examples of this process's documents, epoch after epoch.
 
   Documents are sharded by index (process i reads documents i, i + count, …),
@@ -397,21 +425,23 @@ def example_dataset(source: Sequence[Mapping[str, np.ndarray]], options: Pairing
     A checkpointable grain `IterDataset` of example dicts.
   """
   if not 0 <= process_index < process_count:
-    raise ValueError(f'process_index={process_index} must be in [0, {process_count}).')
+    raise ValueError(f"process_index={process_index} must be in [0, {process_count}).")
   documents = grain.MapDataset.range(len(source))[process_index::process_count]
   if not len(documents):
-    raise ValueError(f'Process {process_index} of {process_count} has no documents: '
-                     f'the split has only {len(source)}; use a larger corpus.')
-  make = _DocumentExamples(source, ExampleMaker(options, vocab), seed,
-                           len(documents), stats or PipelineStats())
+    raise ValueError(
+      f"Process {process_index} of {process_count} has no documents: "
+      f"the split has only {len(source)}; use a larger corpus."
+    )
+  make = _DocumentExamples(source, ExampleMaker(options, vocab), seed, len(documents), stats or PipelineStats())
   documents = documents.shuffle(seed=seed).repeat(num_epochs)
   examples = grain.experimental.FlatMapIterDataset(
-      documents.map_with_index(make).to_iter_dataset(grain.ReadOptions(
-          num_threads=read_threads, prefetch_buffer_size=4 * read_threads)),
-      _Unlist())
+    documents.map_with_index(make).to_iter_dataset(
+      grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=4 * read_threads)
+    ),
+    _Unlist(),
+  )
   if shuffle_window > 1:
-    examples = grain.experimental.WindowShuffleIterDataset(
-        examples, window_size=shuffle_window, seed=seed)
+    examples = grain.experimental.WindowShuffleIterDataset(examples, window_size=shuffle_window, seed=seed)
   return examples
 
 
@@ -428,8 +458,7 @@ class CatalogDocuments:
   train or validation part.
   """
 
-  def __init__(self, records: Sequence[Mapping[str, Any]], indices: np.ndarray,
-               tokenizer: Any, text_field: str):
+  def __init__(self, records: Sequence[Mapping[str, Any]], indices: np.ndarray, tokenizer: Any, text_field: str):
     self._records = records
     self._indices = indices
     self._tokenizer = tokenizer
@@ -441,37 +470,43 @@ class CatalogDocuments:
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     record = self._records[int(self._indices[index])]
     if self._text_field not in record:
-      raise KeyError(f'The catalog records have no field {self._text_field!r} '
-                     f'(they have {sorted(record)}); set config.data.text_field.')
+      raise KeyError(
+        f"The catalog records have no field {self._text_field!r} "
+        f"(they have {sorted(record)}); set config.data.text_field."
+      )
     text = record[self._text_field]
     if isinstance(text, bytes):
-      text = text.decode('utf-8', errors='replace')
+      text = text.decode("utf-8", errors="replace")
     sentences = [s for line in text.splitlines() for s in corpus.split_sentences(line)]
     ids = self._tokenizer.encode_batch(sentences, num_threads=1) if sentences else []
     ids = [s for s in ids if s]
-    return {'tokens': np.fromiter((t for s in ids for t in s), np.int32),
-            'sentence_lengths': np.array([len(s) for s in ids], np.int32)}
+    return {
+      "tokens": np.fromiter((t for s in ids for t in s), np.int32),
+      "sentence_lengths": np.array([len(s) for s in ids], np.int32),
+    }
 
 
-def _catalog_documents(name: str, split: str, tokenizer: Any, data_dir: str,
-                       validation_percent: float, text_field: str) -> CatalogDocuments:
+def _catalog_documents(
+  name: str, split: str, tokenizer: Any, data_dir: str, validation_percent: float, text_field: str
+) -> CatalogDocuments:
   """A catalog dataset's 'train' split, prepared as ArrayRecord, held out by hash."""
   # Registers the text catalog (wikipedia, ...), which tfds does not do without TF.
-  import tensorflow_datasets.text  # pylint: disable=g-import-not-at-top,unused-import
+
   try:
-    builder = tfds.builder(name, data_dir=data_dir, file_format='array_record')
+    builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
   except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(f"config.data.source={name!r} is neither 'builtin', 'files' nor "
-                     f'a TFDS catalog dataset: {str(e).splitlines()[0]}') from None
+    raise ValueError(
+      f"config.data.source={name!r} is neither 'builtin', 'files' nor a TFDS catalog dataset: {str(e).splitlines()[0]}"
+    ) from None
   builder.download_and_prepare()
-  records = builder.as_data_source('train')
+  records = builder.as_data_source("train")
   held_out = tfds_builders.is_validation(np.arange(len(records)), validation_percent)
-  return CatalogDocuments(records, np.flatnonzero(held_out == (split == 'validation')),
-                          tokenizer, text_field)
+  return CatalogDocuments(records, np.flatnonzero(held_out == (split == "validation")), tokenizer, text_field)
 
 
-def document_source(config_data: Any, tokenizer: Any, split: str = 'train',
-                    data_dir: str | None = None) -> Sequence[Mapping[str, np.ndarray]]:
+def document_source(
+  config_data: Any, tokenizer: Any, split: str = "train", data_dir: str | None = None
+) -> Sequence[Mapping[str, np.ndarray]]:
   """The tokenised documents of `split` of the configured corpus, prepared if needed.
 
   Args:
@@ -484,35 +519,47 @@ def document_source(config_data: Any, tokenizer: Any, split: str = 'train',
   Returns:
     Random-access records with `tokens` and `sentence_lengths`.
   """
-  if split not in ('train', 'validation'):
+  if split not in ("train", "validation"):
     raise ValueError(f"split must be 'train' or 'validation', got {split!r}.")
-  data_dir = os.path.expanduser(
-      _field(config_data, 'data_dir', '') or data_dir or DEFAULT_DATA_DIR)
+  data_dir = os.path.expanduser(config_data.data_dir or data_dir or DEFAULT_DATA_DIR)
   source = config_data.source
-  validation_percent = _field(config_data, 'validation_percent', 1.0)
-  if source in ('files', 'builtin'):
+  validation_percent = config_data.validation_percent
+  if source in ("files", "builtin"):
     builder = tfds_builders.prepared_documents(
-        source, tokenizer, data_dir, files=_field(config_data, 'files', ()),
-        text_format=_field(config_data, 'format', None),
-        builtin_seed=_field(config_data, 'builtin_seed', 0),
-        validation_percent=validation_percent)
+      source,
+      tokenizer,
+      data_dir,
+      files=config_data.files,
+      text_format=config_data.format or None,
+      builtin_seed=config_data.builtin_seed,
+      validation_percent=validation_percent,
+    )
     if split not in builder.info.splits:
-      raise ValueError(f'No {split!r} split: config.data.validation_percent is 0.')
+      raise ValueError(f"No {split!r} split: config.data.validation_percent is 0.")
     documents = builder.as_data_source(split)
   else:
-    documents = _catalog_documents(source, split, tokenizer, data_dir, validation_percent,
-                                   _field(config_data, 'text_field', 'text'))
+    documents = _catalog_documents(source, split, tokenizer, data_dir, validation_percent, config_data.text_field)
   if not len(documents):
-    raise ValueError(f'The {split!r} split of {source!r} has no documents; raise '
-                     'config.data.validation_percent or use a larger corpus.')
+    raise ValueError(
+      f"The {split!r} split of {source!r} has no documents; raise "
+      "config.data.validation_percent or use a larger corpus."
+    )
   return documents
 
 
-def make_pretraining_data(config_data: Any, tokenizer: Any, batch_size: int, seed: int,
-                          split: str = 'train', *, process_index: int | None = None,
-                          process_count: int | None = None, num_epochs: int | None = None,
-                          data_dir: str | None = None, model_vocab_size: int | None = None
-                          ) -> tuple[grain.IterDataset, PipelineStats]:
+def make_pretraining_data(
+  config_data: Any,
+  tokenizer: Any,
+  batch_size: int,
+  seed: int,
+  split: str = "train",
+  *,
+  process_index: int | None = None,
+  process_count: int | None = None,
+  num_epochs: int | None = None,
+  data_dir: str | None = None,
+  model_vocab_size: int | None = None,
+) -> tuple[grain.IterDataset, PipelineStats]:
   """This process's batches of masked SOP examples, and their counters.
 
   Args:
@@ -536,42 +583,53 @@ def make_pretraining_data(config_data: Any, tokenizer: Any, batch_size: int, see
   """
   if process_index is None or process_count is None:
     import jax  # pylint: disable=g-import-not-at-top
+
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
   if batch_size % process_count:
-    raise ValueError(f'batch_size={batch_size} is not divisible by the '
-                     f'{process_count} processes; choose a multiple.')
+    raise ValueError(f"batch_size={batch_size} is not divisible by the {process_count} processes; choose a multiple.")
   options = PairingOptions.from_config(config_data)
   vocab = Vocab.from_tokenizer(tokenizer, model_vocab_size)
   stats = PipelineStats()
   examples = example_dataset(
-      document_source(config_data, tokenizer, split, data_dir), options, vocab,
-      seed=seed, process_index=process_index, process_count=process_count,
-      num_epochs=num_epochs, shuffle_window=_field(config_data, 'shuffle_window', 1024),
-      read_threads=_field(config_data, 'read_threads', 4), stats=stats)
+    document_source(config_data, tokenizer, split, data_dir),
+    options,
+    vocab,
+    seed=seed,
+    process_index=process_index,
+    process_count=process_count,
+    num_epochs=num_epochs,
+    shuffle_window=config_data.shuffle_window,
+    read_threads=config_data.read_threads,
+    stats=stats,
+  )
   return batch_dataset(examples, batch_size // process_count), stats
 
 
-def make_pretraining_iterator(config_data: Any, tokenizer: Any, batch_size: int, seed: int,
-                              split: str = 'train', **kwargs) -> grain.DatasetIterator:
+def make_pretraining_iterator(
+  config_data: Any, tokenizer: Any, batch_size: int, seed: int, split: str = "train", **kwargs
+) -> grain.DatasetIterator:
   """`iter` of `make_pretraining_data(...)`'s dataset: what the trainer calls."""
   dataset, _ = make_pretraining_data(config_data, tokenizer, batch_size, seed, split, **kwargs)
   return iter(dataset)
-
-
-def _field(config_data: Any, name: str, default: Any) -> Any:
-  """An optional config field: its value, or `default` when absent or None."""
-  value = getattr(config_data, name, None)
-  return default if value is None else value
 
 
 def _concatenate(batches: tuple[dict[str, np.ndarray], ...]) -> dict[str, np.ndarray]:
   return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
 
 
-def make_process_iterator(config_data: Any, tokenizer: Any, batch_size: int, seed: int,
-                          split: str = 'train', *, num_shards: int = 0, process_index: int | None = None,
-                          process_count: int | None = None, **kwargs) -> grain.DatasetIterator:
+def make_process_iterator(
+  config_data: Any,
+  tokenizer: Any,
+  batch_size: int,
+  seed: int,
+  split: str = "train",
+  *,
+  num_shards: int = 0,
+  process_index: int | None = None,
+  process_count: int | None = None,
+  **kwargs,
+) -> grain.DatasetIterator:
   """This process's rows of a global stream cut into `num_shards` data shards (0 = one per process).
 
   The global batch is the shards' batches stacked in shard order, and each
@@ -581,15 +639,19 @@ def make_process_iterator(config_data: Any, tokenizer: Any, batch_size: int, see
   """
   if process_index is None or process_count is None:
     import jax  # pylint: disable=g-import-not-at-top
+
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
   num_shards = num_shards or process_count
   if num_shards % process_count:
-    raise ValueError(f'config.data.num_shards={num_shards} is not a multiple of the {process_count} processes.')
+    raise ValueError(f"config.data.num_shards={num_shards} is not a multiple of the {process_count} processes.")
   per_process = num_shards // process_count
-  datasets = [make_pretraining_data(config_data, tokenizer, batch_size, seed, split, process_index=shard,
-                                    process_count=num_shards, **kwargs)[0]
-              for shard in range(process_index * per_process, (process_index + 1) * per_process)]
+  datasets = [
+    make_pretraining_data(
+      config_data, tokenizer, batch_size, seed, split, process_index=shard, process_count=num_shards, **kwargs
+    )[0]
+    for shard in range(process_index * per_process, (process_index + 1) * per_process)
+  ]
   if per_process == 1:
     return iter(datasets[0])
   return iter(grain.experimental.ZipIterDataset(parents=datasets).map(_concatenate))

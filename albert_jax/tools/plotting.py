@@ -3,8 +3,10 @@
 import json
 import pathlib
 
-CURVES = (("loss", "MLM and SOP loss", ("mlm_loss", "sop_loss")),
-          ("accuracy", "MLM and SOP accuracy", ("mlm_accuracy", "sop_accuracy")))
+CURVES = (
+  ("loss", "MLM and SOP loss", ("mlm_loss", "sop_loss")),
+  ("accuracy", "MLM and SOP accuracy", ("mlm_accuracy", "sop_accuracy")),
+)
 
 
 def read_metrics(workdir) -> list[dict]:
@@ -17,6 +19,7 @@ def read_metrics(workdir) -> list[dict]:
 def plot_training_curves(workdir, output=None) -> pathlib.Path:
   """Train and eval curves of MLM/SOP loss and accuracy; returns the PNG's path (default WORKDIR/curves.png)."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
@@ -41,4 +44,5 @@ def plot_training_curves(workdir, output=None) -> pathlib.Path:
 
 if __name__ == "__main__":
   import sys
+
   print(plot_training_curves(*sys.argv[1:3]))

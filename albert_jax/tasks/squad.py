@@ -34,23 +34,23 @@ longer than `max_query_length` tokens is cut and counted
 """
 
 import collections
-from collections.abc import Mapping, Sequence
 import dataclasses
 import json
 import os
 import pathlib
 import re
-from typing import Any
 import unicodedata
 import zipfile
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from absl import logging
 import numpy as np
+from absl import logging
 
-from albert_jax import metrics
+from albert_jax.tasks import metrics
 
-_WORD = re.compile(r'\S+')
-_WORD_START = '\u2581'
+_WORD = re.compile(r"\S+")
+_WORD_START = "\u2581"
 _MAX_LOGGED = 10
 _NO_SPAN_ODDS = 1e9  # null_odds of an example with no valid span at all.
 
@@ -66,6 +66,7 @@ class Example:
     answer_start: character offset of answers[0] in the context; -1 if none.
     is_impossible: v2.0 "no answer".
   """
+
   qid: str
   question: str
   context: str
@@ -78,16 +79,16 @@ def load_json(path: str | os.PathLike) -> dict[str, Any]:
   """A SQuAD JSON file, or a .zip holding one (as dev-v1.1.json.zip)."""
   path = pathlib.Path(path).expanduser()
   if not path.is_file():
-    raise FileNotFoundError(f'SQuAD file {path} not found.')
+    raise FileNotFoundError(f"SQuAD file {path} not found.")
   if zipfile.is_zipfile(path):
     with zipfile.ZipFile(path) as archive:
-      names = [n for n in archive.namelist() if n.endswith('.json')]
+      names = [n for n in archive.namelist() if n.endswith(".json")]
       if len(names) != 1:
-        raise ValueError(f'{path} must hold exactly one .json file, has {names}.')
-      dataset = json.loads(archive.read(names[0]).decode('utf-8'))
+        raise ValueError(f"{path} must hold exactly one .json file, has {names}.")
+      dataset = json.loads(archive.read(names[0]).decode("utf-8"))
   else:
-    dataset = json.loads(path.read_text(encoding='utf-8'))
-  if 'data' not in dataset:
+    dataset = json.loads(path.read_text(encoding="utf-8"))
+  if "data" not in dataset:
     raise ValueError(f'{path} is not SQuAD JSON (no "data" list).')
   return dataset
 
@@ -95,23 +96,29 @@ def load_json(path: str | os.PathLike) -> dict[str, Any]:
 def read_examples(dataset: Mapping[str, Any]) -> list[Example]:
   """The questions of a parsed SQuAD JSON, in file order."""
   examples = []
-  for article in dataset['data']:
-    for paragraph in article['paragraphs']:
-      context = paragraph['context']
-      for qa in paragraph['qas']:
-        answers = qa.get('answers', [])
-        impossible = bool(qa.get('is_impossible', False)) or not answers
-        examples.append(Example(
-            qid=qa['id'], question=qa['question'], context=context,
-            answers=tuple(a['text'] for a in answers),
-            answer_start=-1 if impossible else int(answers[0]['answer_start']),
-            is_impossible=impossible))
+  for article in dataset["data"]:
+    for paragraph in article["paragraphs"]:
+      context = paragraph["context"]
+      for qa in paragraph["qas"]:
+        answers = qa.get("answers", [])
+        impossible = bool(qa.get("is_impossible", False)) or not answers
+        examples.append(
+          Example(
+            qid=qa["id"],
+            question=qa["question"],
+            context=context,
+            answers=tuple(a["text"] for a in answers),
+            answer_start=-1 if impossible else int(answers[0]["answer_start"]),
+            is_impossible=impossible,
+          )
+        )
   return examples
 
 
 @dataclasses.dataclass(frozen=True)
 class TokenizedContext:
   """Token ids of a context and each token's [start, end) in the original text."""
+
   ids: np.ndarray  # int32 [n]
   starts: np.ndarray  # int32 [n], non-decreasing
   ends: np.ndarray  # int32 [n], non-decreasing; start == end for a lone "▁"
@@ -136,53 +143,50 @@ def tokenize_contexts(contexts: Sequence[str], tokenizer: Any) -> list[Tokenized
       ids.extend(word_ids[w])
       starts.extend(start + s for s, _ in word_offsets[w])
       ends.extend(start + e for _, e in word_offsets[w])
-    out.append(TokenizedContext(np.array(ids, np.int32), np.array(starts, np.int32),
-                                np.array(ends, np.int32)))
+    out.append(TokenizedContext(np.array(ids, np.int32), np.array(starts, np.int32), np.array(ends, np.int32)))
   return out
 
 
 def _normalize_with_origin(word: str) -> tuple[str, list[int], list[int]]:
   """ALBERT's `normalize` of one word, and each output character's source span."""
-  if word.isascii() and '``' not in word and "''" not in word:
+  if word.isascii() and "``" not in word and "''" not in word:
     return word.lower(), list(range(len(word))), list(range(1, len(word) + 1))
   chars, starts, ends = [], [], []
   i = 0
   while i < len(word):
-    if word.startswith(('``', "''"), i):
+    if word.startswith(("``", "''"), i):
       chars.append('"')
       starts.append(i)
       ends.append(i + 2)
       i += 2
       continue
-    for c in unicodedata.normalize('NFKD', word[i]):
+    for c in unicodedata.normalize("NFKD", word[i]):
       if not unicodedata.combining(c):
         lowered = c.lower()
         chars.append(lowered)
         starts.extend([i] * len(lowered))
         ends.extend([i + 1] * len(lowered))
     i += 1
-  return ''.join(chars), starts, ends
+  return "".join(chars), starts, ends
 
 
 def _piece_offsets(word: str, ids: Sequence[int], tokenizer: Any) -> list[tuple[int, int]]:
   """[start, end) in `word` of each piece of `word`."""
   normalized, starts, ends = _normalize_with_origin(word)
-  surfaces = [tokenizer.id_to_piece(i).replace(_WORD_START, '') for i in ids]
+  surfaces = [tokenizer.id_to_piece(i).replace(_WORD_START, "") for i in ids]
   bounds = None
-  if ''.join(surfaces) == normalized:
+  if "".join(surfaces) == normalized:
     cut = np.cumsum([len(s) for s in surfaces]).tolist()
     bounds = list(zip([0] + cut[:-1], cut))
   else:
-    pattern = ''.join('(.+?)' if i == tokenizer.unk_id else f'({re.escape(s)})'
-                      for i, s in zip(ids, surfaces))
+    pattern = "".join("(.+?)" if i == tokenizer.unk_id else f"({re.escape(s)})" for i, s in zip(ids, surfaces))
     match = re.fullmatch(pattern, normalized, re.DOTALL)
     if match:
       bounds = [match.span(g + 1) for g in range(len(ids))]
   if bounds is None:
     return [(0, len(word))] * len(ids)
   starts = starts + [len(word)]  # A lone "▁" at the end of a word.
-  return [(starts[s], ends[e - 1]) if e > s else (starts[s], starts[s])
-          for s, e in bounds]
+  return [(starts[s], ends[e - 1]) if e > s else (starts[s], starts[s]) for s, e in bounds]
 
 
 @dataclasses.dataclass
@@ -198,6 +202,7 @@ class FeatureIndex:
     max_context: bool [F, T], True where this window gives the token its most
       context (a span may only start there).
   """
+
   examples: list[Example]
   dataset: Mapping[str, Any] | None
   example_index: np.ndarray
@@ -206,11 +211,41 @@ class FeatureIndex:
   max_context: np.ndarray
 
 
-def make_features(examples: Sequence[Example], tokenizer: Any, max_seq_length: int = 384,
-                  doc_stride: int = 128, max_query_length: int = 64,
-                  training: bool = False, dataset: Mapping[str, Any] | None = None,
-                  counts: collections.Counter | None = None
-                  ) -> tuple[dict[str, np.ndarray], FeatureIndex]:
+def _context_room(max_seq_length: int, query_length: int, max_query_length: int) -> int:
+  """Context tokens per window after `[CLS] question [SEP]` and the final `[SEP]`."""
+  room = max_seq_length - query_length - 3
+  if room < 1:
+    raise ValueError(
+      f"max_seq_length={max_seq_length} leaves no room for the context after a {max_query_length}-token question: "
+      "raise max_seq_length or lower max_query_length."
+    )
+  return room
+
+
+def _answer_missing(example: Example, training: bool, counts: collections.Counter) -> bool:
+  """Counts (and logs the first few) answers not found in their context; True when the example is dropped."""
+  counts["answer_not_in_context"] += 1
+  if counts["answer_not_in_context"] <= _MAX_LOGGED:
+    logging.warning(
+      "SQuAD question %s: answer %r is not at offset %d of its context; %s.",
+      example.qid,
+      example.answers[0],
+      example.answer_start,
+      "skipped" if training else "kept for evaluation",
+    )
+  return training
+
+
+def make_features(
+  examples: Sequence[Example],
+  tokenizer: Any,
+  max_seq_length: int = 384,
+  doc_stride: int = 128,
+  max_query_length: int = 64,
+  training: bool = False,
+  dataset: Mapping[str, Any] | None = None,
+  counts: collections.Counter | None = None,
+) -> tuple[dict[str, np.ndarray], FeatureIndex]:
   """Doc-stride features of SQuAD examples.
 
   Args:
@@ -239,38 +274,33 @@ def make_features(examples: Sequence[Example], tokenizer: Any, max_seq_length: i
   kept = []
   for example, query in zip(examples, questions):
     if len(query) > max_query_length:
-      counts['truncated_questions'] += 1
+      counts["truncated_questions"] += 1
       query = query[:max_query_length]
-    max_doc = max_seq_length - len(query) - 3
-    if max_doc < 1:
-      raise ValueError(f'max_seq_length={max_seq_length} leaves no room for the '
-                       f'context after a {max_query_length}-token question: raise '
-                       'max_seq_length or lower max_query_length.')
     context = tokenized[example.context]
     answer = _answer_tokens(example, context)
-    if answer is None and not example.is_impossible:
-      counts['answer_not_in_context'] += 1
-      if counts['answer_not_in_context'] <= _MAX_LOGGED:
-        logging.warning('SQuAD question %s: answer %r is not at offset %d of its '
-                        'context; %s.', example.qid, example.answers[0],
-                        example.answer_start,
-                        'skipped' if training else 'kept for evaluation')
-      if training:
-        continue
+    if answer is None and not example.is_impossible and _answer_missing(example, training, counts):
+      continue
     kept.append(example)
-    _windows(len(kept) - 1, query, context, answer, max_doc, doc_stride,
-             max_seq_length, tokenizer, rows, counts, training)
-  counts['examples'] += len(kept)
-  counts['features'] += len(rows['input_ids'])
-  features = {k: np.array(rows[k], np.int32) for k in (
-      'input_ids', 'attention_mask', 'token_type_ids', 'start_positions', 'end_positions')}
+    max_doc = _context_room(max_seq_length, len(query), max_query_length)
+    _windows(
+      len(kept) - 1, query, context, answer, max_doc, doc_stride, max_seq_length, tokenizer, rows, counts, training
+    )
+  counts["examples"] += len(kept)
+  counts["features"] += len(rows["input_ids"])
+  features = {
+    k: np.array(rows[k], np.int32)
+    for k in ("input_ids", "attention_mask", "token_type_ids", "start_positions", "end_positions")
+  }
   if not kept:
-    features = {k: v.reshape(0, max_seq_length) if k.endswith(('ids', 'mask')) else v
-                for k, v in features.items()}
-  index = FeatureIndex(kept, dataset, np.array(rows['example_index'], np.int32),
-                       np.array(rows['char_start'], np.int32).reshape(-1, max_seq_length),
-                       np.array(rows['char_end'], np.int32).reshape(-1, max_seq_length),
-                       np.array(rows['max_context'], bool).reshape(-1, max_seq_length))
+    features = {k: v.reshape(0, max_seq_length) if k.endswith(("ids", "mask")) else v for k, v in features.items()}
+  index = FeatureIndex(
+    kept,
+    dataset,
+    np.array(rows["example_index"], np.int32),
+    np.array(rows["char_start"], np.int32).reshape(-1, max_seq_length),
+    np.array(rows["char_end"], np.int32).reshape(-1, max_seq_length),
+    np.array(rows["max_context"], bool).reshape(-1, max_seq_length),
+  )
   return features, index
 
 
@@ -279,17 +309,18 @@ def _answer_tokens(example: Example, context: TokenizedContext) -> tuple[int, in
   if example.is_impossible:
     return None
   text, start = example.answers[0], example.answer_start
-  found = example.context[start:start + len(text)]
-  if start < 0 or ' '.join(found.split()) != ' '.join(text.split()) or not text.strip():
+  found = example.context[start : start + len(text)]
+  if start < 0 or " ".join(found.split()) != " ".join(text.split()) or not text.strip():
     return None
   end = start + len(text)
-  first = int(np.searchsorted(context.ends, start, side='right'))
-  last = int(np.searchsorted(context.starts, end, side='left')) - 1
+  first = int(np.searchsorted(context.ends, start, side="right"))
+  last = int(np.searchsorted(context.starts, end, side="left")) - 1
   return (first, last) if first <= last else None
 
 
-def _windows(example_index, query, context, answer, max_doc, doc_stride,
-             max_seq_length, tokenizer, rows, counts, training):
+def _windows(
+  example_index, query, context, answer, max_doc, doc_stride, max_seq_length, tokenizer, rows, counts, training
+):
   """Appends the features of one example to `rows`."""
   n = len(context.ids)
   starts = [0]
@@ -306,34 +337,34 @@ def _windows(example_index, query, context, answer, max_doc, doc_stride,
   best_window = scores.argmax(0) if n else token
   offset = len(query) + 2
   for w, (s, length) in enumerate(zip(starts, lengths)):
-    ids, types = tokenizer.encode_pair(query, context.ids[s:s + length].tolist())
+    ids, types = tokenizer.encode_pair(query, context.ids[s : s + length].tolist())
     pad = max_seq_length - len(ids)
     char_start = np.full(max_seq_length, -1, np.int32)
     char_end = np.full(max_seq_length, -1, np.int32)
     max_context = np.zeros(max_seq_length, bool)
-    char_start[offset:offset + length] = context.starts[s:s + length]
-    char_end[offset:offset + length] = context.ends[s:s + length]
-    max_context[offset:offset + length] = best_window[s:s + length] == w
+    char_start[offset : offset + length] = context.starts[s : s + length]
+    char_end[offset : offset + length] = context.ends[s : s + length]
+    max_context[offset : offset + length] = best_window[s : s + length] == w
     start_position = end_position = 0
     if answer is not None:
       if s <= answer[0] and answer[1] < s + length:
         start_position, end_position = answer[0] - s + offset, answer[1] - s + offset
       elif training:
-        counts['answer_outside_window'] += 1
-    rows['input_ids'].append(ids + [0] * pad)
-    rows['attention_mask'].append([1] * len(ids) + [0] * pad)
-    rows['token_type_ids'].append(types + [0] * pad)
-    rows['start_positions'].append(start_position)
-    rows['end_positions'].append(end_position)
-    rows['example_index'].append(example_index)
-    rows['char_start'].append(char_start)
-    rows['char_end'].append(char_end)
-    rows['max_context'].append(max_context)
+        counts["answer_outside_window"] += 1
+    rows["input_ids"].append(ids + [0] * pad)
+    rows["attention_mask"].append([1] * len(ids) + [0] * pad)
+    rows["token_type_ids"].append(types + [0] * pad)
+    rows["start_positions"].append(start_position)
+    rows["end_positions"].append(end_position)
+    rows["example_index"].append(example_index)
+    rows["char_start"].append(char_start)
+    rows["char_end"].append(char_end)
+    rows["max_context"].append(max_context)
 
 
-def postprocess(start_logits: Any, end_logits: Any, index: FeatureIndex,
-                n_best_size: int = 20, max_answer_length: int = 30
-                ) -> tuple[dict[str, str], dict[str, float]]:
+def postprocess(
+  start_logits: Any, end_logits: Any, index: FeatureIndex, n_best_size: int = 20, max_answer_length: int = 30
+) -> tuple[dict[str, str], dict[str, float]]:
   """The best non-null answer of every example, and its null odds.
 
   Args:
@@ -351,9 +382,11 @@ def postprocess(start_logits: Any, end_logits: Any, index: FeatureIndex,
   start_logits = np.asarray(start_logits, np.float32)
   end_logits = np.asarray(end_logits, np.float32)
   if start_logits.shape != index.char_start.shape or end_logits.shape != index.char_start.shape:
-    raise ValueError(f'Logits {start_logits.shape} / {end_logits.shape} do not match the '
-                     f'features {index.char_start.shape}: pass one row per feature, in order.')
-  best = [(-np.inf, '')] * len(index.examples)
+    raise ValueError(
+      f"Logits {start_logits.shape} / {end_logits.shape} do not match the "
+      f"features {index.char_start.shape}: pass one row per feature, in order."
+    )
+  best = [(-np.inf, "")] * len(index.examples)
   null = [np.inf] * len(index.examples)
   for f, e in enumerate(index.example_index):
     starts_f, ends_f = start_logits[f], end_logits[f]
@@ -371,30 +404,36 @@ def postprocess(start_logits: Any, end_logits: Any, index: FeatureIndex,
       continue
     i, j = np.unravel_index(score.argmax(), score.shape)
     if score[i, j] > best[e][0]:
-      text = index.examples[e].context[index.char_start[f, top_s[i]]:index.char_end[f, top_e[j]]]
+      text = index.examples[e].context[index.char_start[f, top_s[i]] : index.char_end[f, top_e[j]]]
       best[e] = (float(score[i, j]), text)
   answers, null_odds = {}, {}
   for example, (score, text), null_score in zip(index.examples, best, null):
     answers[example.qid] = text
-    null_odds[example.qid] = (null_score - score if np.isfinite(score) else _NO_SPAN_ODDS)
+    null_odds[example.qid] = null_score - score if np.isfinite(score) else _NO_SPAN_ODDS
   return answers, null_odds
 
 
 def _top(positions: np.ndarray, logits: np.ndarray, k: int) -> np.ndarray:
-  order = np.argsort(-logits[positions], kind='stable')[:k]
+  order = np.argsort(-logits[positions], kind="stable")[:k]
   return positions[order]
 
 
-def apply_null_threshold(answers: Mapping[str, str], null_odds: Mapping[str, float],
-                         threshold: float) -> dict[str, str]:
+def apply_null_threshold(
+  answers: Mapping[str, str], null_odds: Mapping[str, float], threshold: float
+) -> dict[str, str]:
   """v2.0 predictions: '' where null_odds exceeds the threshold."""
-  return {q: '' if null_odds[q] > threshold else a for q, a in answers.items()}
+  return {q: "" if null_odds[q] > threshold else a for q, a in answers.items()}
 
 
-def evaluate(start_logits: Any, end_logits: Any, index: FeatureIndex, version_2: bool,
-             n_best_size: int = 20, max_answer_length: int = 30,
-             null_threshold: float | None = None
-             ) -> tuple[dict[str, float], dict[str, str], dict[str, float]]:
+def evaluate(
+  start_logits: Any,
+  end_logits: Any,
+  index: FeatureIndex,
+  version_2: bool,
+  n_best_size: int = 20,
+  max_answer_length: int = 30,
+  null_threshold: float | None = None,
+) -> tuple[dict[str, float], dict[str, str], dict[str, float]]:
   """Official scores, predictions.json and null_odds.json contents.
 
   Args:
@@ -413,32 +452,30 @@ def evaluate(start_logits: Any, end_logits: Any, index: FeatureIndex, version_2:
     null_odds: question id -> null score difference ({} for v1.1).
   """
   if index.dataset is None:
-    raise ValueError('evaluate needs the gold answers: build the features with '
-                     'make_features(..., dataset=load_json(path)).')
-  answers, null_odds = postprocess(start_logits, end_logits, index, n_best_size,
-                                   max_answer_length)
+    raise ValueError(
+      "evaluate needs the gold answers: build the features with make_features(..., dataset=load_json(path))."
+    )
+  answers, null_odds = postprocess(start_logits, end_logits, index, n_best_size, max_answer_length)
   if not version_2:
     return metrics.squad_v1(index.dataset, answers), answers, {}
   sweep = metrics.squad_v2(index.dataset, answers, na_probs=null_odds)
-  threshold = sweep['best_f1_thresh'] if null_threshold is None else null_threshold
+  threshold = sweep["best_f1_thresh"] if null_threshold is None else null_threshold
   predictions = apply_null_threshold(answers, null_odds, threshold)
   scores = metrics.squad_v2(index.dataset, predictions)
-  scores.update({k: sweep[k] for k in ('best_exact', 'best_exact_thresh', 'best_f1',
-                                       'best_f1_thresh')})
-  scores['null_score_diff_threshold'] = float(threshold)
+  scores.update({k: sweep[k] for k in ("best_exact", "best_exact_thresh", "best_f1", "best_f1_thresh")})
+  scores["null_score_diff_threshold"] = float(threshold)
   return scores, predictions, null_odds
 
 
-def write_predictions(output_dir: str | os.PathLike, predictions: Mapping[str, str],
-                      null_odds: Mapping[str, float] | None = None) -> list[pathlib.Path]:
+def write_predictions(
+  output_dir: str | os.PathLike, predictions: Mapping[str, str], null_odds: Mapping[str, float] | None = None
+) -> list[pathlib.Path]:
   """Writes predictions.json (and null_odds.json) as the official scripts read them."""
   output_dir = pathlib.Path(output_dir)
   output_dir.mkdir(parents=True, exist_ok=True)
-  paths = [output_dir / 'predictions.json']
-  paths[0].write_text(json.dumps(dict(predictions), indent=2, ensure_ascii=False),
-                      encoding='utf-8')
+  paths = [output_dir / "predictions.json"]
+  paths[0].write_text(json.dumps(dict(predictions), indent=2, ensure_ascii=False), encoding="utf-8")
   if null_odds:
-    paths.append(output_dir / 'null_odds.json')
-    paths[1].write_text(json.dumps({q: float(v) for q, v in null_odds.items()}, indent=2),
-                        encoding='utf-8')
+    paths.append(output_dir / "null_odds.json")
+    paths[1].write_text(json.dumps({q: float(v) for q, v in null_odds.items()}, indent=2), encoding="utf-8")
   return paths

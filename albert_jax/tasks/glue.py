@@ -1,9 +1,8 @@
 """GLUE: the nine tasks, their data (original TSVs or TFDS) and model features.
 
 `TASKS` holds, per task, where its fields are in the original GLUE release
-(https://gluebenchmark.com), its labels, its TFDS catalog twin `glue/<task>`
-and the fine-tuning settings of the ALBERT paper (Table 14, also in the
-google-research/albert README) as data the experiment configs read.
+(https://gluebenchmark.com), its labels and its TFDS catalog twin
+`glue/<task>`; the fine-tuning settings are `config_lib.RECIPES`.
 
 Inputs become `[CLS] A [SEP] B [SEP]` (`[CLS] A [SEP]` for single sentences)
 with ALBERT's tokenizer, truncated at the end of the longer segment first
@@ -23,34 +22,23 @@ Bad input, decided per case:
 """
 
 import collections
-from collections.abc import Mapping, Sequence
 import dataclasses
 import math
 import os
 import pathlib
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from absl import logging
 import numpy as np
+from absl import logging
 
 _MAX_LOGGED = 10  # Malformed lines logged one by one per file; then a summary.
 
 
 @dataclasses.dataclass(frozen=True)
-class Hparams:
-  """A task's original fine-tuning settings (AdamW; linear warmup then decay)."""
-  learning_rate: float
-  batch_size: int
-  num_train_steps: int
-  warmup_steps: int
-  dropout: float  # Backbone hidden and attention dropout ("ALBERT DR").
-  classifier_dropout: float = 0.1
-  max_seq_length: int = 512
-
-
-@dataclasses.dataclass(frozen=True)
 class Columns:
   """Where one TSV file keeps its fields: 0-based, negative from the end."""
+
   text_a: int
   text_b: int | None = None
   label: int | None = None  # None: unlabelled (test files).
@@ -70,6 +58,7 @@ class Example:
     label: the class id (position in `GlueTask.labels`), the STS-B score, or
       None when the split has no labels.
   """
+
   index: str
   text_a: str
   text_b: str | None
@@ -79,6 +68,7 @@ class Example:
 @dataclasses.dataclass(frozen=True)
 class GlueTask:
   """Everything task-specific about one GLUE task."""
+
   name: str
   dirname: str  # The task's folder in the GLUE release.
   labels: tuple[str, ...] | None  # Label strings as in the TSVs; None: regression.
@@ -88,7 +78,6 @@ class GlueTask:
   tfds_splits: Mapping[str, str]  # split -> TFDS split.
   tfds_text: tuple[str, str | None]  # TFDS feature names of text_a, text_b.
   tfds_labels: tuple[str, ...] | None  # TFDS ClassLabel names, in `labels` order.
-  hparams: Hparams
 
   @property
   def is_regression(self) -> bool:
@@ -105,7 +94,7 @@ class GlueTask:
 
   @property
   def eval_splits(self) -> tuple[str, ...]:
-    return tuple(s for s in self.files if s.startswith('dev'))
+    return tuple(s for s in self.files if s.startswith("dev"))
 
   @property
   def test_splits(self) -> tuple[str, ...]:
@@ -113,78 +102,114 @@ class GlueTask:
 
   def check_split(self, split: str) -> None:
     if split not in self.files:
-      raise ValueError(f'GLUE {self.name} has no split {split!r}; use one of '
-                       f'{", ".join(self.files)}.')
+      raise ValueError(f"GLUE {self.name} has no split {split!r}; use one of {', '.join(self.files)}.")
 
 
-def _task(name, dirname, labels, train, test, tfds_text, tfds_labels, hparams,
-          extra_dev=None):
+def _task(name, dirname, labels, train, test, tfds_text, tfds_labels, extra_dev=None):
   """Builds a task whose train and dev files share one layout."""
   if extra_dev is None:
-    files = {'train': 'train.tsv', 'dev': 'dev.tsv', 'test': 'test.tsv'}
-    columns = {'train': train, 'dev': train, 'test': test}
-    submission = {'test': f'{dirname}.tsv'}
-    tfds_splits = {'train': 'train', 'dev': 'validation', 'test': 'test'}
+    files = {"train": "train.tsv", "dev": "dev.tsv", "test": "test.tsv"}
+    columns = {"train": train, "dev": train, "test": test}
+    submission = {"test": f"{dirname}.tsv"}
+    tfds_splits = {"train": "train", "dev": "validation", "test": "test"}
   else:  # MNLI: matched and mismatched dev and test sets.
-    files = {'train': 'train.tsv'}
-    columns = {'train': train}
-    submission, tfds_splits = {}, {'train': 'train'}
+    files = {"train": "train.tsv"}
+    columns = {"train": train}
+    submission, tfds_splits = {}, {"train": "train"}
     for kind, short in extra_dev:
-      files[f'dev_{kind}'] = f'dev_{kind}.tsv'
-      files[f'test_{kind}'] = f'test_{kind}.tsv'
-      columns[f'dev_{kind}'], columns[f'test_{kind}'] = train, test
-      submission[f'test_{kind}'] = f'{dirname}-{short}.tsv'
-      tfds_splits[f'dev_{kind}'] = f'validation_{kind}'
-      tfds_splits[f'test_{kind}'] = f'test_{kind}'
-  return GlueTask(name, dirname, labels, files, columns, submission, tfds_splits,
-                  tfds_text, tfds_labels, hparams)
+      files[f"dev_{kind}"] = f"dev_{kind}.tsv"
+      files[f"test_{kind}"] = f"test_{kind}.tsv"
+      columns[f"dev_{kind}"], columns[f"test_{kind}"] = train, test
+      submission[f"test_{kind}"] = f"{dirname}-{short}.tsv"
+      tfds_splits[f"dev_{kind}"] = f"validation_{kind}"
+      tfds_splits[f"test_{kind}"] = f"test_{kind}"
+  return GlueTask(name, dirname, labels, files, columns, submission, tfds_splits, tfds_text, tfds_labels)
 
 
-_BINARY = ('0', '1')
-_ENTAILMENT = ('entailment', 'not_entailment')
-# Hyperparameters: ALBERT paper Table 14 (the google-research/albert README
-# has the same table); seq 512 everywhere.
-TASKS: dict[str, GlueTask] = {t.name: t for t in (
-    _task('cola', 'CoLA', _BINARY,
-          Columns(3, label=1, header=False, num_columns=4), Columns(1, index=0),
-          ('sentence', None), ('unacceptable', 'acceptable'),
-          Hparams(1e-5, 16, 5336, 320, dropout=0.0)),
-    _task('sst2', 'SST-2', _BINARY, Columns(0, label=1), Columns(1, index=0),
-          ('sentence', None), ('negative', 'positive'),
-          Hparams(1e-5, 32, 20935, 1256, dropout=0.0)),
-    _task('mrpc', 'MRPC', _BINARY, Columns(3, 4, label=0), Columns(3, 4, index=0),
-          ('sentence1', 'sentence2'), ('not_equivalent', 'equivalent'),
-          Hparams(2e-5, 32, 800, 200, dropout=0.0)),
-    _task('stsb', 'STS-B', None, Columns(7, 8, label=9, index=0),
-          Columns(7, 8, index=0), ('sentence1', 'sentence2'), None,
-          Hparams(2e-5, 16, 3598, 214, dropout=0.0)),
-    _task('qqp', 'QQP', _BINARY, Columns(3, 4, label=5, index=0),
-          Columns(1, 2, index=0), ('question1', 'question2'),
-          ('not_duplicate', 'duplicate'),
-          Hparams(5e-5, 128, 14000, 1000, dropout=0.1)),
-    _task('mnli', 'MNLI', ('contradiction', 'entailment', 'neutral'),
-          Columns(8, 9, label=-1, index=0), Columns(8, 9, index=0),
-          ('premise', 'hypothesis'), ('contradiction', 'entailment', 'neutral'),
-          Hparams(3e-5, 128, 10000, 1000, dropout=0.0),
-          extra_dev=(('matched', 'm'), ('mismatched', 'mm'))),
-    _task('qnli', 'QNLI', _ENTAILMENT, Columns(1, 2, label=3, index=0),
-          Columns(1, 2, index=0), ('question', 'sentence'), _ENTAILMENT,
-          Hparams(1e-5, 32, 33112, 1986, dropout=0.0)),
-    _task('rte', 'RTE', _ENTAILMENT, Columns(1, 2, label=3, index=0),
-          Columns(1, 2, index=0), ('sentence1', 'sentence2'), _ENTAILMENT,
-          Hparams(3e-5, 32, 800, 200, dropout=0.1)),
-    _task('wnli', 'WNLI', _BINARY, Columns(1, 2, label=3, index=0),
-          Columns(1, 2, index=0), ('sentence1', 'sentence2'),
-          ('not_entailment', 'entailment'),
-          Hparams(2e-5, 16, 2000, 250, dropout=0.1)),
-)}
+_BINARY = ("0", "1")
+_ENTAILMENT = ("entailment", "not_entailment")
+TASKS: dict[str, GlueTask] = {
+  t.name: t
+  for t in (
+    _task(
+      "cola",
+      "CoLA",
+      _BINARY,
+      Columns(3, label=1, header=False, num_columns=4),
+      Columns(1, index=0),
+      ("sentence", None),
+      ("unacceptable", "acceptable"),
+    ),
+    _task(
+      "sst2", "SST-2", _BINARY, Columns(0, label=1), Columns(1, index=0), ("sentence", None), ("negative", "positive")
+    ),
+    _task(
+      "mrpc",
+      "MRPC",
+      _BINARY,
+      Columns(3, 4, label=0),
+      Columns(3, 4, index=0),
+      ("sentence1", "sentence2"),
+      ("not_equivalent", "equivalent"),
+    ),
+    _task(
+      "stsb", "STS-B", None, Columns(7, 8, label=9, index=0), Columns(7, 8, index=0), ("sentence1", "sentence2"), None
+    ),
+    _task(
+      "qqp",
+      "QQP",
+      _BINARY,
+      Columns(3, 4, label=5, index=0),
+      Columns(1, 2, index=0),
+      ("question1", "question2"),
+      ("not_duplicate", "duplicate"),
+    ),
+    _task(
+      "mnli",
+      "MNLI",
+      ("contradiction", "entailment", "neutral"),
+      Columns(8, 9, label=-1, index=0),
+      Columns(8, 9, index=0),
+      ("premise", "hypothesis"),
+      ("contradiction", "entailment", "neutral"),
+      extra_dev=(("matched", "m"), ("mismatched", "mm")),
+    ),
+    _task(
+      "qnli",
+      "QNLI",
+      _ENTAILMENT,
+      Columns(1, 2, label=3, index=0),
+      Columns(1, 2, index=0),
+      ("question", "sentence"),
+      _ENTAILMENT,
+    ),
+    _task(
+      "rte",
+      "RTE",
+      _ENTAILMENT,
+      Columns(1, 2, label=3, index=0),
+      Columns(1, 2, index=0),
+      ("sentence1", "sentence2"),
+      _ENTAILMENT,
+    ),
+    _task(
+      "wnli",
+      "WNLI",
+      _BINARY,
+      Columns(1, 2, label=3, index=0),
+      Columns(1, 2, index=0),
+      ("sentence1", "sentence2"),
+      ("not_entailment", "entailment"),
+    ),
+  )
+}
 
 
 def get_task(name: str) -> GlueTask:
   """The task called `name` ('sst2', 'SST-2', 'sts-b', ... all work)."""
-  key = name.lower().replace('-', '').replace('_', '')
+  key = name.lower().replace("-", "").replace("_", "")
   if key not in TASKS:
-    raise ValueError(f'Unknown GLUE task {name!r}; use one of {", ".join(TASKS)}.')
+    raise ValueError(f"Unknown GLUE task {name!r}; use one of {', '.join(TASKS)}.")
   return TASKS[key]
 
 
@@ -197,14 +222,16 @@ def task_file(task: GlueTask, data_dir: str | os.PathLike, split: str) -> pathli
   path = data_dir / task.files[split]
   if not path.is_file():
     raise FileNotFoundError(
-        f'{path} not found: point data_dir at the GLUE {task.dirname} folder '
-        f'(holding {", ".join(task.files.values())}) or at the GLUE root, or '
-        f'use the TFDS source glue/{task.name}.')
+      f"{path} not found: point data_dir at the GLUE {task.dirname} folder "
+      f"(holding {', '.join(task.files.values())}) or at the GLUE root, or "
+      f"use the TFDS source glue/{task.name}."
+    )
   return path
 
 
-def read_tsv(task: GlueTask, path: str | os.PathLike, split: str,
-             counts: collections.Counter | None = None) -> list[Example]:
+def read_tsv(
+  task: GlueTask, path: str | os.PathLike, split: str, counts: collections.Counter | None = None
+) -> list[Example]:
   """Reads one original GLUE TSV file of `task` (see the module docstring).
 
   Fields are split on tabs only: GLUE text has unbalanced quotes, so no CSV
@@ -224,31 +251,32 @@ def read_tsv(task: GlueTask, path: str | os.PathLike, split: str,
   columns = task.columns[split]
   counts = collections.Counter() if counts is None else counts
   examples, malformed = [], 0
-  with open(path, encoding='utf-8-sig', newline='\n') as f:
+  with open(path, encoding="utf-8-sig", newline="\n") as f:
     num_columns = columns.num_columns
     if columns.header:
-      num_columns = num_columns or len(f.readline().rstrip('\r\n').split('\t'))
+      num_columns = num_columns or len(f.readline().rstrip("\r\n").split("\t"))
     first_line = 2 if columns.header else 1
     for line_number, line in enumerate(f, first_line):
-      fields = line.rstrip('\r\n').split('\t')
+      fields = line.rstrip("\r\n").split("\t")
       if len(fields) != num_columns:
         malformed += 1
         if malformed <= _MAX_LOGGED:
-          logging.warning('%s:%d: skipped, %d tab-separated columns instead of %d.',
-                          path, line_number, len(fields), num_columns)
+          logging.warning(
+            "%s:%d: skipped, %d tab-separated columns instead of %d.", path, line_number, len(fields), num_columns
+          )
         continue
-      examples.append(Example(
-          index=(fields[columns.index] if columns.index is not None
-                 else str(len(examples))),
+      examples.append(
+        Example(
+          index=(fields[columns.index] if columns.index is not None else str(len(examples))),
           text_a=fields[columns.text_a],
           text_b=None if columns.text_b is None else fields[columns.text_b],
-          label=(None if columns.label is None else
-                 _parse_label(task, fields[columns.label], path, line_number))))
+          label=(None if columns.label is None else _parse_label(task, fields[columns.label], path, line_number)),
+        )
+      )
   if malformed:
-    logging.warning('%s: skipped %d malformed line(s) of %d.', path, malformed,
-                    malformed + len(examples))
-  counts['examples'] += len(examples)
-  counts['malformed_lines'] += malformed
+    logging.warning("%s: skipped %d malformed line(s) of %d.", path, malformed, malformed + len(examples))
+  counts["examples"] += len(examples)
+  counts["malformed_lines"] += malformed
   return examples
 
 
@@ -260,18 +288,21 @@ def _parse_label(task: GlueTask, text: str, path, line_number) -> int | float:
     except ValueError:
       score = math.nan
     if not math.isfinite(score):
-      raise ValueError(f'{path}:{line_number}: {task.name} score {text!r} is not a '
-                       'number; fix the line or check the file belongs to this task.')
+      raise ValueError(
+        f"{path}:{line_number}: {task.name} score {text!r} is not a "
+        "number; fix the line or check the file belongs to this task."
+      )
     return score
   if text not in task.labels:
-    raise ValueError(f'{path}:{line_number}: label {text!r} is not one of '
-                     f'{list(task.labels)} for GLUE {task.name}; fix the line or '
-                     'check the file belongs to this task.')
+    raise ValueError(
+      f"{path}:{line_number}: label {text!r} is not one of "
+      f"{list(task.labels)} for GLUE {task.name}; fix the line or "
+      "check the file belongs to this task."
+    )
   return task.labels.index(text)
 
 
-def read_tfds(task: GlueTask, split: str, data_dir: str | None = None,
-              download: bool = True) -> list[Example]:
+def read_tfds(task: GlueTask, split: str, data_dir: str | None = None, download: bool = True) -> list[Example]:
   """Reads `split` of the TFDS catalog dataset `glue/<task>` (no TensorFlow).
 
   TFDS numbers some labels differently from the TSVs (MNLI: entailment,
@@ -279,34 +310,40 @@ def read_tfds(task: GlueTask, split: str, data_dir: str | None = None,
   TFDS test labels (-1) become None.
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   task.check_split(split)
   source = tfds.data_source(
-      f'glue/{task.name}', split=task.tfds_splits[split], data_dir=data_dir,
-      download=download, builder_kwargs={'file_format': 'array_record'})
+    f"glue/{task.name}",
+    split=task.tfds_splits[split],
+    data_dir=data_dir,
+    download=download,
+    builder_kwargs={"file_format": "array_record"},
+  )
   key_a, key_b = task.tfds_text
   examples = []
   for row in (source[i] for i in range(len(source))):
-    label = row['label']
+    label = row["label"]
     if task.is_regression:
       label = float(label)
       label = None if label < 0 else label
     else:
       label = int(label)
       if label >= len(task.labels):
-        raise ValueError(f'glue/{task.name} {split}: label {label} outside '
-                         f'{list(task.tfds_labels)}; is the TFDS version newer?')
+        raise ValueError(
+          f"glue/{task.name} {split}: label {label} outside {list(task.tfds_labels)}; is the TFDS version newer?"
+        )
       label = None if label < 0 else task.labels.index(task.tfds_labels[label])
-    examples.append(Example(str(int(row['idx'])), _text(row[key_a]),
-                            None if key_b is None else _text(row[key_b]), label))
+    examples.append(
+      Example(str(int(row["idx"])), _text(row[key_a]), None if key_b is None else _text(row[key_b]), label)
+    )
   return examples
 
 
 def _text(value: Any) -> str:
-  return value.decode('utf-8') if isinstance(value, bytes) else str(value)
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def truncate_pair(a: list[int], b: list[int] | None, max_tokens: int
-                  ) -> tuple[list[int], list[int] | None]:
+def truncate_pair(a: list[int], b: list[int] | None, max_tokens: int) -> tuple[list[int], list[int] | None]:
   """Cuts the ends of the segments so that together they fit `max_tokens`.
 
   `longest_first` as Hugging Face tokenizers computes it: only the longer
@@ -328,9 +365,13 @@ def truncate_pair(a: list[int], b: list[int] | None, max_tokens: int
   return a[:len_a], b[:len_b]
 
 
-def to_features(examples: Sequence[Example], tokenizer: Any, max_seq_length: int,
-                regression: bool = False,
-                counts: collections.Counter | None = None) -> dict[str, np.ndarray]:
+def to_features(
+  examples: Sequence[Example],
+  tokenizer: Any,
+  max_seq_length: int,
+  regression: bool = False,
+  counts: collections.Counter | None = None,
+) -> dict[str, np.ndarray]:
   """Fixed-length model inputs and labels, one row per example.
 
   Args:
@@ -357,22 +398,20 @@ def to_features(examples: Sequence[Example], tokenizer: Any, max_seq_length: int
     b = next(b_ids) if pair else None
     budget = max_seq_length - (3 if pair else 2)
     if budget < (2 if pair else 1):
-      raise ValueError(f'max_seq_length={max_seq_length} leaves no room for text.')
+      raise ValueError(f"max_seq_length={max_seq_length} leaves no room for text.")
     total = len(a) + (len(b) if pair else 0)
     if total > budget:
-      counts['truncated'] += 1
+      counts["truncated"] += 1
       a, b = truncate_pair(a, b, budget)
     ids, types = tokenizer.encode_pair(a, b)
-    input_ids[row, :len(ids)] = ids
-    token_type_ids[row, :len(ids)] = types
-    attention_mask[row, :len(ids)] = 1
+    input_ids[row, : len(ids)] = ids
+    token_type_ids[row, : len(ids)] = types
+    attention_mask[row, : len(ids)] = 1
   if regression:
-    label = np.array([np.nan if e.label is None else e.label for e in examples],
-                     np.float32)
+    label = np.array([np.nan if e.label is None else e.label for e in examples], np.float32)
   else:
     label = np.array([-1 if e.label is None else e.label for e in examples], np.int32)
-  return {'input_ids': input_ids, 'attention_mask': attention_mask,
-          'token_type_ids': token_type_ids, 'label': label}
+  return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids, "label": label}
 
 
 def prediction_strings(task: GlueTask, predictions: Any) -> list[str]:
@@ -388,14 +427,15 @@ def prediction_strings(task: GlueTask, predictions: Any) -> list[str]:
   """
   predictions = np.asarray(predictions)
   if task.is_regression:
-    return [f'{s:.3f}' for s in np.clip(predictions.reshape(-1), 0.0, 5.0)]
+    return [f"{s:.3f}" for s in np.clip(predictions.reshape(-1), 0.0, 5.0)]
   if predictions.ndim == 2:
     predictions = predictions.argmax(-1)
   return [task.labels[int(p)] for p in predictions]
 
 
-def write_submission(task: GlueTask, split: str, examples: Sequence[Example],
-                     predictions: Any, output_dir: str | os.PathLike) -> pathlib.Path:
+def write_submission(
+  task: GlueTask, split: str, examples: Sequence[Example], predictions: Any, output_dir: str | os.PathLike
+) -> pathlib.Path:
   """Writes GLUE's `index\\tprediction` file (`SST-2.tsv`, `MNLI-m.tsv`, ...).
 
   Args:
@@ -409,15 +449,14 @@ def write_submission(task: GlueTask, split: str, examples: Sequence[Example],
     The file written.
   """
   if split not in task.submission_files:
-    raise ValueError(f'GLUE {task.name} submissions are for '
-                     f'{", ".join(task.submission_files)}, not {split!r}.')
+    raise ValueError(f"GLUE {task.name} submissions are for {', '.join(task.submission_files)}, not {split!r}.")
   strings = prediction_strings(task, predictions)
   if len(strings) != len(examples):
-    raise ValueError(f'{len(strings)} predictions for {len(examples)} examples.')
+    raise ValueError(f"{len(strings)} predictions for {len(examples)} examples.")
   path = pathlib.Path(output_dir) / task.submission_files[split]
   path.parent.mkdir(parents=True, exist_ok=True)
-  with open(path, 'w', encoding='utf-8') as f:
-    f.write('index\tprediction\n')
+  with open(path, "w", encoding="utf-8") as f:
+    f.write("index\tprediction\n")
     for example, prediction in zip(examples, strings):
-      f.write(f'{example.index}\t{prediction}\n')
+      f.write(f"{example.index}\t{prediction}\n")
   return path

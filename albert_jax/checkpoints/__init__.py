@@ -1,0 +1,64 @@
+"""ALBERT parameters in and out: `load(path)` reads any checkpoint, `save` writes albert_jax's own format.
+
+Formats: an albert_jax checkpoint directory or training workdir (`native`), a
+Hugging Face ALBERT directory (`hf`), an original google-research/albert
+TensorFlow checkpoint (`original_tf`); `export` writes Hugging Face
+directories.
+"""
+
+import pathlib
+from typing import Any
+
+from albert_jax import model as model_lib
+from albert_jax.checkpoints import hf, native, original_tf
+from albert_jax.checkpoints.errors import CheckpointError
+from albert_jax.checkpoints.native import FORMAT, FORMAT_VERSION, save  # noqa: F401  (the public API)
+
+
+def load(path) -> tuple[model_lib.AlbertConfig, dict[str, Any]]:
+  """Any checkpoint source → `(config, {'params': ...})` of `AlbertForPreTraining`.
+
+  Sources: an albert_jax checkpoint directory, a Hugging Face ALBERT directory, or an original
+  google-research/albert TensorFlow checkpoint (its prefix, or a directory holding it and `albert_config.json`).
+  """
+  tf_prefix = original_tf.find_prefix(path)
+  if tf_prefix is not None:
+    return original_tf.load(tf_prefix)
+  directory = pathlib.Path(path).absolute()  # orbax reads absolute paths only: `--checkpoint=workdirs/tiny`
+  if not directory.is_dir():
+    raise CheckpointError(
+      f"{path} is not a directory; pass an albert_jax checkpoint directory, a training workdir, "
+      "a Hugging Face ALBERT directory or a TensorFlow ALBERT checkpoint prefix."
+    )
+  config_file = directory / "config.json"
+  if not config_file.exists():
+    raise CheckpointError(f"{path} has no config.json, so it is not an ALBERT checkpoint directory.")
+  meta = hf.read_json(config_file)
+  if meta.get("format") == FORMAT:
+    return native.load(directory, meta)
+  return hf.load_hf(directory)
+
+
+def find_vocab(source) -> pathlib.Path | None:
+  """The SentencePiece model shipped with a checkpoint source, or None.
+
+  `spiece.model` (albert_jax, Hugging Face) or `30k-clean.model` (the original
+  TF releases; `assets/` in a TF-Hub module, whose weights are in `variables/`).
+  """
+  path = pathlib.Path(source)
+  directory = path if path.is_dir() else path.parent
+  places = [directory, directory.parent] if directory.name == "variables" else [directory]
+  for place in places:
+    for name in ("spiece.model", "30k-clean.model", "assets/30k-clean.model"):
+      if (place / name).is_file():
+        return place / name
+  return None
+
+
+def convert(source, output, overwrite: bool = False) -> pathlib.Path:
+  """Any checkpoint source → an albert_jax checkpoint directory (with the source's vocabulary, if it has one)."""
+  output = pathlib.Path(output)
+  if output.exists() and any(output.iterdir()) and not overwrite:
+    raise CheckpointError(f"{output} exists and is not empty; choose another --output or pass --overwrite.")
+  config, params = load(source)
+  return save(output, config, params, spiece_model=find_vocab(source))

@@ -1,0 +1,183 @@
+"""Checkpoints that survive kills, full disks and preemption: orbax's manager, resume, SIGTERM.
+
+orbax writes each step into a temporary folder renamed when complete and
+deletes old steps only after a new one is complete. On top of that:
+`restore_newest` skips (and moves aside) damaged steps, with every process
+agreeing on the step; failed writes end as one `TrainingError` line; SIGTERM
+saves at the current step (`Preemption`).
+"""
+
+import contextlib
+import pathlib
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
+
+from albert_jax.trainers import core
+from albert_jax.trainers.core import CheckpointWriteError, TrainingError
+
+
+class CheckpointManager(ocp.CheckpointManager):
+  """orbax's manager, whose failed writes (a full or read-only disk) end as a `TrainingError` saying what to do.
+
+  orbax writes a step into a temporary folder and renames it when complete,
+  and deletes old steps only after a new one is complete: a failed write
+  leaves every checkpoint already written intact.
+  """
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self._check_writable()  # before any training: a read-only disk is found at once, not at the first save
+
+  def save(self, step, *args, **kwargs):
+    self._check_writable()  # orbax waits forever when it cannot create the step folder: fail here first
+    with self._explained_errors():
+      return super().save(step, *args, **kwargs)
+
+  def _check_writable(self):
+    with self._explained_errors():
+      probe = self.directory / f".write-check-{jax.process_index()}"
+      probe.write_text("ok")
+      probe.unlink()
+
+  def wait_until_finished(self):
+    with self._explained_errors():
+      return super().wait_until_finished()
+
+  @contextlib.contextmanager
+  def _explained_errors(self):
+    try:
+      yield
+    except TrainingError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  (orbax, tensorstore and the OS raise many kinds)
+      if core.peer_lost(e):
+        raise
+      raise CheckpointWriteError(
+        f"Writing a checkpoint to {self.directory} failed: {core.root_cause(e)}. If that disk is full or read-only, "
+        "make room or make it writable; then run again with the same --workdir: training resumes from the newest "
+        f"complete checkpoint (step {self._newest_complete()}); the checkpoints already written are intact."
+      ) from e
+
+  def _newest_complete(self):
+    try:
+      self.reload()  # forgets the step whose write failed
+      return self.latest_step()
+    except Exception:  # pylint: disable=broad-except
+      return "unknown"
+
+
+def checkpoint_manager(
+  directory: pathlib.Path, item_names: tuple[str, ...], max_to_keep: int, **options
+) -> CheckpointManager:
+  """A manager with asynchronous saves; the loop decides when to save (always `force=True`)."""
+  return CheckpointManager(
+    directory,
+    item_names=item_names,
+    options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=True, **options),
+  )
+
+
+def restore_newest(manager: ocp.CheckpointManager, args: ocp.args.Composite):
+  """The newest checkpoint that restores completely (a Composite), or None when there is none.
+
+  Newer steps that cannot be restored (a truncated or missing file) are
+  reported and, once an older one restores, moved aside to
+  `<step>.damaged-<time>` so that the run can save those steps again. With
+  several processes all restore the same step: process 0's newest, given up
+  by all when any process cannot read it (processes resuming from different
+  steps would wait for each other forever).
+  """
+  damaged = []
+  while (step := agreed(max((s for s in manager.all_steps() if s not in damaged), default=-1))) >= 0:
+    try:
+      restored, error = manager.restore(step, args=args), None
+    except Exception as e:  # pylint: disable=broad-except  (a damaged file fails in many ways)
+      restored, error = None, core.root_cause(e)
+    if all_processes(error is None):
+      logging.info("Resumed from checkpoint at step %d.", step)
+      _move_aside(manager, damaged)
+      return restored
+    logging.error(
+      "Checkpoint at step %d cannot be restored (%s); trying an older one.",
+      step,
+      error or "another process could not read it",
+    )
+    damaged.append(step)
+  if damaged:
+    raise TrainingError(
+      f"No checkpoint in {manager.directory} could be restored; see the errors above. Move the "
+      "damaged step folders away or start a new --workdir."
+    )
+  return None
+
+
+def _move_aside(manager: ocp.CheckpointManager, steps: list[int]):
+  for step in steps:
+    aside = manager.directory / f"{step}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+    logging.warning("Moving the damaged checkpoint of step %d aside to %s.", step, aside)
+    if jax.process_index() == 0:
+      (manager.directory / str(step)).rename(aside)
+  if steps:
+    core.sync("damaged checkpoints moved aside")
+    manager.reload()
+
+
+def agreed(value: int) -> int:
+  """Process 0's `value`, on every process."""
+  if jax.process_count() == 1:
+    return value
+  return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
+
+
+def all_processes(flag: bool) -> bool:
+  """True when `flag` is true on every process."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.all(multihost_utils.process_allgather(np.int32(flag))))
+
+
+class Preemption:
+  """SIGTERM makes the loop save a checkpoint at the current step and exit cleanly.
+
+  One process: a Python handler sets a flag. Several: JAX's preemption sync
+  manager (its own SIGTERM handler, left in place) has every process stop at
+  the same step, whichever of them got the signal.
+  """
+
+  def __init__(self):
+    self.requested = False
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM received: saving a checkpoint at the current step, then exiting.")
+    self.requested = True
+
+  def stop_now(self, manager: ocp.CheckpointManager, step: int) -> bool:
+    """True when SIGTERM arrived here or orbax saw a preemption on any host."""
+    self.requested = self.requested or manager.reached_preemption(step)
+    return self.requested
+
+  def save_before_exit(self, manager: ocp.CheckpointManager, step: int, save: Callable[[], Any]):
+    """Saves `step` (unless the periodic save just did) and waits for the write; the loop then exits."""
+    if manager.latest_step() != step:
+      save()
+    manager.wait_until_finished()
+    logging.warning(
+      "Preempted: checkpoint saved at step %d; exiting. Run again with the same --workdir to resume.", step
+    )
+
+
+def composite(items: dict[str, Any]) -> ocp.args.Composite:
+  """orbax's args for one checkpoint of several items (the train state, the data iterator's position, ...)."""
+  return ocp.args.Composite(**items)

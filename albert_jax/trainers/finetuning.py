@@ -1,0 +1,415 @@
+"""Fine-tuning on GLUE, SQuAD and RACE, the trainer behind `python -m albert_jax.finetune`.
+
+`finetune` reads top to bottom, built from the same core as pretraining:
+mesh → vocabulary, backbone and data → model (backbone from
+`config.init_checkpoint`, task head fresh), AdamW and sharding → resume →
+the loop (`loop.run`) with dev evaluation keeping the best checkpoint → final
+predictions of the best checkpoint.
+
+The training order is a function of (seed, step): every epoch is a seeded
+permutation of the training rows, cut into global batches (the last partial
+batch dropped, as the original's `drop_remainder`). Resuming therefore needs
+only the train state, and reproduces the uninterrupted run.
+
+The workdir holds:
+  experiment.json      the full experiment config of the latest start
+  spiece.model         the vocabulary
+  checkpoints/<step>/  orbax: the train state (resume)
+  best/<step>/         orbax: the parameters with the best dev score so far, and the scores
+  metrics.jsonl        training metrics, and dev scores after every evaluation
+  tensorboard/         TensorBoard event files
+  eval_results.json    the final dev scores of the best checkpoint (and its step)
+  prediction files     GLUE <task>_<split>.tsv (dev) and submission files (test), SQuAD
+                       predictions.json (+ null_odds.json for v2.0), RACE race_<split>.tsv
+"""
+
+import functools
+import json
+import operator
+import pathlib
+import shutil
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from flax.linen import partitioning as nn_partitioning
+
+from albert_jax import checkpoints, config_lib, sharding, tasks
+from albert_jax import model as model_lib
+from albert_jax import tokenizer as tokenizer_lib
+from albert_jax.trainers import checkpointing, core, loop
+from albert_jax.trainers.core import TrainingError
+from albert_jax.trainers.metric_writer import MetricWriter, write_text_atomic
+
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+# ---------------------------------------------------------------------------
+# The model and its loss.
+
+
+def task_model(spec: tasks.TaskSpec, model_config: model_lib.AlbertConfig) -> nn.Module:
+  """The head model of a task; its `albert` submodule has the pretraining backbone's layout."""
+  if spec.head == "span":
+    return model_lib.AlbertForQuestionAnswering(model_config)
+  if spec.head == "multiple_choice":
+    return model_lib.AlbertForMultipleChoice(model_config)
+  return model_lib.AlbertForSequenceClassification(model_config, spec.num_labels)
+
+
+def task_losses(head: str, outputs, batch) -> dict[str, jax.Array]:
+  """Sums and denominators: the loss (and, for classifiers, the correct predictions) over the batch.
+
+  Classification and multiple choice: cross-entropy. Regression (STS-B):
+  squared error. Spans: the mean of the start and end cross-entropies.
+  """
+  if head == "span":
+    xent = optax.softmax_cross_entropy_with_integer_labels
+    per_example = 0.5 * (
+      xent(outputs["start_logits"], batch["start_positions"]) + xent(outputs["end_logits"], batch["end_positions"])
+    )
+    return {"loss_sum": jnp.sum(per_example), "count": jnp.asarray(per_example.shape[0], jnp.float32)}
+  labels = batch["label"]
+  if head == "regression":
+    per_example = jnp.square(outputs.reshape(-1) - labels)
+    return {"loss_sum": jnp.sum(per_example), "count": jnp.asarray(labels.shape[0], jnp.float32)}
+  per_example = optax.softmax_cross_entropy_with_integer_labels(outputs, labels)
+  return {
+    "loss_sum": jnp.sum(per_example),
+    "count": jnp.asarray(labels.shape[0], jnp.float32),
+    "correct": jnp.sum(jnp.argmax(outputs, -1) == labels).astype(jnp.float32),
+  }
+
+
+def _apply(model, params, batch, rng=None):
+  return model.apply(
+    {"params": params},
+    *(batch[k] for k in INPUTS),
+    deterministic=rng is None,
+    rngs=None if rng is None else {"dropout": rng},
+  )
+
+
+def total_loss(sums):
+  return sums["loss_sum"] / sums["count"]
+
+
+def summarize(sums: dict[str, float]) -> dict[str, float]:
+  out = {"loss": sums["loss_sum"] / max(sums["count"], 1.0)}
+  if "correct" in sums:
+    out["accuracy"] = sums["correct"] / max(sums["count"], 1.0)
+  return out
+
+
+def describe(values: dict[str, float]) -> str:
+  return "  ".join(f"{k} {values[k]:.4f}" for k in ("loss", "accuracy") if k in values)
+
+
+def build(
+  config, model_config: model_lib.AlbertConfig, spec: tasks.TaskSpec, input_shape: tuple[int, ...], mesh, rules
+) -> core.Setup:
+  """The task model, AdamW and the sharded init / train / predict steps (`core.build`); `eval_step` predicts.
+
+  `input_shape` is one example's input_ids shape: (T,), or (choices, T).
+  """
+  model = task_model(spec, model_config)
+  init_params = lambda r: model.init(r, jnp.zeros((1, *input_shape), jnp.int32))["params"]
+  return core.build(
+    config,
+    init_params,
+    metric_sums=lambda params, batch, rng: task_losses(spec.head, _apply(model, params, batch, rng), batch),
+    total_loss=total_loss,
+    eval_fn=lambda params, batch: _apply(model, params, batch),
+    mesh=mesh,
+    rules=rules,
+  )
+
+
+# ---------------------------------------------------------------------------
+# Vocabulary, backbone, data and predictions.
+
+
+def load_vocabulary(config, workdir: pathlib.Path) -> tokenizer_lib.Tokenizer:
+  """config.task.vocab, else the checkpoint's own vocabulary; copied to WORKDIR/spiece.model."""
+  source = config.task.vocab or (config.init_checkpoint and checkpoints.find_vocab(config.init_checkpoint))
+  if not source:
+    where = f"{config.init_checkpoint} has no spiece.model" if config.init_checkpoint else "no init_checkpoint is set"
+    raise TrainingError(
+      f"No vocabulary: {where}. Set --config.task.vocab to the SentencePiece model the backbone "
+      "was trained with (e.g. the official ALBERT spiece.model)."
+    )
+  source = pathlib.Path(source)
+  if not source.is_file():
+    raise TrainingError(f"config.task.vocab={str(source)!r} does not exist; point it at a SentencePiece model.")
+  target = workdir / "spiece.model"
+  if jax.process_index() == 0 and source.resolve() != target.resolve():
+    shutil.copyfile(source, target)
+  core.sync("vocabulary")
+  return tokenizer_lib.Tokenizer(target)
+
+
+def load_backbone(config, tokenizer) -> tuple[model_lib.AlbertConfig, Any]:
+  """The model config and the pretrained `AlbertForPreTraining` params (None for a random init).
+
+  The shape comes from the checkpoint; dropout, dtype and remat from
+  `config.model` (`config_lib.FINETUNING_MODEL_FIELDS`).
+  """
+  if config.init_checkpoint:
+    pretrained_config, params = checkpoints.load(config.init_checkpoint)
+    runtime = {k: config.model[k] for k in config_lib.FINETUNING_MODEL_FIELDS}
+    model_config = pretrained_config.replace(**runtime)
+    logging.info("Backbone from %s: %s", config.init_checkpoint, model_config)
+  else:
+    model_config, params = config_lib.model_config(config), None
+    if model_config.vocab_size == 0:  # 0 = the size of the vocabulary in use
+      model_config = model_config.replace(vocab_size=tokenizer.vocab_size)
+    logging.warning(
+      "config.init_checkpoint is empty: the backbone is randomly initialised (an ablation, not fine-tuning)."
+    )
+  core.check_model_fits(
+    model_config,
+    tokenizer,
+    "task.max_seq_length",
+    config.task.max_seq_length,
+    "use the vocabulary the backbone was trained with (--config.task.vocab)",
+  )
+  return model_config, params
+
+
+def with_backbone(state: core.TrainState, pretrained, state_shardings) -> core.TrainState:
+  """`state` with its `albert` parameters replaced by the pretrained ones, placed in their shards.
+
+  The pretraining-only parts (MLM and SOP heads, the pooler for span
+  heads) are left out; a missing or misshapen tensor is an error.
+  """
+
+  def take(fresh, loaded, shardings, path):
+    if isinstance(fresh, dict):
+      return {
+        k: take(fresh[k], loaded.get(k) if isinstance(loaded, dict) else None, shardings[k], f"{path}/{k}")
+        for k in fresh
+      }
+    if loaded is None or tuple(np.shape(loaded)) != tuple(fresh.shape):
+      found = "missing" if loaded is None else f"of shape {tuple(np.shape(loaded))}"
+      raise TrainingError(f"init_checkpoint parameter {path} is {found}; the task model needs {tuple(fresh.shape)}.")
+    return jax.device_put(np.asarray(loaded, fresh.dtype), shardings)
+
+  albert = take(state.params["albert"], pretrained["params"]["albert"], state_shardings.params["albert"], "albert")
+  return state.replace(params={**state.params, "albert": albert})
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+  return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+def batch_rows(num_examples: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+  """Rows of the training set in the global batch of `step` (0-based): seeded per-epoch permutations."""
+  per_epoch = num_examples // batch_size
+  if per_epoch == 0:
+    raise TrainingError(
+      f"The training split has {num_examples} examples, fewer than batch_size={batch_size}; "
+      "lower the batch size or use more data."
+    )
+  epoch, i = divmod(step, per_epoch)
+  return _epoch_order(num_examples, seed, epoch)[i * batch_size : (i + 1) * batch_size]
+
+
+def _local(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """This process's share of a global batch (every process holds all the data; each feeds its own rows)."""
+  n = len(rows["input_ids"]) // jax.process_count()
+  return {k: v[jax.process_index() * n : (jax.process_index() + 1) * n] for k, v in rows.items()}
+
+
+def predict(setup: core.Setup, params, data: tasks.TaskData, batch_size: int, mesh) -> Any:
+  """The head's outputs for every row of `data`, in order, as numpy (the last batch padded, then trimmed)."""
+  features = {k: data.features[k] for k in INPUTS}
+  n = len(data)
+  outputs = []
+  for start in range(0, n, batch_size):
+    rows = {k: v[start : start + batch_size] for k, v in features.items()}
+    pad = batch_size - len(rows["input_ids"])
+    rows = {k: np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)]) for k, v in rows.items()}
+    out = jax.device_get(setup.eval_step(params, sharding.global_batch(_local(rows), mesh)))
+    outputs.append(jax.tree.map(operator.itemgetter(slice(0, batch_size - pad)), out))
+  return jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
+
+
+def evaluate(config, setup: core.Setup, params, eval_data: dict[str, tasks.TaskData], mesh) -> dict[str, dict]:
+  """The task's official scores on every evaluation split."""
+  return {
+    split: tasks.evaluate(config.task, predict(setup, params, data, config.eval_batch_size, mesh), data)
+    for split, data in eval_data.items()
+  }
+
+
+def _load_splits(config, tokenizer, splits, optional: bool) -> dict[str, tasks.TaskData]:
+  """Loaded splits by name; with `optional`, splits whose files are absent are skipped (GLUE test sets)."""
+  loaded = {}
+  for split in splits:
+    try:
+      loaded[split] = tasks.load_task(config.task, tokenizer, split)
+    except FileNotFoundError as e:
+      if not optional:
+        raise
+      logging.info("No %s predictions: %s", split, e)
+  return loaded
+
+
+# ---------------------------------------------------------------------------
+# The trainer.
+
+
+# ---------------------------------------------------------------------------
+# The trainer.
+
+
+def finetune(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Fine-tunes as configured, resuming from the newest checkpoint in `workdir`.
+
+  Returns:
+    {'best_step': step, <eval split>: scores of the best checkpoint}, also
+    written to WORKDIR/eval_results.json; {} when preempted.
+  """
+  # Mesh.
+  workdir, mesh, rules = core.start(config, workdir)
+  if config.eval_batch_size % sharding.data_parallel_size(mesh):
+    raise TrainingError(
+      f"config.eval_batch_size={config.eval_batch_size} is not divisible by the data-parallel "
+      f"size {sharding.data_parallel_size(mesh)}; choose a multiple."
+    )
+
+  # Vocabulary, backbone and data.
+  spec = tasks.get_spec(config.task)
+  tokenizer = load_vocabulary(config, workdir)
+  model_config, pretrained = load_backbone(config, tokenizer)
+  if jax.process_index() == 0:
+    write_text_atomic(workdir / "experiment.json", config.to_json_best_effort(indent=2, sort_keys=True))
+  train_data = tasks.load_task(config.task, tokenizer, spec.train_split)
+  eval_data = _load_splits(config, tokenizer, spec.eval_splits, optional=False)
+
+  # Model, optimizer and sharding.
+  setup = build(config, model_config, spec, train_data.features["input_ids"].shape[1:], mesh, rules)
+  with jax.set_mesh(mesh), nn_partitioning.axis_rules(rules):
+    init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+
+    # Checkpoints: resume from the newest; the best dev parameters are kept apart.
+    manager = checkpointing.checkpoint_manager(workdir / "checkpoints", ("state",), config.keep_checkpoints)
+    best = BestCheckpoint(checkpointing.checkpoint_manager(workdir / "best", ("params", "scores"), 1), spec)
+    state = _initial_state(setup, manager, init_rng, pretrained)
+    del pretrained
+
+    # The loop.
+    logging.info(
+      "Fine-tuning %s from %s: %d training rows, %d steps of %d; %d device(s), mesh %s.",
+      spec.name,
+      config.init_checkpoint or "a random init",
+      len(train_data),
+      config.num_train_steps,
+      config.batch_size,
+      jax.device_count(),
+      dict(mesh.shape),
+    )
+    writer = MetricWriter(workdir)
+
+    def evaluate_and_keep_best(state):
+      scores = evaluate(config, setup, state.params, eval_data, mesh)
+      best.update(int(jax.device_get(state.step)), scores, state.params)
+      return scores
+
+    trainer = loop.Trainer(
+      setup=setup,
+      next_batch=lambda step: _local(train_batch(train_data, config, step)),
+      save_items=lambda state: dict(state=ocp.args.StandardSave(state)),
+      summarize=summarize,
+      describe=describe,
+      evaluate=evaluate_and_keep_best,
+      tokens_per_batch=config.batch_size * train_data.features["input_ids"][0].size,
+    )
+    outcome = loop.run(config, trainer, state, mesh, manager, writer, dropout_rng)
+    best.manager.wait_until_finished()
+    writer.close()
+    results = (
+      {}
+      if outcome.preempted
+      else _final_predictions(config, spec, setup, outcome.state, best.manager, eval_data, tokenizer, mesh, workdir)
+    )
+    manager.close()
+    best.manager.close()
+  return results
+
+
+def _initial_state(setup: core.Setup, manager, init_rng, pretrained) -> core.TrainState:
+  """The newest checkpoint's state; else a fresh one with the pretrained backbone (if any) put in."""
+  restored = checkpointing.restore_newest(
+    manager, checkpointing.composite(dict(state=ocp.args.StandardRestore(setup.abstract_state)))
+  )
+  if restored is not None:
+    return restored["state"]
+  state = setup.init(init_rng)
+  return state if pretrained is None else with_backbone(state, pretrained, setup.state_shardings)
+
+
+def train_batch(data: tasks.TaskData, config, step: int) -> dict[str, np.ndarray]:
+  """The global batch of `step`: rows of the seeded per-epoch permutation (`batch_rows`)."""
+  rows = batch_rows(len(data), config.batch_size, config.seed, step)
+  return {k: v[rows] for k, v in data.features.items()}
+
+
+class BestCheckpoint:
+  """The parameters with the best dev score so far, kept apart in WORKDIR/best (survives a resume)."""
+
+  def __init__(self, manager, spec: tasks.TaskSpec):
+    self.manager, self.spec = manager, spec
+    step = manager.latest_step()
+    self.best = (
+      None if step is None else manager.restore(step, args=ocp.args.Composite(scores=ocp.args.JsonRestore()))["scores"]
+    )
+
+  def update(self, step: int, scores: dict[str, dict[str, float]], params):
+    score = scores[self.spec.eval_splits[0]][self.spec.main_metric]
+    if self.best is None or _better(score, self.best["score"]):
+      self.best = {"step": step, "score": score}
+      self.manager.save(
+        step,
+        args=ocp.args.Composite(params=ocp.args.StandardSave(params), scores=ocp.args.JsonSave(self.best)),
+        force=True,
+      )
+
+
+def _better(score: float, best: float) -> bool:
+  """Higher is better; an undefined score (NaN: Pearson of constant predictions) is worse than any other."""
+  return not np.isnan(score) and (np.isnan(best) or score > best)
+
+
+def _final_predictions(config, spec, setup, state, best_manager, eval_data, tokenizer, mesh, workdir):
+  """Dev scores and prediction files of the best checkpoint (the last state when none was kept), test files."""
+  best_step = best_manager.latest_step()
+  params = state.params
+  if best_step is not None:
+    params = best_manager.restore(
+      best_step, args=ocp.args.Composite(params=ocp.args.StandardRestore(setup.abstract_state.params))
+    )["params"]
+  results = {"best_step": int(jax.device_get(state.step)) if best_step is None else best_step}
+  test_data = _load_splits(config, tokenizer, spec.test_splits, optional=True)
+  for split, data in {**eval_data, **test_data}.items():
+    outputs = predict(setup, params, data, config.eval_batch_size, mesh)
+    if split in eval_data or spec.head == "multiple_choice":  # RACE's test set is labelled
+      results[split] = tasks.evaluate(config.task, outputs, data)
+    if jax.process_index() == 0:
+      paths = tasks.write_predictions(config.task, outputs, data, workdir)
+      logging.info("Wrote %s", ", ".join(str(p) for p in paths))
+  if jax.process_index() == 0:
+    write_text_atomic(workdir / "eval_results.json", json.dumps(results, indent=2, sort_keys=True))
+  logging.info(
+    "Best checkpoint (step %d): %s",
+    results["best_step"],
+    json.dumps({k: v for k, v in results.items() if k != "best_step"}),
+  )
+  return results
