@@ -10,6 +10,7 @@ import importlib.util
 import os
 
 import ml_collections
+from absl import logging
 
 from albert_jax import model as model_lib
 from albert_jax import sharding
@@ -135,6 +136,13 @@ def check(c: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.nan_policy={c.nan_policy!r}: use 'stop' or 'skip'.")
   if c.debug.nan_value not in ("nan", "inf"):
     raise ValueError(f"config.debug.nan_value={c.debug.nan_value!r}: use 'nan' or 'inf'.")
+  if c.model.get("attention") == "flash" and c.model.get("attention_probs_dropout_prob", 0) > 0:
+    logging.warning(
+      "config.model.attention='flash' with attention_probs_dropout_prob=%g: training steps use the XLA attention "
+      "(no fused kernel applies dropout to its probabilities), evaluation the fused kernel. Set "
+      "--config.model.attention_probs_dropout_prob=0 to train with the kernel.",
+      c.model.attention_probs_dropout_prob,
+    )
 
 
 # Model fields a fine-tuning run takes from its config even when the shape comes from `init_checkpoint`.
@@ -145,6 +153,7 @@ FINETUNING_MODEL_FIELDS = (
   "dtype",
   "remat_policy",
   "scan_unroll",
+  "attention",
 )
 
 

@@ -14,6 +14,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from albert_jax import attention as attention_lib
 
 SHARING_MODES = ("all", "attention", "ffn", "none")
 ACTIVATIONS = {
@@ -21,11 +24,29 @@ ACTIVATIONS = {
   "gelu": functools.partial(nn.gelu, approximate=False),  # exact erf
   "relu": nn.relu,
 }
+# `checkpoint_name` tags in the layer (AlbertAttention, AlbertFeedForward): what a named remat policy may keep.
+PROJECTIONS = ("query", "key", "value")  # [B, T, heads, head_dim] each
+ATTENTION_OUTPUT = "attention_output"  # the output projection of the context, [B, Q, H]
+FFN_INNER = "ffn_inner"  # the FFN's H→I product before the activation, [B, Q, I]: the widest activation
+FFN_OUTPUT = "ffn_output"  # the FFN's I→H product, [B, Q, H]
+ATTENTION_TAGS = (*PROJECTIONS, attention_lib.CONTEXT, *attention_lib.SOFTMAX_STATS, ATTENTION_OUTPUT)
+_keep = jax.checkpoint_policies.save_only_these_names
+# Which of a layer's tensors the backward pass keeps (the rest it recomputes from the layer's input), from the
+# least recomputation to the most. Per token of one layer the products cost, in units of H² multiply-adds:
+# query/key/value 3, attention output 1, FFN 2·I/H (8 in every preset), the attention itself 2·T/H.
+# benchmarks/TPU_COMPILE.md gives, per pod config, the first policy that fits with 10% of HBM to spare.
 REMAT_POLICIES = {
-  "none": None,  # no rematerialisation
-  "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole layer
-  "dots": jax.checkpoint_policies.checkpoint_dots,  # keep matmul outputs
-  "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,  # keep weight-like matmuls only
+  "none": None,  # no rematerialisation: everything kept
+  # every matmul output (the XLA path's [T, T] scores too) and the flash kernel's residuals; on XLA:CPU 9-17%
+  # faster than "none" with 44% of its activation memory (benchmarks/NOTES.md §8)
+  "dots": jax.checkpoint_policies.save_from_both_policies(
+    jax.checkpoint_policies.checkpoint_dots, _keep(attention_lib.CONTEXT, *attention_lib.SOFTMAX_STATS)
+  ),
+  "save_all": _keep(*ATTENTION_TAGS, FFN_INNER, FFN_OUTPUT),  # every tagged tensor; no [T, T] array
+  "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,  # projections; attention recomputed
+  "save_attention": _keep(*ATTENTION_TAGS, FFN_OUTPUT),  # the FFN's H→I product and activation recomputed
+  "save_ffn": _keep(FFN_INNER, FFN_OUTPUT),  # the attention block recomputed
+  "full": jax.checkpoint_policies.nothing_saveable,  # the whole layer recomputed
 }
 
 # Released ALBERT shapes (google-research/albert, v2). v1 differs only in dropout.
@@ -58,11 +79,16 @@ class AlbertConfig:
   initializer_range: float = 0.02
   layer_norm_eps: float = 1e-12
   sharing: str = "all"  # the paper's Table 4 ablation: all | attention | ffn | none
-  dtype: str = "float32"  # compute dtype, e.g. bfloat16
+  # Compute dtype: "bfloat16" computes the products and activations in bfloat16 while parameters, optimizer
+  # state, LayerNorm statistics, the softmax and the losses stay float32 (the pod experiments); "float32" on CPU.
+  dtype: str = "float32"
   param_dtype: str = "float32"
   # One of REMAT_POLICIES. "dots" keeps matmul outputs and recomputes the elementwise ops in the backward pass:
   # on XLA:CPU 9-17% faster than "none" with 44% of its activation memory (benchmarks/NOTES.md §8).
   remat_policy: str = "dots"
+  # "xla" (einsums around a float32 softmax) or "flash" (Pallas on TPU, cuDNN on GPU; the XLA path elsewhere and
+  # in training steps with attention dropout): albert_jax/attention.py
+  attention: str = "xla"
   scan_unroll: int = 1  # layers unrolled per scan iteration (speed vs compile time)
 
   def __post_init__(self):
@@ -76,7 +102,9 @@ class AlbertConfig:
     if self.hidden_act not in ACTIVATIONS:
       raise ValueError(f"hidden_act={self.hidden_act!r} is not supported; use one of {sorted(ACTIVATIONS)}.")
     if self.remat_policy not in REMAT_POLICIES:
-      raise ValueError(f"remat_policy={self.remat_policy!r} is not one of {sorted(REMAT_POLICIES)}.")
+      raise ValueError(f"remat_policy={self.remat_policy!r} is not one of {list(REMAT_POLICIES)}.")
+    if self.attention not in attention_lib.IMPLEMENTATIONS:
+      raise ValueError(f"attention={self.attention!r} is not one of {attention_lib.IMPLEMENTATIONS}.")
     groups = self.num_hidden_groups
     if groups < 1 or self.num_hidden_layers % groups:
       raise ValueError(
@@ -184,20 +212,23 @@ class AlbertAttention(nn.Module):
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x, bias, positions=None):
-    """`positions` [B, P]: queries (and the output) only there; keys and values still from all of `x`."""
+  def __call__(self, x, mask, positions=None):
+    """`mask` [B, T]: 1 at real tokens, 0 at padding; `positions` [B, P]: queries (and the output) only there;
+    keys and values still from all of `x`."""
     cfg = self.config
     heads = (cfg.num_attention_heads, cfg.head_dim)
     x_q = x if positions is None else gather_positions(x, positions)
     q, k, v = (
-      _Projection(cfg, (cfg.hidden_size,), heads, ("hidden",), ("heads", "kv"), name=n)(y)
-      for n, y in (("query", x_q), ("key", x), ("value", x))
+      checkpoint_name(_Projection(cfg, (cfg.hidden_size,), heads, ("hidden",), ("heads", "kv"), name=n)(y), n)
+      for n, y in zip(PROJECTIONS, (x_q, x, x))
     )
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-    probs = jax.nn.softmax(scores / jnp.sqrt(cfg.head_dim).astype(jnp.float32) + bias, axis=-1)
-    probs = nn.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=self.deterministic)
-    context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+    attention_dropout = nn.Dropout(cfg.attention_probs_dropout_prob)
+    dropout = None
+    if cfg.attention_probs_dropout_prob > 0 and not self.deterministic:
+      dropout = lambda probs: attention_dropout(probs, deterministic=False)
+    context = attention_lib.attention(q, k, v, mask, cfg.attention, dropout)
     out = _Projection(cfg, heads, (cfg.hidden_size,), ("heads", "kv"), ("hidden",), name="dense")(context)
+    out = checkpoint_name(out, ATTENTION_OUTPUT)
     out = nn.Dropout(cfg.hidden_dropout_prob)(out, deterministic=self.deterministic)
     return _layer_norm(cfg, "hidden", "LayerNorm")(x_q + out)
 
@@ -238,8 +269,9 @@ class AlbertFeedForward(nn.Module):
   @nn.compact
   def __call__(self, x):
     cfg = self.config
-    h = ACTIVATIONS[cfg.hidden_act](_dense(cfg, cfg.intermediate_size, ("hidden", "mlp"), "ffn")(x))
-    h = _dense(cfg, cfg.hidden_size, ("mlp", "hidden"), "ffn_output")(h)
+    h = checkpoint_name(_dense(cfg, cfg.intermediate_size, ("hidden", "mlp"), "ffn")(x), FFN_INNER)
+    h = _dense(cfg, cfg.hidden_size, ("mlp", "hidden"), "ffn_output")(ACTIVATIONS[cfg.hidden_act](h))
+    h = checkpoint_name(h, FFN_OUTPUT)
     h = nn.Dropout(cfg.hidden_dropout_prob)(h, deterministic=self.deterministic)
     return _layer_norm(cfg, "hidden", "full_layer_layer_norm")(x + h)
 
@@ -256,7 +288,7 @@ class AlbertLayerGroup(nn.Module):
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x, bias, shared_params, positions=None):
+  def __call__(self, x, mask, shared_params, positions=None):
     """`positions` [B, P]: the group's last layer computes its output only there (see AlbertEncoder)."""
     cfg = self.config
     attention = functools.partial(AlbertAttention, cfg, deterministic=self.deterministic)
@@ -265,13 +297,13 @@ class AlbertLayerGroup(nn.Module):
       name = f"layer_{j}"
       where = positions if j == cfg.inner_group_num - 1 else None
       if cfg.sharing == "attention":
-        x = _apply_shared(self, attention(parent=None), shared_params, x, bias, where)
+        x = _apply_shared(self, attention(parent=None), shared_params, x, mask, where)
         x = ffn(name=f"{name}_ffn")(x)
       elif cfg.sharing == "ffn":
-        x = attention(name=f"{name}_attention")(x, bias, where)
+        x = attention(name=f"{name}_attention")(x, mask, where)
         x = _apply_shared(self, ffn(parent=None), shared_params, x)
       else:
-        x = attention(name=f"{name}_attention")(x, bias, where)
+        x = attention(name=f"{name}_attention")(x, mask, where)
         x = ffn(name=f"{name}_ffn")(x)
     x = nn.with_logical_constraint(x, ("batch", "length", "act_hidden"))
     return x, None
@@ -296,7 +328,7 @@ class AlbertEncoder(nn.Module):
   config: AlbertConfig
 
   @nn.compact
-  def __call__(self, x, bias, deterministic=True, positions=None):
+  def __call__(self, x, mask, deterministic=True, positions=None):
     """[B, T, E] → [B, T, H]; with `positions` [B, P], the output at those positions only, [B, P, H].
 
     With one shared layer (the released models) and `positions`, the scan runs
@@ -312,9 +344,9 @@ class AlbertEncoder(nn.Module):
     body = _layer_body(cfg)
     if positions is not None and gathers_last_layer(cfg):
       layers = _broadcast_scan(body, cfg, cfg.num_hidden_layers - 1)
-      x = layers(cfg, deterministic=deterministic, name="layer_group")(x, bias, shared)[0]
+      x = layers(cfg, deterministic=deterministic, name="layer_group")(x, mask, shared)[0]
       last = AlbertLayerGroup(cfg, deterministic, parent=None)
-      return _apply_shared(self, last, self.variables["params"]["layer_group"], x, bias, shared, positions)[0]
+      return _apply_shared(self, last, self.variables["params"]["layer_group"], x, mask, shared, positions)[0]
     if cfg.sharing == "all" and cfg.num_hidden_groups == 1:
       layers = _broadcast_scan(body, cfg, cfg.num_hidden_layers)
     else:
@@ -332,14 +364,14 @@ class AlbertEncoder(nn.Module):
         unroll=cfg.scan_unroll,
         metadata_params={nn.PARTITION_NAME: "layers"},
       )
-    x = layers(cfg, deterministic=deterministic, name="layer_group")(x, bias, shared)[0]
+    x = layers(cfg, deterministic=deterministic, name="layer_group")(x, mask, shared)[0]
     return x if positions is None else gather_positions(x, positions)
 
   def _shared_block_params(self):
     """Parameters of the block that `sharing='attention'|'ffn'` shares across the stacked layers."""
     cfg = self.config
     if cfg.sharing == "attention":
-      block, args = AlbertAttention(cfg, parent=None), (_abstract_input(cfg), jnp.zeros((1, 1, 1, 1), jnp.float32))
+      block, args = AlbertAttention(cfg, parent=None), (_abstract_input(cfg), jnp.ones((1, 1), jnp.int32))
     elif cfg.sharing == "ffn":
       block, args = AlbertFeedForward(cfg, parent=None), (_abstract_input(cfg),)
     else:
@@ -378,10 +410,10 @@ class _ScanGroup(nn.Module):
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x, bias, shared):
+  def __call__(self, x, mask, shared):
     cfg = self.config
     layers = _broadcast_scan(_layer_body(cfg), cfg, cfg.num_hidden_layers // cfg.num_hidden_groups)
-    return layers(cfg, deterministic=self.deterministic, name="layers")(x, bias, shared)[0], None
+    return layers(cfg, deterministic=self.deterministic, name="layers")(x, mask, shared)[0], None
 
 
 class AlbertModel(nn.Module):
@@ -403,13 +435,13 @@ class AlbertModel(nn.Module):
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
     x = self.embeddings(input_ids, token_type_ids, deterministic)
-    # Additive mask in float32: padded keys get the most negative value, as in the original.
-    bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
+    # Padded keys are masked: albert_jax.attention adds the most negative float32 to their scores, as the original.
     if output_positions is None:
-      sequence = self.encoder(x, bias, deterministic)
+      sequence = self.encoder(x, attention_mask, deterministic)
     else:  # [CLS] (for the pooler) and the requested positions
       cls = jnp.zeros_like(output_positions[:, :1], jnp.int32)
-      sequence = self.encoder(x, bias, deterministic, jnp.concatenate([cls, output_positions.astype(jnp.int32)], 1))
+      positions = jnp.concatenate([cls, output_positions.astype(jnp.int32)], 1)
+      sequence = self.encoder(x, attention_mask, deterministic, positions)
     pooled = jnp.tanh(self.pooler(sequence[:, 0])) if self.add_pooling_layer else None
     return (sequence if output_positions is None else sequence[:, 1:]), pooled
 

@@ -181,6 +181,7 @@ def _check_workdir_model(workdir: pathlib.Path, model_config: model_lib.AlbertCo
         "dtype",
         "remat_policy",
         "scan_unroll",
+        "attention",
         "hidden_dropout_prob",
         "attention_probs_dropout_prob",
         "classifier_dropout_prob",
