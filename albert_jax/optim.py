@@ -244,52 +244,104 @@ def make_optimizer(
 
 
 def accumulate_gradients(
-  grad_fn: Callable[[Any, Any], tuple[Any, Any]],
+  grad_fn: Callable[[Any, Any, jax.Array], tuple[Any, Any]],
   params: Any,
   batch: Any,
+  rng: jax.Array,
   num_microbatches: int,
+  data_axis: str | None = None,
 ) -> tuple[Any, Any]:
-  """Mean gradient and summed auxiliary outputs over microbatches of `batch`.
+  """Summed auxiliary outputs and summed gradients of `grad_fn` over microbatches of `batch`.
 
-  Splits every batch leaf along its first axis and runs `grad_fn` on each
-  slice with `lax.scan`, so activations of only one microbatch are live.
-  Microbatch i holds rows i, i+k, i+2k, ... (k = num_microbatches): each
-  device keeps its own rows of a batch sharded over the first axis, so the
-  split moves no data between devices.
+  The sum of the microbatch gradients is the full-batch gradient when each
+  microbatch's loss is its share of the full-batch loss: its loss sums
+  divided by the WHOLE batch's denominators (`trainers.core.loss_gradients`
+  does this), not a mean over the microbatch. Splits every batch leaf along
+  its first axis and runs `grad_fn` on each slice with `lax.scan`, so the
+  activations of only one microbatch are live. Microbatch i holds rows i,
+  i+k, i+2k, ... (k = num_microbatches): each device keeps its own rows of a
+  batch sharded over the first axis, so the split moves no data between
+  devices.
 
   Args:
-    grad_fn: (params, microbatch) -> (aux, grads), e.g.
-      `jax.grad(loss_fn, has_aux=True)` with the aux first (swap it in a
-      lambda). Aux should hold sums (metrics as sums plus a denominator), so
-      adding them up over microbatches gives the full-batch sums.
+    grad_fn: (params, microbatch, rng) -> (aux, grads). Aux should hold sums
+      (metrics as sums plus a denominator), so that adding them up over
+      microbatches gives the full-batch sums.
     params: passed unchanged to every call.
     batch: pytree of arrays with a common leading batch dimension.
+    rng: the step's key (dropout): used as is for k = 1; microbatch i gets
+      `fold_in(rng, i)`, and under `data_axis` also the data shard's index, so
+      that no two microbatches draw the same masks.
     num_microbatches: k >= 1; the batch size must be divisible by k.
+    data_axis: a mesh axis the batch is split over. When the ambient mesh has
+      it (larger than 1) and k > 1, the microbatch loop runs inside a
+      `shard_map` manual over that axis: every device adds up the gradients
+      of its own rows and ONE `psum` over the axis adds the devices' sums at
+      the end, where jit's automatic partitioning all-reduces the gradient
+      once per microbatch (and per layer). Other axes (fsdp, tensor) stay
+      automatic inside.
 
   Returns:
-    (summed aux, mean of the microbatch gradients).
+    (summed aux, summed gradients).
   """
   if num_microbatches == 1:
-    return grad_fn(params, batch)
+    return grad_fn(params, batch, rng)
   sizes = {x.shape[0] for x in jax.tree.leaves(batch)}
   if len(sizes) != 1 or next(iter(sizes)) % num_microbatches:
     raise ValueError(
       f"Batch size {sizes} is not divisible by grad_accum_steps="
       f"{num_microbatches}; change batch_size or grad_accum_steps."
     )
+  mesh = jax.sharding.get_abstract_mesh()
+  if data_axis is None or mesh.empty or data_axis not in mesh.axis_names or mesh.shape[data_axis] == 1:
+    return _scan_microbatches(grad_fn, params, batch, rng, num_microbatches)
 
+  def per_device(params, batch, rng):
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(data_axis))
+    with nn.logical_axis_rules(_rules_without(nn.get_logical_axis_rules(), data_axis)):
+      sums = _scan_microbatches(grad_fn, params, batch, rng, num_microbatches)
+    return jax.lax.psum(sums, data_axis)  # the step's one reduction over the data axis
+
+  spec = jax.sharding.PartitionSpec
+  return jax.shard_map(
+    per_device,
+    mesh=mesh,
+    in_specs=(spec(), spec(data_axis), spec()),
+    out_specs=spec(),
+    axis_names={data_axis},
+    # The gradients are taken inside, per device, and summed by the psum above; check_vma=True would type the
+    # parameters as device-invariant and psum every microbatch's gradient (and the Pallas kernel has no type).
+    check_vma=False,
+  )(params, batch, rng)
+
+
+def _scan_microbatches(grad_fn, params, batch, rng, num_microbatches):
   def split(x):
     x = x.reshape((x.shape[0] // num_microbatches, num_microbatches) + x.shape[1:])
     return jnp.swapaxes(x, 0, 1)
 
   micro = jax.tree.map(split, batch)
   first = jax.tree.map(lambda x: x[0], micro)
-  aux_shape, grad_shape = jax.eval_shape(grad_fn, params, first)
+  aux_shape, grad_shape = jax.eval_shape(grad_fn, params, first, rng)
   zeros = lambda tree: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree)
 
-  def body(carry, microbatch):
-    aux, grads = grad_fn(params, microbatch)
+  def body(carry, indexed):
+    index, microbatch = indexed
+    aux, grads = grad_fn(params, microbatch, jax.random.fold_in(rng, index))
     return jax.tree.map(jnp.add, carry, (aux, grads)), None
 
-  (aux, grads), _ = jax.lax.scan(body, (zeros(aux_shape), zeros(grad_shape)), micro)
-  return aux, jax.tree.map(lambda g: g / num_microbatches, grads)
+  indices = jnp.arange(num_microbatches, dtype=jnp.uint32)
+  sums, _ = jax.lax.scan(body, (zeros(aux_shape), zeros(grad_shape)), (indices, micro))
+  return sums
+
+
+def _rules_without(rules, axis: str):
+  """Logical axis rules with `axis` taken out of every mapping (inside a shard_map it is manual: no sharding
+  constraint may name it)."""
+
+  def drop(axes):
+    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    kept = tuple(n for n in names if n != axis)
+    return kept[0] if len(kept) == 1 else (kept or None)
+
+  return tuple((name, drop(axes)) for name, axes in rules)

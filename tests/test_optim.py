@@ -273,26 +273,31 @@ def test_decay_mask_selects_exactly_kernels_and_embeddings(boxed):
   assert mask == {"params": nest(ALBERT_PATHS, ALBERT_PATHS.get)}
 
 
-def test_accumulated_gradients_equal_the_full_batch_gradient():
+def test_accumulated_gradients_add_up_to_the_full_batch_gradient():
+  # Each microbatch's loss is its share of the full batch's (its sum over the full batch's count), so the
+  # microbatch gradients add up to the full-batch gradient (tests/test_accumulation.py: the pretraining loss).
   rng = np.random.default_rng(3)
   batch = {"x": rng.normal(size=(12, 3)).astype(np.float32), "y": rng.normal(size=(12,)).astype(np.float32)}
   params = {"w": jnp.asarray(rng.normal(size=(3,)), jnp.float32)}
 
-  def grad_fn(params, batch):
+  def grad_fn(params, batch, rng):
+    del rng
+
     def loss(params):
       err = batch["x"] @ params["w"] - batch["y"]
-      return jnp.mean(err**2), {"sse": jnp.sum(err**2), "count": err.size}
+      return jnp.sum(err**2) / 12, {"sse": jnp.sum(err**2), "count": err.size}
 
     grads, aux = jax.grad(loss, has_aux=True)(params)
     return aux, grads
 
-  full_aux, full_grads = grad_fn(params, batch)
-  aux, grads = jax.jit(optim.accumulate_gradients, static_argnums=(0, 3))(grad_fn, params, batch, 4)
+  key = jax.random.PRNGKey(0)
+  full_aux, full_grads = grad_fn(params, batch, key)
+  aux, grads = jax.jit(optim.accumulate_gradients, static_argnums=(0, 4))(grad_fn, params, batch, key, 4)
   np.testing.assert_allclose(grads["w"], full_grads["w"], rtol=1e-5)
   np.testing.assert_allclose(aux["sse"], full_aux["sse"], rtol=1e-5)
   assert int(aux["count"]) == 12
   with pytest.raises(ValueError, match="grad_accum_steps=5"):
-    optim.accumulate_gradients(grad_fn, params, batch, 5)
+    optim.accumulate_gradients(grad_fn, params, batch, key, 5)
 
 
 def test_lamb_on_boxed_params_equals_lamb_on_unboxed():

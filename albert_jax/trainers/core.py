@@ -161,9 +161,48 @@ def apply_gradients(state: TrainState, grads, tx: optax.GradientTransformation, 
 MetricSums = Callable[[Any, dict[str, jax.Array], jax.Array], dict[str, jax.Array]]
 
 
+def loss_gradients(
+  metric_sums: MetricSums,
+  total_loss: Callable[[dict[str, jax.Array]], jax.Array],
+  denominators: Callable[[dict[str, jax.Array]], dict[str, jax.Array]],
+  params,
+  batch,
+  rng: jax.Array,
+  grad_accum_steps: int = 1,
+  prepare_params: Callable[[Any], Any] = lambda params: params,
+  data_axis: str | None = sharding.MESH_AXES[0],
+):
+  """(metric sums, gradient of the total loss) of one global batch, over `grad_accum_steps` microbatches.
+
+  Exactly the full-batch gradient: the batch's denominators (masked tokens,
+  sequences) are counted first, and each microbatch's loss is its loss sums
+  divided by those, so that the microbatch gradients add up to the gradient
+  of the full batch's loss (`optim.accumulate_gradients`; `total_loss` must
+  be linear in the sums that depend on the parameters, as sums over
+  examples divided by counts are). Every microbatch draws its own dropout
+  masks, and the gradient is reduced over the data axis once.
+  """
+  counts = denominators(batch)
+  # The parameters are prepared (e.g. the shared layer gathered whole) once per step, outside the microbatch
+  # loop; their gradient flows back through the same preparation once.
+  prepared, restore = jax.vjp(prepare_params, params)
+
+  def grads_and_sums(p, micro, micro_rng):
+    def loss_fn(p):
+      sums = metric_sums(p, micro, micro_rng)
+      return total_loss({**sums, **counts}), sums
+
+    grads, sums = jax.grad(loss_fn, has_aux=True)(p)
+    return sums, grads
+
+  sums, grads = optim.accumulate_gradients(grads_and_sums, prepared, batch, rng, grad_accum_steps, data_axis)
+  return sums, restore(grads)[0]
+
+
 def make_train_step(
   metric_sums: MetricSums,
   total_loss: Callable[[dict[str, jax.Array]], jax.Array],
+  denominators: Callable[[dict[str, jax.Array]], dict[str, jax.Array]],
   tx: optax.GradientTransformation,
   schedule: optax.Schedule,
   grad_accum_steps: int = 1,
@@ -176,8 +215,10 @@ def make_train_step(
       over the batch with their denominators (losses, correct predictions,
       counts), so that microbatches and logging intervals add up exactly.
     total_loss: the metric sums -> the scalar whose gradient is taken.
+    denominators: batch -> the counts `total_loss` divides by (those of the
+      metric sums that do not depend on the parameters), for the whole batch.
     tx, schedule: the optimizer and its learning-rate schedule.
-    grad_accum_steps: microbatches per update (`optim.accumulate_gradients`).
+    grad_accum_steps: microbatches per update (`loss_gradients`).
     prepare_params: maps the parameters before the forward pass (pretraining
       gathers the shared layer once per step under FSDP).
 
@@ -188,16 +229,9 @@ def make_train_step(
 
   def train_step(state: TrainState, batch, rng):
     dropout_rng = jax.random.fold_in(rng, state.step)
-
-    def grads_and_sums(params, micro):
-      def loss_fn(p):
-        sums = metric_sums(prepare_params(p), micro, dropout_rng)
-        return total_loss(sums), sums
-
-      grads, sums = jax.grad(loss_fn, has_aux=True)(params)
-      return sums, grads
-
-    sums, grads = optim.accumulate_gradients(grads_and_sums, state.params, batch, grad_accum_steps)
+    sums, grads = loss_gradients(
+      metric_sums, total_loss, denominators, state.params, batch, dropout_rng, grad_accum_steps, prepare_params
+    )
     new_state, grad_norm, nonfinite = apply_gradients(state, grads, tx, total_loss(sums))
     return new_state, dict(sums, grad_norm=grad_norm, learning_rate=schedule(state.step), nonfinite=nonfinite)
 
@@ -242,6 +276,7 @@ def build(
   init_params: Callable,
   metric_sums: MetricSums,
   total_loss: Callable,
+  denominators: Callable,
   eval_fn: Callable,
   mesh,
   rules,
@@ -252,7 +287,7 @@ def build(
   Args:
     config: the experiment config (optimizer fields, grad_accum_steps, debug).
     init_params: rng -> the model's `nn.Partitioned`-boxed parameters.
-    metric_sums, total_loss: the trainer's loss (see `make_train_step`).
+    metric_sums, total_loss, denominators: the trainer's loss (see `make_train_step`).
     eval_fn: (params, batch) -> what evaluation needs (metric sums, or the
       head's outputs).
     mesh, rules: from `setup_mesh`.
@@ -263,7 +298,7 @@ def build(
   with jax.set_mesh(mesh), nn_partitioning.axis_rules(rules):
     sharded = shard_train_state(init_params, tx, mesh, rules)
     prepare = prepare_params(sharded.shardings.params) if prepare_params else (lambda params: params)
-    step_fn = make_train_step(metric_sums, total_loss, tx, schedule, config.grad_accum_steps, prepare)
+    step_fn = make_train_step(metric_sums, total_loss, denominators, tx, schedule, config.grad_accum_steps, prepare)
     if config.debug.nan_at_step >= 0:
       step_fn = inject_nonfinite_loss(step_fn, config.debug.nan_at_step, config.debug.nan_value)
     batch_sharding = sharding.batch_sharding(mesh)

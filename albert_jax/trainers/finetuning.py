@@ -96,6 +96,11 @@ def _apply(model, params, batch, rng=None):
   )
 
 
+def denominators(batch):
+  """What `total_loss` divides by, for a whole batch: its examples."""
+  return {"count": jnp.asarray(batch["input_ids"].shape[0], jnp.float32)}
+
+
 def total_loss(sums):
   return sums["loss_sum"] / sums["count"]
 
@@ -125,6 +130,7 @@ def build(
     init_params,
     metric_sums=lambda params, batch, rng: task_losses(spec.head, _apply(model, params, batch, rng), batch),
     total_loss=total_loss,
+    denominators=denominators,
     eval_fn=lambda params, batch: _apply(model, params, batch),
     mesh=mesh,
     rules=rules,

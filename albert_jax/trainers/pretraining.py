@@ -74,6 +74,15 @@ def _apply(model, params, batch, rng=None):
   )
 
 
+def denominators(batch):
+  """What `total_loss` divides by, for a whole batch: masked tokens (they differ from sequence to sequence) and
+  sequences."""
+  return {
+    "mlm_count": jnp.sum(batch["masked_lm_weights"].astype(jnp.float32)),
+    "sop_count": jnp.asarray(batch["sentence_order_label"].shape[0], jnp.float32),
+  }
+
+
 def total_loss(sums):
   """MLM cross-entropy per masked token plus SOP cross-entropy per sequence, as ALBERT sums them."""
   return sums["mlm_loss_sum"] / jnp.maximum(sums["mlm_count"], 1.0) + sums["sop_loss_sum"] / sums["sop_count"]
@@ -146,6 +155,7 @@ def build(config, model_config: model_lib.AlbertConfig, mesh, rules) -> core.Set
     init_params,
     metric_sums=lambda params, batch, rng: pretraining_losses(_apply(model, params, batch, rng), batch),
     total_loss=total_loss,
+    denominators=denominators,
     eval_fn=lambda params, batch: pretraining_losses(_apply(model, params, batch), batch),
     mesh=mesh,
     rules=rules,
