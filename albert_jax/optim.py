@@ -26,6 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from absl import logging
 
 # The original's `exclude_from_weight_decay=["LayerNorm", "layer_norm",
 # "bias"]`, searched (re.search) anywhere in the variable name; LAMB uses the
@@ -294,6 +295,11 @@ def accumulate_gradients(
     )
   mesh = jax.sharding.get_abstract_mesh()
   if data_axis is None or mesh.empty or data_axis not in mesh.axis_names or mesh.shape[data_axis] == 1:
+    return _scan_microbatches(grad_fn, params, batch, rng, num_microbatches)
+  if sum(size > 1 for name, size in mesh.shape.items() if name != data_axis) > 1:
+    # XLA's SPMD partitioner (jax 0.10.2) fails a check on a shard_map manual over one axis when two other axes
+    # (fsdp and tensor) are split too; such a mesh keeps jit's reduction per microbatch.
+    logging.warning("grad_accum_steps with data, fsdp and tensor all split: the gradient is reduced per microbatch.")
     return _scan_microbatches(grad_fn, params, batch, rng, num_microbatches)
 
   def per_device(params, batch, rng):

@@ -85,10 +85,10 @@ def _relative_error(a, b) -> float:
   return max(leaf_error(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
 
-@pytest.mark.parametrize("data", [1, 2])
-def test_four_microbatches_give_the_full_batch_gradient_with_uneven_masked_tokens(data):
+@pytest.mark.parametrize("data, fsdp", [(1, 1), (2, 1), (2, 2)])
+def test_four_microbatches_give_the_full_batch_gradient_with_uneven_masked_tokens(data, fsdp):
   config, batch = _config(), _batch()
-  mesh = sharding.create_mesh(type("Mesh", (), dict(data=data)), jax.devices()[:data])
+  mesh = sharding.create_mesh(type("Mesh", (), dict(data=data, fsdp=fsdp)), jax.devices()[: data * fsdp])
   full_sums, full = _gradients(config, batch, 1, mesh)
   sums, accumulated = _gradients(config, batch, 4, mesh)
   assert float(sums["mlm_count"]) == 40.0  # 4 + 8 + 12 + 16 masked tokens over the microbatches
