@@ -1,11 +1,11 @@
 """The training loop both trainers run, with its periodic actions written once.
 
-Every step: stop cleanly on preemption, feed a batch, step. Then, by the
-config's intervals: handle a non-finite loss, checkpoint, log the training
-metrics (to the log, metrics.jsonl and TensorBoard), evaluate. How often
-metrics are fetched from the devices, what a non-finite loss does and when
-checkpoints are written are decided here, for pretraining and fine-tuning
-alike.
+Every step: stop cleanly on preemption, feed a batch, queue the step. Then,
+by the config's intervals, and only then waiting for the devices: fetch the
+metrics and handle a non-finite loss, checkpoint, log the training metrics
+(to the log, metrics.jsonl and TensorBoard), evaluate. How often metrics are
+fetched from the devices, what a non-finite loss does and when checkpoints
+are written are decided here (`run`), for pretraining and fine-tuning alike.
 """
 
 import dataclasses
@@ -71,38 +71,49 @@ def run(
   writer: MetricWriter,
   dropout_rng: jax.Array,
 ) -> Outcome:
-  """Trains from `state` to `config.num_train_steps`, checkpointing, logging and evaluating on the way."""
+  """Trains from `state` to `config.num_train_steps`, checkpointing, logging and evaluating on the way.
+
+  The host never waits for the devices between the steps that log, checkpoint or evaluate: a step's metrics
+  (its non-finite flag too) stay on the devices, and while one step runs the host reads the next batch and
+  puts it on the devices, then queues the next step. At a step that logs, checkpoints or evaluates (and on
+  preemption) the metrics of every step since the last such step are fetched and checked first: a non-finite
+  loss stops the run (nan_policy 'stop') before anything is saved or evaluated.
+  """
   step = int(jax.device_get(state.step))
   preemption = checkpointing.Preemption()
   peak = _peak_flops()
-  pending, last = [], {}
+  unfetched, fetched, last = [], [], {}  # (step, metrics) on the devices; host metrics since the last log line
   start_step, timer, run_start = step, time.perf_counter(), time.perf_counter()
 
   def save():  # asynchronous; the loop decides when (orbax's own policy would also save the first step)
     manager.save(step, args=checkpointing.composite(trainer.save_items(state)), force=True)
 
+  def fetch():  # the one place the loop waits for the devices
+    fetched.extend(_check_finite(config.nan_policy, manager, trainer.summarize, jax.device_get(unfetched)))
+    unfetched.clear()
+
   while step < config.num_train_steps:
     if preemption.stop_now(manager, step):
+      fetch()
       preemption.save_before_exit(manager, step, save)
       break
+    # The previous step is still running on the devices: reading and placing this batch overlaps it.
     batch = sharding.global_batch(trainer.next_batch(step), mesh)
     state, metrics = trainer.setup.train_step(state, batch, dropout_rng)
     step += 1
-    if int(metrics["nonfinite"]):
-      _nonfinite(
-        step,
-        config.nan_policy,
-        manager,
-        trainer.summarize(jax.device_get(metrics))["loss"],
-        float(metrics["grad_norm"]),
-      )
-    pending.append(metrics)
-    if step % config.checkpoint_every_steps == 0:
+    unfetched.append((step, metrics))
+    checkpoint_now = step % config.checkpoint_every_steps == 0
+    log_now = step % config.log_every_steps == 0 or step == config.num_train_steps
+    evaluate_now = config.eval_every_steps and (step % config.eval_every_steps == 0 or step == config.num_train_steps)
+    if not (checkpoint_now or log_now or evaluate_now):
+      continue
+    fetch()
+    if checkpoint_now:
       save()
-    if step % config.log_every_steps == 0 or step == config.num_train_steps:
-      last = _log_training(config, trainer, step, jax.device_get(pending), time.perf_counter() - timer, peak, writer)
-      pending, timer = [], time.perf_counter()
-    if config.eval_every_steps and (step % config.eval_every_steps == 0 or step == config.num_train_steps):
+    if log_now:
+      last = _log_training(config, trainer, step, fetched, time.perf_counter() - timer, peak, writer)
+      fetched, timer = [], time.perf_counter()
+    if evaluate_now:
       for name, scores in trainer.evaluate(state).items():
         logging.info("%s at step %d: %s", name, step, " ".join(f"{k} {v:.4f}" for k, v in scores.items()))
         writer.write(step, name, scores)
@@ -115,6 +126,16 @@ def run(
     "Finished at step %d (%d steps in %s).", step, step - start_step, duration(time.perf_counter() - run_start)
   )
   return Outcome(state, step, preempted, last)
+
+
+def _check_finite(
+  nan_policy: str, manager: checkpointing.CheckpointManager, summarize: Callable, host: list[tuple[int, dict]]
+) -> list[dict[str, Any]]:
+  """The fetched metrics of some steps, in order, after `_nonfinite` has handled each step that was skipped."""
+  for step, metrics in host:
+    if int(metrics["nonfinite"]):
+      _nonfinite(step, nan_policy, manager, summarize(metrics)["loss"], float(metrics["grad_norm"]))
+  return [metrics for _, metrics in host]
 
 
 def _log_training(
