@@ -194,10 +194,29 @@ def stats(seconds: list[float]) -> dict[str, float]:
   }
 
 
+def cpu_model() -> str:
+  """The CPU as lscpu names it, with its family and model numbers (a virtual machine's name can be bare, as
+  "AMD EPYC": family 25 model 17 is Zen 4), and whether it has AVX-512."""
+  fields = {}
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+  except OSError:
+    return "unknown CPU"
+  avx512 = "avx512f" in fields.get("flags", "").split()
+  return (
+    f"{fields.get('model name', 'unknown CPU')} (family {fields.get('cpu family', '?')}, model "
+    f"{fields.get('model', '?')}), {os.cpu_count()} cores, AVX-512 {'yes' if avx512 else 'no'}"
+  )
+
+
 def machine() -> dict[str, object]:
   import torch
 
   return {
+    "cpu": cpu_model(),
     "cpu_count": os.cpu_count(),
     "torch_threads": torch.get_num_threads(),
     "jax": jax.__version__,
