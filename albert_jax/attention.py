@@ -152,15 +152,26 @@ def block_sizes(q_len: int, kv_len: int) -> pallas_flash.BlockSizes:
   )
 
 
+def _kernel_precision(dtype):
+  """Products of bfloat16 (or float16) tiles in the kernel run at the default precision, accumulating in float32:
+  Mosaic refuses a float32-precision product of bfloat16 tiles (which `jax_default_matmul_precision=highest`,
+  as the tests set it, would ask for)."""
+  return contextlib.nullcontext() if dtype == jnp.float32 else jax.default_matmul_precision("default")
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def _flash(q, k, v, segment_ids, sm_scale, blocks):
   # The kernel module's own forward and backward (private; jax is pinned in requirements.txt), re-wrapped so that
   # its residuals carry names a remat policy can save.
-  return pallas_flash._flash_attention(q, k, v, None, segment_ids, False, False, sm_scale, blocks, False)  # pylint: disable=protected-access
+  with _kernel_precision(q.dtype):
+    return pallas_flash._flash_attention(q, k, v, None, segment_ids, False, False, sm_scale, blocks, False)  # pylint: disable=protected-access
 
 
 def _flash_forward(q, k, v, segment_ids, sm_scale, blocks):
-  o, row_sum, row_max = pallas_flash._flash_attention(q, k, v, None, segment_ids, True, False, sm_scale, blocks, False)  # pylint: disable=protected-access
+  with _kernel_precision(q.dtype):
+    o, row_sum, row_max = pallas_flash._flash_attention(
+      q, k, v, None, segment_ids, True, False, sm_scale, blocks, False
+    )  # pylint: disable=protected-access
   row_max, row_sum = checkpoint_name(row_max, SOFTMAX_STATS[0]), checkpoint_name(row_sum, SOFTMAX_STATS[1])
   return o, (q, k, v, segment_ids, checkpoint_name(o, CONTEXT), row_sum, row_max)
 
@@ -168,7 +179,8 @@ def _flash_forward(q, k, v, segment_ids, sm_scale, blocks):
 def _flash_backward(sm_scale, blocks, residuals, do):
   q, k, v, segment_ids, o, row_sum, row_max = residuals
   residuals = (q, k, v, None, segment_ids, o, row_sum, row_max)
-  dq, dk, dv, _, _ = pallas_flash._flash_attention_bwd(False, False, sm_scale, blocks, False, residuals, do)  # pylint: disable=protected-access
+  with _kernel_precision(q.dtype):
+    dq, dk, dv, _, _ = pallas_flash._flash_attention_bwd(False, False, sm_scale, blocks, False, residuals, do)  # pylint: disable=protected-access
   return dq, dk, dv, None
 
 
@@ -217,21 +229,22 @@ def _manual_axes(logical: str, size: int, mesh) -> tuple[str, ...] | None:
 
 
 def pallas_tpu_attention(q, k, v, mask):
-  """The Pallas kernel in a `shard_map` over the batch's and the heads' mesh axes (from the logical axis rules
-  in effect); axes already manual (an enclosing `shard_map`, e.g. gradient accumulation's) are left alone."""
+  """The Pallas kernel in a `shard_map` manual over every automatic mesh axis (Mosaic kernels cannot be
+  partitioned automatically, even over an axis of size 1): batch and heads split as the logical axis rules in
+  effect say, the rest replicated. Axes already manual (an enclosing `shard_map`, e.g. gradient accumulation's)
+  are left alone."""
   mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty:
+  auto = {n for n, t in zip(mesh.axis_names, mesh.axis_types) if t == jax.sharding.AxisType.Auto}
+  if mesh.empty or not auto:
     return _pallas_local(q, k, v, mask)
   batch, heads = _manual_axes("batch", q.shape[0], mesh), _manual_axes("heads", q.shape[2], mesh)
-  if batch is None and heads is None:
-    return _pallas_local(q, k, v, mask)
   spec = jax.sharding.PartitionSpec(batch, None, heads, None)
   return jax.shard_map(
     _pallas_local,
     mesh=mesh,
     in_specs=(spec, spec, spec, jax.sharding.PartitionSpec(batch, None)),
     out_specs=spec,
-    axis_names=set(batch or ()) | set(heads or ()),
+    axis_names=auto,
     check_vma=False,  # the kernel's outputs carry no varying-axes type
   )(q, k, v, mask)
 

@@ -2,8 +2,9 @@
 
   python -m albert_jax.compile_check --config=experiments/xxlarge.py --topology=v3:16x16 [--json=PATH]
 
-Needs libtpu (`pip install -r requirements-tpu.txt`). Prints per-device memory against HBM, FLOPs and the step
-time at 50% MFU, and the collectives per step (`albert_jax.tools.compile_check`).
+Needs libtpu (`pip install -r requirements-tpu.txt`). Prints per-device memory against HBM, the model's FLOPs and
+the step time at 50% MFU, the FLOPs the compiled step executes, and the collectives per step with the all-reduce
+bytes (`albert_jax.tools.compile_check`).
 """
 
 from absl import flags
@@ -21,10 +22,13 @@ _TOPOLOGY = flags.DEFINE_string(
   "TPU slice, e.g. v3:16x16, v4:4x4x4, v5e:16x16, v5p:4x4x4 (needs libtpu); '' = this machine's own devices.",
 )
 _JSON = flags.DEFINE_string("json", "", "Also write the report as JSON to this path.")
+_EXECUTED_FLOPS = flags.DEFINE_bool(
+  "executed_flops", True, "Also measure the FLOPs the step executes (a second compile, of a 5-layer probe)."
+)
 
 
 def main():
-  compile_check.main(_CONFIG.value, _TOPOLOGY.value, _JSON.value)
+  compile_check.main(_CONFIG.value, _TOPOLOGY.value, _JSON.value, _EXECUTED_FLOPS.value)
 
 
 if __name__ == "__main__":

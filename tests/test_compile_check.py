@@ -95,6 +95,43 @@ def test_data_parallel_gradient_all_reduce_once_per_step_not_per_layer(data_para
   word_embedding_bytes = 4 * 256 * 32
   assert outside["all-reduce"]["bytes_per_step"] == pytest.approx(grad_bytes + word_embedding_bytes, abs=1024)
   assert outside["all-gather"]["per_step"] == outside["reduce-scatter"]["per_step"] == 0
+  assert data_parallel_report["all_reduce_bytes_per_step"] == outside["all-reduce"]["bytes_per_step"]
+
+
+@needs_libtpu
+def test_executed_flops_count_the_recomputation_of_the_scanned_layers():
+  # Full remat recomputes the forward pass of every scanned layer (L-1 of them; the gathered last layer is not
+  # rematerialised): executed(full) - executed(none) is that forward, to the elementwise work XLA also counts.
+  def report(remat_policy):
+    config = _small_config(data=4)
+    config.model.update(hidden_size=256, intermediate_size=1024, num_attention_heads=4, num_hidden_layers=4)
+    config.model.update(remat_policy=remat_policy, max_position_embeddings=128)
+    config.data.update(max_seq_length=128)
+    return compile_check.check(config, TOPOLOGY)
+
+  none, full = report("none"), report("full")
+  model = compile_check.model_config(_small_config()).replace(
+    hidden_size=256, intermediate_size=1024, num_attention_heads=4, num_hidden_layers=4
+  )
+  per_layer = flops_lib.forward_flops_per_sequence(model, 128, 8) - flops_lib.forward_flops_per_sequence(
+    model.replace(num_hidden_layers=3), 128, 8
+  )
+  recompute = 16 * 3 * per_layer
+  assert 1.0 < none["executed_over_model_flops"] < 1.1
+  assert full["executed_flops_per_step"] - none["executed_flops_per_step"] == pytest.approx(recompute, rel=0.1)
+  assert none["executed_flops_note"] == "XLA cost analysis at scan_unroll 1 and 2"
+
+
+@needs_libtpu
+def test_flash_attention_compiles_for_tpu_and_its_backward_kernels_are_counted():
+  config = _small_config(data=2, fsdp=2)
+  config.model.update(attention="flash", dtype="bfloat16", remat_policy="save_all")
+  report = compile_check.check(config, TOPOLOGY)
+  assert report["attention"] == "flash" and report["memory"]["fits"]
+  assert report["executed_flops_note"].endswith("+ Pallas backward")
+  backward = compile_check.flash_backward_flops(compile_check.model_config(config), 16, 64, 8)
+  assert backward == 16 * (2 * 64 + 9) * 2 * 7 * 128 * 64  # keys padded to 128; 1 + 8 gathered queries
+  assert report["executed_flops_per_step"] > report["flops_per_step"]
 
 
 @needs_libtpu

@@ -7,9 +7,23 @@ from the config over the slice's devices exactly as training builds it, the
 `train_step` of `albert_jax.train.build` is lowered with abstract inputs
 (ShapeDtypeStructs carrying their shardings; no data, no parameters) and
 compiled by the TPU compiler. The report gives what a user needs before renting
-the slice: per-device memory against the chip's HBM, the analytic FLOPs and the
-step time at 50% MFU, and the collectives per step, split into those inside
-the scanned layer loop (run once per layer) and those outside (once per step).
+the slice: per-device memory against the chip's HBM, the analytic (model) FLOPs
+and the step time at 50% MFU, the FLOPs the compiled step executes (recompute
+included), and the collectives per step, split into those inside the scanned
+layer loop (run once per layer) and those outside (once per step), with the
+all-reduce bytes per step.
+
+Executed FLOPs: XLA's `cost_analysis()` counts a while loop's body once, not
+once per iteration, and fully unrolling the layer scan (`scan_unroll` = L)
+would not fix that: with the loop gone XLA removes the rematerialisation as
+common subexpressions (the model's remat uses `prevent_cse=False`), so it
+would count (and compile) a program without remat. Instead the step is
+compiled twice with the loop kept, at `scan_unroll` 1 (the real config) and 2
+(a probe with 4 scanned layers, where the loop body holds two layers): the
+difference is one layer's forward, backward and recomputation, the rest is
+what runs outside the loop, and executed = outside + layers x body. The
+Pallas flash kernel's forward declares its cost to XLA; its two backward
+kernels declare none, so their matrix products are added analytically.
 """
 
 import dataclasses
@@ -23,7 +37,9 @@ import jax
 import jax.numpy as jnp
 from flax.linen import partitioning as nn_partitioning
 
+from albert_jax import attention as attention_lib
 from albert_jax import config_lib, sharding
+from albert_jax import model as model_lib
 from albert_jax.tools import flops as flops_lib
 from albert_jax.tools import hlo_collectives
 from albert_jax.trainers import pretraining
@@ -120,9 +136,9 @@ class Compiled:
   compile_seconds: float
 
 
-def compile_train_step(config, topology: str) -> Compiled:
+def compile_train_step(config, topology: str, devices=None) -> Compiled:
   """Lowers and compiles `pretraining.build(...).train_step` for the slice, running nothing."""
-  devices = topology_devices(topology)
+  devices = devices or topology_devices(topology)
   try:
     mesh = sharding.create_mesh(config.mesh, devices)
   except ValueError as e:
@@ -149,9 +165,10 @@ def compile_train_step(config, topology: str) -> Compiled:
       raise
     raise DoesNotFit(
       f"{model.remat_policy=!s} on mesh {dict(mesh.shape)} of {topology} does not fit: "
-      f"{str(e).split(':', 1)[-1].strip().splitlines()[0]} Try --config.model.remat_policy=full, "
-      "--config.grad_accum_steps=2 or more, --config.mesh.fsdp=N, or bfloat16 "
-      "(--config.model.dtype=bfloat16)."
+      f"{str(e).split(':', 1)[-1].strip().splitlines()[0]} Try a remat policy that keeps less "
+      f"(--config.model.remat_policy=, from least to most recomputation: {', '.join(model_lib.REMAT_POLICIES)}), "
+      "--config.grad_accum_steps=2 or more, --config.mesh.fsdp=N, bfloat16 (--config.model.dtype=bfloat16) or "
+      "--config.model.attention=flash."
     ) from None
   return Compiled(compiled, mesh, model, lowered_at - start, time.perf_counter() - lowered_at)
 
@@ -200,11 +217,64 @@ def flops_report(config, model, num_devices: int, device_kind: str) -> dict[str,
   }
 
 
-def check(config, topology: str) -> dict[str, Any]:
+def _cost(compiled) -> float:
+  analysis = compiled.cost_analysis()
+  return float((analysis[0] if isinstance(analysis, list) else analysis)["flops"])
+
+
+def flash_backward_flops(model, batch_size: int, seq_len: int, num_predictions: int) -> float:
+  """Matrix-product FLOPs of the Pallas kernel's backward (no cost estimate reaches XLA) in one step: per
+  attention application, the dk/dv kernel's 4 and the dq kernel's 3 products of Q x T x head_dim per head
+  (scores recomputed in each), at the kernel's padded lengths."""
+  kv = -(-seq_len // attention_lib.LANES) * attention_lib.LANES
+  pad_q = lambda q: q if q <= attention_lib.LANES else -(-q // attention_lib.LANES) * attention_lib.LANES
+  per_query = 2 * 7 * kv * model.hidden_size  # 7 products, 2 FLOPs per multiply-add, all heads
+  layers = model.num_hidden_layers * model.inner_group_num
+  gathered = num_predictions is not None and model_lib.gathers_last_layer(model)
+  queries = (layers - 1) * pad_q(seq_len) + pad_q(num_predictions + 1 if gathered else seq_len)
+  return batch_size * queries * per_query
+
+
+def executed_flops(config, compiled: Compiled, devices) -> dict[str, Any]:
+  """The FLOPs the compiled step executes, all devices together (see the module docstring), or why not."""
+  model = compiled.model
+  if model.sharing != "all" or model.num_hidden_groups != 1 or model.inner_group_num != 1:
+    return {"executed_flops_per_step": None, "executed_flops_note": "only for one shared layer (sharing='all')"}
+  if config.grad_accum_steps != 1:
+    return {"executed_flops_per_step": None, "executed_flops_note": "not measured with grad_accum_steps > 1"}
+  scanned = model.num_hidden_layers - (1 if model_lib.gathers_last_layer(model) else 0)
+  probe = config.copy_and_resolve_references()
+  probe.model.update(num_hidden_layers=5 if scanned < model.num_hidden_layers else 4, scan_unroll=2)
+  one = _cost(compiled.compiled)
+  if model.scan_unroll != 1:
+    unrolled_once = config.copy_and_resolve_references()
+    unrolled_once.model.scan_unroll = 1
+    one = _cost(compile_train_step(unrolled_once, "", devices).compiled)
+  two = _cost(compile_train_step(probe, "", devices).compiled)
+  per_device = (one - (two - one)) + scanned * (two - one)
+  total = per_device * compiled.mesh.size
+  kernel = "pallas_tpu" if model.attention == "flash" and compiled.mesh.devices.flat[0].platform == "tpu" else None
+  if kernel:
+    total += flash_backward_flops(
+      model, config.batch_size, config.data.max_seq_length, config.data.max_predictions_per_seq
+    )
+  return {
+    "executed_flops_per_step": total,
+    "executed_flops_loop_body_per_device": two - one,
+    "executed_flops_note": "XLA cost analysis at scan_unroll 1 and 2" + (" + Pallas backward" if kernel else ""),
+  }
+
+
+def check(config, topology: str, measure_executed_flops: bool = True) -> dict[str, Any]:
   """The whole report for one config on one slice, as plain data (what --json writes)."""
-  result = compile_train_step(config, topology)
+  devices = topology_devices(topology)
+  result = compile_train_step(config, topology, devices)
   device_kind = result.mesh.devices.flat[0].device_kind
   found = hlo_collectives.collectives(result.compiled.as_text())
+  summary = hlo_collectives.summarize(found)
+  flops = flops_report(config, result.model, result.mesh.size, device_kind)
+  executed = executed_flops(config, result, devices) if measure_executed_flops else {"executed_flops_per_step": None}
+  ratio = executed["executed_flops_per_step"] and executed["executed_flops_per_step"] / flops["flops_per_step"]
   return {
     "topology": topology,
     "device_kind": device_kind,
@@ -213,6 +283,7 @@ def check(config, topology: str) -> dict[str, Any]:
     "preset": config.model.get("preset", ""),
     "remat_policy": result.model.remat_policy,
     "dtype": result.model.dtype,
+    "attention": result.model.attention,
     "batch_size": config.batch_size,
     "seq_len": config.data.max_seq_length,
     "grad_accum_steps": config.grad_accum_steps,
@@ -220,8 +291,11 @@ def check(config, topology: str) -> dict[str, Any]:
     "lower_seconds": result.lower_seconds,
     "compile_seconds": result.compile_seconds,
     "memory": memory_report(result.compiled, device_kind),
-    **flops_report(config, result.model, result.mesh.size, device_kind),
-    "collectives": hlo_collectives.summarize(found),
+    **flops,
+    **executed,
+    "executed_over_model_flops": ratio or None,
+    "all_reduce_bytes_per_step": sum(summary[where]["all-reduce"]["bytes_per_step"] for where in summary),
+    "collectives": summary,
     "collective_instructions": [dataclasses.asdict(c) for c in found],
   }
 
@@ -240,7 +314,8 @@ def format_report(report: dict[str, Any]) -> str:
   m = report["memory"]
   lines = [
     f"{report['preset'] or 'model'} on {report['topology']} ({report['num_devices']} x {report['device_kind']}), "
-    f"mesh {report['mesh']}, remat {report['remat_policy']}, dtype {report['dtype']}, batch "
+    f"mesh {report['mesh']}, remat {report['remat_policy']}, dtype {report['dtype']}, attention "
+    f"{report['attention']}, batch "
     f"{report['batch_size']} x seq {report['seq_len']}, grad_accum {report['grad_accum_steps']}",
     f"compiled in {report['compile_seconds']:.1f} s (lowered in {report['lower_seconds']:.1f} s)",
     "per-device memory:",
@@ -250,6 +325,14 @@ def format_report(report: dict[str, Any]) -> str:
     f"analytic FLOPs per step: {report['flops_per_step']:.4g}; at 50% MFU of "
     f"{report['num_devices']} x {report['peak_flops_per_device'] or float('nan'):.4g} FLOP/s: "
     + ("n/a" if report["step_seconds_at_50pct_mfu"] is None else f"{report['step_seconds_at_50pct_mfu']:.4g} s/step"),
+    "executed FLOPs per step: "
+    + (
+      f"{report['executed_flops_per_step']:.4g} = {report['executed_over_model_flops']:.3f} x the model's "
+      f"({report['executed_flops_note']})"
+      if report["executed_flops_per_step"]
+      else f"n/a ({report.get('executed_flops_note', 'not measured')})"
+    ),
+    f"all-reduce per step: {_bytes(report['all_reduce_bytes_per_step'])}",
     f"collectives per step (the layer loop runs {report['num_layers']} times):",
     f"  {'':<20}{'outside loop':>26}{'inside loop':>30}",
   ]
@@ -262,9 +345,9 @@ def format_report(report: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def run(config, topology: str, json_path: str = "") -> dict[str, Any]:
+def run(config, topology: str, json_path: str = "", measure_executed_flops: bool = True) -> dict[str, Any]:
   """Checks, prints the report and writes it as JSON when asked; the entry point of both CLIs."""
-  report = check(config, topology)
+  report = check(config, topology, measure_executed_flops)
   print(format_report(report))
   if json_path:
     with open(json_path, "w") as f:
@@ -277,7 +360,7 @@ def use_host_backend():
   jax.config.update("jax_platforms", "cpu")
 
 
-def main(config, topology: str, json_path: str):
+def main(config, topology: str, json_path: str, measure_executed_flops: bool = True):
   if topology:
     use_host_backend()
-  run(config, topology, json_path)
+  run(config, topology, json_path, measure_executed_flops)
