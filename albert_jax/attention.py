@@ -10,7 +10,8 @@
                   the mesh axes of the batch and the heads (Mosaic kernels cannot be partitioned automatically);
                   the padding mask becomes segment ids, keys are padded to a multiple of 128 (the kernel's
                   lane width) and more than 128 queries too; fewer queries (the last layer's gathered [CLS] and
-                  masked positions) run as one query block;
+                  masked positions) run as one query block; on TPU v2/v3 the kernel multiplies float32 tiles
+                  (Mosaic has no bfloat16 q·kᵀ there);
              GPU  `jax.nn.dot_product_attention(implementation='cudnn')` with the key lengths (right padding,
                   as every albert_jax input); cuDNN takes bfloat16 or float16 only;
              else (a CPU; a GPU computing in float32) the 'xla' path, said once in the log.
@@ -196,8 +197,17 @@ def _rows_without_keys_attend_evenly(q, mask):
   return q, (mask > 0) | ~has_key[:, None]
 
 
+def _needs_float32_tiles() -> bool:
+  """TPU v2 and v3: Mosaic has no bfloat16 product with a transposed right-hand side there (the kernel's q·kᵀ;
+  "Unsupported matmul RHS type on target: vector<128x128xbf16>"), so the kernel takes float32 tiles."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return not mesh.empty and mesh.abstract_device.device_kind.startswith(("TPU v2", "TPU v3"))
+
+
 def _pallas_local(q, k, v, mask):
   """One device's share: [B, Q, heads, D] in and out, the kernel in [B, heads, Q, D]."""
+  if q.dtype != jnp.float32 and _needs_float32_tiles():
+    return _pallas_local(*(x.astype(jnp.float32) for x in (q, k, v)), mask).astype(q.dtype)
   q_len, kv_len = q.shape[1], k.shape[1]
   q_pad = 0 if q_len <= LANES else _round_up(q_len, LANES) - q_len
   kv_pad = _round_up(kv_len, LANES) - kv_len
