@@ -124,6 +124,21 @@ def pretraining(preset: str = "base") -> ml_collections.ConfigDict:
   return c
 
 
+# Per paper size, the remat policy of the pod experiments: the one with the least recomputation (model.REMAT_POLICIES
+# lists them in that order) whose step fits every slice of benchmarks/TPU_COMPILE.md with 10% of HBM to spare, at
+# batch 4096 x seq 512 in bfloat16 with flash attention under data parallelism.
+POD_REMAT_POLICIES = {"base": "save_all", "large": "save_all", "xlarge": "save_all", "xxlarge": "save_all"}
+
+
+def pod_pretraining(preset: str) -> ml_collections.ConfigDict:
+  """`pretraining(preset)` as it runs on a TPU pod or a GPU (experiments/base.py ... xxlarge.py): bfloat16
+  compute (float32 parameters, optimizer state, LayerNorm statistics, softmax and losses), the fused attention
+  kernel, and the size's remat policy. CPU configs keep float32 and XLA attention (the `AlbertConfig` defaults)."""
+  c = pretraining(preset)
+  c.model.update(dtype="bfloat16", attention="flash", remat_policy=POD_REMAT_POLICIES[preset])
+  return c
+
+
 def check(c: ml_collections.ConfigDict) -> None:
   """Refuses values the trainers cannot run with, naming the field (types and unknown keys: ml_collections)."""
   for name in ("batch_size", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):

@@ -1,11 +1,11 @@
-"""ALBERT-xxlarge pretraining as in the paper: batch 4096, 125k steps, LAMB lr 0.00176, seq 512."""
+"""ALBERT-xxlarge pretraining as in the paper: batch 4096, 125k steps, LAMB lr 0.00176, seq 512.
+
+On a TPU pod or a GPU: bfloat16 compute, flash attention and the remat policy that fits (config_lib.pod_pretraining,
+benchmarks/TPU_COMPILE.md). On a CPU, add --config.model.dtype=float32 --config.model.attention=xla.
+"""
 
 from albert_jax import config_lib
 
 
 def get_config():
-  config = config_lib.pretraining("xxlarge")
-  # Recompute each layer in the backward pass: without it the activations of batch 4096 x seq 512 overflow a
-  # TPU v3 core's 16 GiB under data parallelism (benchmarks/TPU_COMPILE.md).
-  config.model.remat_policy = "full"
-  return config
+  return config_lib.pod_pretraining("xxlarge")
