@@ -44,6 +44,7 @@ REMAT_POLICIES = {
   ),
   "save_all": _keep(*ATTENTION_TAGS, FFN_INNER, FFN_OUTPUT),  # every tagged tensor; no [T, T] array
   "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,  # projections; attention recomputed
+  "save_qkv_ffn": _keep(*PROJECTIONS, FFN_INNER, FFN_OUTPUT),  # the attention and its output projection recomputed
   "save_attention": _keep(*ATTENTION_TAGS, FFN_OUTPUT),  # the FFN's H→I product and activation recomputed
   "save_ffn": _keep(FFN_INNER, FFN_OUTPUT),  # the attention block recomputed
   "full": jax.checkpoint_policies.nothing_saveable,  # the whole layer recomputed

@@ -271,8 +271,9 @@ def accumulate_gradients(
     params: passed unchanged to every call.
     batch: pytree of arrays with a common leading batch dimension.
     rng: the step's key (dropout): used as is for k = 1; microbatch i gets
-      `fold_in(rng, i)`, and under `data_axis` also the data shard's index, so
-      that no two microbatches draw the same masks.
+      `fold_in(rng, i)`, and under `data_axis` each device folds in its data
+      shard's index first, so that no two microbatches or shards draw the
+      same masks (which then depend on the data-parallel size).
     num_microbatches: k >= 1; the batch size must be divisible by k.
     data_axis: a mesh axis the batch is split over. When the ambient mesh has
       it (larger than 1) and k > 1, the microbatch loop runs inside a
@@ -280,13 +281,13 @@ def accumulate_gradients(
       of its own rows and ONE `psum` over the axis adds the devices' sums at
       the end, where jit's automatic partitioning all-reduces the gradient
       once per microbatch (and per layer). Other axes (fsdp, tensor) stay
-      automatic inside.
+      automatic inside. With k = 1 the step is left to jit: it reduces once
+      per step too, and its dropout masks are those of one device whatever
+      the mesh (a shard_map draws per shard).
 
   Returns:
     (summed aux, summed gradients).
   """
-  if num_microbatches == 1:
-    return grad_fn(params, batch, rng)
   sizes = {x.shape[0] for x in jax.tree.leaves(batch)}
   if len(sizes) != 1 or next(iter(sizes)) % num_microbatches:
     raise ValueError(
@@ -294,7 +295,13 @@ def accumulate_gradients(
       f"{num_microbatches}; change batch_size or grad_accum_steps."
     )
   mesh = jax.sharding.get_abstract_mesh()
-  if data_axis is None or mesh.empty or data_axis not in mesh.axis_names or mesh.shape[data_axis] == 1:
+  if (
+    num_microbatches == 1  # jit's own reduction; dropout masks then stay those of one device on any mesh
+    or data_axis is None
+    or mesh.empty
+    or data_axis not in mesh.axis_names
+    or mesh.shape[data_axis] == 1
+  ):
     return _scan_microbatches(grad_fn, params, batch, rng, num_microbatches)
   if sum(size > 1 for name, size in mesh.shape.items() if name != data_axis) > 1:
     # XLA's SPMD partitioner (jax 0.10.2) fails a check on a shard_map manual over one axis when two other axes
@@ -322,6 +329,9 @@ def accumulate_gradients(
 
 
 def _scan_microbatches(grad_fn, params, batch, rng, num_microbatches):
+  if num_microbatches == 1:
+    return grad_fn(params, batch, rng)
+
   def split(x):
     x = x.reshape((x.shape[0] // num_microbatches, num_microbatches) + x.shape[1:])
     return jnp.swapaxes(x, 0, 1)

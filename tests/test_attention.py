@@ -188,5 +188,6 @@ def test_remat_policies_keep_what_their_names_say():
     "ffn_output",
   }
   assert saved(policies["save_attention"]) == saved(policies["save_all"]) - {"ffn_inner"}
+  assert saved(policies["save_qkv_ffn"]) == {*model_lib.PROJECTIONS, "ffn_inner", "ffn_output"}
   assert saved(policies["save_ffn"]) == {"ffn_inner", "ffn_output"}
   assert saved(policies["full"]) == set()
