@@ -240,35 +240,41 @@ def executed_flops(config, compiled: Compiled, devices) -> dict[str, Any]:
   model = compiled.model
   if model.sharing != "all" or model.num_hidden_groups != 1 or model.inner_group_num != 1:
     return {"executed_flops_per_step": None, "executed_flops_note": "only for one shared layer (sharing='all')"}
-  if config.grad_accum_steps != 1:
-    return {"executed_flops_per_step": None, "executed_flops_note": "not measured with grad_accum_steps > 1"}
+  microbatches = config.grad_accum_steps
   scanned = model.num_hidden_layers - (1 if model_lib.gathers_last_layer(model) else 0)
-  probe = config.copy_and_resolve_references()
+  one_step = config.copy_and_resolve_references()  # with accumulation: one microbatch's step, counted k times
+  one_step.update(batch_size=config.batch_size // microbatches, grad_accum_steps=1)
+  one_step.model.scan_unroll = 1
+  probe = one_step.copy_and_resolve_references()
   probe.model.update(num_hidden_layers=5 if scanned < model.num_hidden_layers else 4, scan_unroll=2)
-  one = _cost(compiled.compiled)
-  if model.scan_unroll != 1:
-    unrolled_once = config.copy_and_resolve_references()
-    unrolled_once.model.scan_unroll = 1
-    one = _cost(compile_train_step(unrolled_once, "", devices).compiled)
+  reuse = model.scan_unroll == 1 and microbatches == 1
+  one = _cost(compiled.compiled if reuse else compile_train_step(one_step, "", devices).compiled)
   two = _cost(compile_train_step(probe, "", devices).compiled)
   per_device = (one - (two - one)) + scanned * (two - one)
-  total = per_device * compiled.mesh.size
+  total = microbatches * per_device * compiled.mesh.size
   kernel = "pallas_tpu" if model.attention == "flash" and compiled.mesh.devices.flat[0].platform == "tpu" else None
   if kernel:
     total += flash_backward_flops(
       model, config.batch_size, config.data.max_seq_length, config.data.max_predictions_per_seq
     )
+  note = "XLA cost analysis at scan_unroll 1 and 2" + (" + Pallas backward" if kernel else "")
+  if microbatches > 1:
+    note += f"; one microbatch's step x {microbatches} (its LAMB update too)"
   return {
     "executed_flops_per_step": total,
     "executed_flops_loop_body_per_device": two - one,
-    "executed_flops_note": "XLA cost analysis at scan_unroll 1 and 2" + (" + Pallas backward" if kernel else ""),
+    "executed_flops_note": note,
   }
 
 
 def check(config, topology: str, measure_executed_flops: bool = True) -> dict[str, Any]:
   """The whole report for one config on one slice, as plain data (what --json writes)."""
   devices = topology_devices(topology)
-  result = compile_train_step(config, topology, devices)
+  return report(config, topology, compile_train_step(config, topology, devices), devices, measure_executed_flops)
+
+
+def report(config, topology: str, result: Compiled, devices, measure_executed_flops: bool = True) -> dict[str, Any]:
+  """The report of a compiled step (`compile_train_step(config, topology, devices)`)."""
   device_kind = result.mesh.devices.flat[0].device_kind
   found = hlo_collectives.collectives(result.compiled.as_text())
   summary = hlo_collectives.summarize(found)
