@@ -293,9 +293,9 @@ def build(
     mesh, rules: from `setup_mesh`.
     prepare_params: param shardings -> the `prepare_params` of the step.
   """
-  abstract_params = jax.eval_shape(init_params, jax.random.PRNGKey(0))
-  tx, schedule = optim.make_optimizer(config, stacked_layers=optim.stacked_layers_mask(abstract_params))
-  with jax.set_mesh(mesh), nn_partitioning.axis_rules(rules):
+  with jax.set_mesh(mesh), nn_partitioning.axis_rules(rules):  # traced for the mesh's platform (attention kernel)
+    abstract_params = jax.eval_shape(init_params, jax.random.PRNGKey(0))
+    tx, schedule = optim.make_optimizer(config, stacked_layers=optim.stacked_layers_mask(abstract_params))
     sharded = shard_train_state(init_params, tx, mesh, rules)
     prepare = prepare_params(sharded.shardings.params) if prepare_params else (lambda params: params)
     step_fn = make_train_step(metric_sums, total_loss, denominators, tx, schedule, config.grad_accum_steps, prepare)
