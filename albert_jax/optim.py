@@ -309,6 +309,12 @@ def accumulate_gradients(
     logging.warning("grad_accum_steps with data, fsdp and tensor all split: the gradient is reduced per microbatch.")
     return _scan_microbatches(grad_fn, params, batch, rng, num_microbatches)
 
+  return _accumulate_per_device(grad_fn, params, batch, rng, num_microbatches, data_axis, mesh)
+
+
+def _accumulate_per_device(grad_fn, params, batch, rng, num_microbatches, data_axis, mesh):
+  """`_scan_microbatches` on every device's own rows, in a shard_map manual over `data_axis`; one psum."""
+
   def per_device(params, batch, rng):
     rng = jax.random.fold_in(rng, jax.lax.axis_index(data_axis))
     with nn.logical_axis_rules(_rules_without(nn.get_logical_axis_rules(), data_axis)):
