@@ -124,10 +124,11 @@ def pretraining(preset: str = "base") -> ml_collections.ConfigDict:
   return c
 
 
-# Per paper size, the remat policy of the pod experiments: the one with the least recomputation (model.REMAT_POLICIES
-# lists them in that order) whose step fits every slice of benchmarks/TPU_COMPILE.md with 10% of HBM to spare, at
-# batch 4096 x seq 512 in bfloat16 with flash attention under data parallelism.
-POD_REMAT_POLICIES = {"base": "save_all", "large": "save_all", "xlarge": "save_all", "xxlarge": "save_all"}
+# Per paper size, the remat policy of the pod experiments: on the paper's TPU v3-512 (batch 4096 x seq 512,
+# bfloat16, flash attention, data parallelism), the one with the least recomputation whose step fits with 10% of
+# HBM to spare. Slices with more sequences per device need more (benchmarks/TPU_COMPILE.md has every slice's row,
+# e.g. xxlarge on v4-128: --config.model.remat_policy=save_all --config.grad_accum_steps=2).
+POD_REMAT_POLICIES = {"base": "none", "large": "none", "xlarge": "save_all", "xxlarge": "dots_no_batch"}
 
 
 def pod_pretraining(preset: str) -> ml_collections.ConfigDict:

@@ -4,9 +4,11 @@ For each of base, large, xlarge and xxlarge (batch 4096 x seq 512) on each slice
 
   before  float32, XLA attention and the remat policy the experiments used until then (dots for base, full for the
           others): the step as it was;
-  after   bfloat16, flash attention and the first remat policy, from the least recomputation to the most
-          (SEARCH), whose step fits with at least 10% of the device's HBM to spare; if none does, the same
-          with grad_accum_steps=2.
+  after   bfloat16, flash attention and the first of SEARCH whose step fits with at least 10% of the device's
+          HBM to spare: the remat policies that recompute little (at most the attention and its output
+          projection), then the same with grad_accum_steps=2 (the same update, half the activations, no
+          recomputation), then the policies that recompute a matrix product of the FFN or more, with 1 and 2
+          microbatches.
 
 Each row is the real sharded train step of `albert_jax.train` compiled by `albert_jax.compile_check`: per-device
 memory, the model's FLOPs, the FLOPs the compiled step executes (recompute included; a second compile, see
@@ -32,8 +34,11 @@ PRESETS = ("base", "large", "xlarge", "xxlarge")
 TOPOLOGIES = ("v3:16x16", "v4:4x4x4", "v5e:16x16", "v5p:4x4x4")
 HEADROOM = 0.10  # of the device's HBM, left free
 BEFORE_REMAT = {"base": "dots", "large": "full", "xlarge": "full", "xxlarge": "full"}
-# The policies tried, least recomputation first ("dots" is left out: with flash it keeps what "save_all" keeps).
-SEARCH = tuple(p for p in model_lib.REMAT_POLICIES if p != "dots")
+# (remat policy, microbatches), least recomputation first ("dots" is left out: with flash it keeps what
+# "save_all" keeps). Accumulation recomputes nothing, so 2 microbatches come before the costlier policies.
+_LIGHT = ("none", "save_all", "dots_no_batch", "save_qkv_ffn")
+_HEAVY = tuple(p for p in model_lib.REMAT_POLICIES if p not in _LIGHT and p != "dots")
+SEARCH = tuple((p, k) for policies in (_LIGHT, _HEAVY) for k in (1, 2) for p in policies)
 
 
 def load_config(preset: str, overrides: dict):
@@ -69,14 +74,13 @@ def before(preset: str, topology: str, devices) -> dict:
 
 def after(preset: str, topology: str, devices) -> dict:
   tried = []
-  for accumulation in (1, 2):
-    for policy in SEARCH:
-      overrides = {"model.remat_policy": policy, "grad_accum_steps": accumulation}
-      row = compiled_report(preset, topology, overrides, devices, need_headroom=True)
-      if row["fits"]:
-        return {**row, "variant": "after", "did_not_fit": tried}
-      tried.append(row)
-      print(f"  {preset} on {topology} with {overrides}: {row['error'][:80]}", flush=True)
+  for policy, accumulation in SEARCH:
+    overrides = {"model.remat_policy": policy, "grad_accum_steps": accumulation}
+    row = compiled_report(preset, topology, overrides, devices, need_headroom=True)
+    if row["fits"]:
+      return {**row, "variant": "after", "did_not_fit": tried}
+    tried.append(row)
+    print(f"  {preset} on {topology} with {overrides}: {row['error'][:80]}", flush=True)
   return {"variant": "after", "fits": False, "preset": preset, "topology": topology, "did_not_fit": tried}
 
 
