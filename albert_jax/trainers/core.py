@@ -294,7 +294,7 @@ def build(
     prepare_params: param shardings -> the `prepare_params` of the step.
   """
   with jax.set_mesh(mesh), nn_partitioning.axis_rules(rules):  # traced for the mesh's platform (attention kernel)
-    abstract_params = jax.eval_shape(init_params, jax.random.PRNGKey(0))
+    abstract_params = jax.eval_shape(init_params, jax.eval_shape(jax.random.PRNGKey, 0))  # no device touched
     tx, schedule = optim.make_optimizer(config, stacked_layers=optim.stacked_layers_mask(abstract_params))
     sharded = shard_train_state(init_params, tx, mesh, rules)
     prepare = prepare_params(sharded.shardings.params) if prepare_params else (lambda params: params)
