@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import REPO
 
-CORE = ("model", "optim", "sharding", "tokenizer", "config_lib")
+CORE = ("model", "optim", "sharding", "tokenizer", "config_lib", "storage")
 LAYERS = {  # top-level name under albert_jax -> layer; higher layers may import lower ones
   **{name: 0 for name in ("__init__", *CORE)},
   **{name: 1 for name in ("data", "tasks", "checkpoints")},
