@@ -18,7 +18,10 @@ LAYERS = {  # top-level name under albert_jax -> layer; higher layers may import
   **{name: 0 for name in ("__init__", *CORE)},
   **{name: 1 for name in ("data", "tasks", "checkpoints")},
   **{name: 2 for name in ("trainers", "tools")},
-  **{name: 3 for name in ("cli", "train", "finetune", "predict", "export", "convert", "summary", "compile_check")},
+  **{
+    name: 3
+    for name in ("cli", "train", "finetune", "prepare", "predict", "export", "convert", "summary", "compile_check")
+  },
 }
 
 

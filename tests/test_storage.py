@@ -6,9 +6,7 @@ emulator's bucket, or checks what is particular to a bucket.
 
 import contextlib
 import json
-import os
 import struct
-import subprocess
 
 import flax.linen
 import jax
@@ -22,7 +20,7 @@ from albert_jax import checkpoints, storage
 from albert_jax import model as model_lib
 from albert_jax.trainers import checkpointing, metric_writer
 from tests import cli_helpers as cli
-from tests import gcs_emulator
+from tests import fixtures, gcs_emulator
 
 
 @pytest.fixture(params=["disk", "bucket"])
@@ -60,23 +58,6 @@ def test_appended_lines_survive_a_restart(folder):
   assert storage.path(f"{folder}/metrics.jsonl").read_text() == "1\n2\n3\n"
 
 
-@contextlib.contextmanager
-def _read_only_folder(path):
-  """A folder no file can be written into: a read-only tmpfs (root, who ignores permissions), else chmod."""
-  path.mkdir()
-  if os.geteuid() != 0:
-    path.chmod(0o555)
-    yield path
-    path.chmod(0o755)
-    return
-  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(path)], capture_output=True).returncode:
-    pytest.skip("a read-only folder needs `mount` (root with CAP_SYS_ADMIN) or a user other than root")
-  try:
-    yield path
-  finally:
-    subprocess.run(["umount", "-l", str(path)], check=True)
-
-
 @pytest.mark.parametrize(
   "where, message",
   [
@@ -90,7 +71,7 @@ def test_a_place_that_cannot_be_written_is_one_line_saying_what_to_do(where, mes
     request.getfixturevalue("gcs_server")
     context = contextlib.nullcontext(where)
   else:
-    context = _read_only_folder(tmp_path / "ro")
+    context = fixtures.read_only_folder(tmp_path / "ro")
   with context as place:
     target = f"{place}/run" if where == "read-only disk" else place
     with pytest.raises(storage.StorageError) as error:
