@@ -19,6 +19,8 @@ new one, never part of it. So here:
     writer, prediction files) a local folder that is uploaded to the bucket.
   * `make_dirs` creates local folders only: on a bucket folders are implicit,
     and a mkdir could create a bucket where the user named one by mistake.
+  * gcsfs's cache of folder listings is off: it would hide from one process
+    the checkpoints and datasets another process (or host) has written since.
 """
 
 import contextlib
@@ -32,6 +34,17 @@ from collections.abc import Iterator
 from etils import epath
 
 _SCHEMES = ("gs://", "s3://")
+
+
+def _fresh_listings():
+  try:
+    import fsspec  # pylint: disable=g-import-not-at-top
+  except ImportError:  # no gcsfs: no gs:// paths either
+    return
+  fsspec.config.conf.setdefault("gs", {}).setdefault("use_listings_cache", False)
+
+
+_fresh_listings()
 
 
 class StorageError(OSError):

@@ -8,8 +8,10 @@ through CLOUD_STORAGE_EMULATOR_ENDPOINT. Subprocesses inherit the environment.
 Run as a script, it is the server, with three additions to gcp-storage-emulator 2026.7.19:
   1. objects.move (`POST .../o/SRC/moveTo/o/DST`), which gcsfs uses for every rename. Without it each rename
      gets 501, which gcsfs retries with backoff for about 16 s before it copies and deletes instead.
-  2. Suffix byte ranges (`Range: bytes=-N`, the last N bytes), which array_record's reader uses to find a
-     shard's footer; the emulator would send the whole object, and shards over 1 MiB would not read.
+  2. Downloads as Cloud Storage answers them: suffix byte ranges (`Range: bytes=-N`, the last N bytes), which
+     array_record's reader uses to find a shard's footer (the emulator would send the whole object, and shards
+     over 1 MiB would not read), and the object's generation in `x-goog-generation`, without which TensorStore
+     fails to read back an OCDBT manifest it wrote ("Malformed StorageGeneration").
   3. Writes into READ_ONLY_BUCKET are refused with 403 and the message Cloud Storage gives an account without
      `storage.objects.create` (the emulator has no permissions of its own).
 It still accepts uploads that set preconditions (`ifGenerationMatch`) it does not check.
@@ -118,7 +120,11 @@ def _patch_server():
       request.get_header = lambda key, default=None: (
         f"bytes={start}-" if key.lower() == "range" else get_header(key, default)
       )
-    return plain_download(request, response, storage, *args, **kwargs)
+    plain_download(request, response, storage, *args, **kwargs)
+    if response.status in (HTTPStatus.OK, HTTPStatus.PARTIAL_CONTENT):
+      stored = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+      response["x-goog-generation"] = str(stored["generation"])
+      response["x-goog-metageneration"] = str(stored.get("metageneration", "1"))
 
   objects.download = download  # objects.get(alt=media) calls the module's name
   route = (
