@@ -102,7 +102,7 @@ def pretraining(preset: str = "base") -> ml_collections.ConfigDict:
   c.data.vocab = ""  # SentencePiece model; '' trains one on the corpus into the workdir
   c.data.vocab_size = 30000  # pieces when a vocabulary is trained; must equal model.vocab_size
   c.data.data_dir = ""  # where prepared ArrayRecord datasets go (local or gs://); '' = WORKDIR/data
-  c.data.prepare_workers = 1  # processes tokenising the corpus; N > 1: Beam's DirectRunner (requirements-beam.txt)
+  c.data.prepare_workers = 1  # processes tokenising the corpus; N > 1: N Beam worker processes (requirements-beam.txt)
   c.data.beam_options = ""  # Beam pipeline options for any runner, e.g. '--runner=DataflowRunner ...' (BUILD.md)
   c.data.max_seq_length = 512  # tokens per sequence, [CLS] A [SEP] B [SEP]
   c.data.max_predictions_per_seq = 20  # masked positions per sequence (the paper: 20)

@@ -1,4 +1,4 @@
-"""Corpus preparation at every scale gives one dataset: one process, Beam's DirectRunner with 2 workers, a cluster.
+"""Corpus preparation at every scale gives one dataset: one process, 2 local Beam worker processes, a cluster.
 
 The one-process path and the Beam workers run the same per-file function, so the records (compared decoded, in
 order: TFDS sorts them by a hash of their keys), the splits, the drop counts and the dataset's name must all be
@@ -79,7 +79,7 @@ def test_one_process_and_two_beam_workers_prepare_the_same_dataset(shared_data, 
   assert _planted(one.info.metadata["counts"]) == fixtures.BAD_INPUT_COUNTS
   assert one.drops == beam.drops and len(one.drops) == 1, (one.drops, beam.drops)
   how = [json.loads((b.data_path / tfds_builders.PREPARED_MARKER).read_text())["prepared"] for b in (one, beam)]
-  assert how == ["in this process", "on Beam (DirectRunner, 2 workers)"]
+  assert how == ["in this process", "on Beam (FnApiRunner, 2 worker processes)"]
 
 
 def test_bad_input_is_counted_and_reported_alike_on_every_runner_and_storage(generated_vocab, gcs, tmp_path, caplog):
@@ -268,9 +268,9 @@ def test_prepare_command_on_two_local_workers_and_on_a_bucket_it_may_not_write(s
   )
   assert result.returncode == 0, result.stderr[-3000:]
   assert re.fullmatch(rf"Prepared in {data_dir}: \d+ training documents.\n", result.stdout), result.stdout
-  assert "(on Beam (DirectRunner, 2 workers)" in result.stderr
+  assert "(on Beam (FnApiRunner, 2 worker processes)" in result.stderr
   (marker,) = data_dir.glob(f"tokenized_documents/*/1.0.0/{tfds_builders.PREPARED_MARKER}")
-  assert json.loads(marker.read_text())["prepared"] == "on Beam (DirectRunner, 2 workers)"
+  assert json.loads(marker.read_text())["prepared"] == "on Beam (FnApiRunner, 2 worker processes)"
   refused = cli.run(
     [
       sys.executable,

@@ -1,4 +1,4 @@
-"""The corpus tokenised by Apache Beam workers, on any runner: the local DirectRunner, Dataflow, Flink, Spark.
+"""The corpus tokenised by Apache Beam workers, on any runner: Beam's local one, Dataflow, Flink, Spark.
 
 Imported only when a preparation asks for Beam (`config.data.prepare_workers`
 > 1 or `config.data.beam_options`), since Apache Beam is an optional
@@ -26,17 +26,17 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from albert_jax.data import documents as documents_lib
 
 NAMESPACE = "albert_jax"
-# Runners whose workers are processes of this machine (they see its local files).
-_LOCAL_RUNNERS = ("DirectRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner", "PrismRunner")
 
 
 def pipeline_options(workers: int, beam_options: str) -> PipelineOptions:
-  """`beam_options` (command-line style, any runner); without them, the DirectRunner with `workers` processes.
+  """`beam_options` (command-line style, any runner); without them, Beam's local runner with `workers` processes.
 
-  Always explicit: TFDS would otherwise build options from sys.argv (the trainer's own flags).
+  The local runner is named: the FnApiRunner, which the DirectRunner uses for batch pipelines after it has
+  tried to download and start the Prism runner (whose workers are not these processes). Always explicit:
+  TFDS would otherwise build options from sys.argv (the trainer's own flags).
   """
   argv = shlex.split(beam_options) or [
-    "--runner=DirectRunner",
+    "--runner=FnApiRunner",
     f"--direct_num_workers={workers}",
     "--direct_running_mode=multi_processing",
   ]
@@ -45,7 +45,7 @@ def pipeline_options(workers: int, beam_options: str) -> PipelineOptions:
 
 @contextlib.contextmanager
 def local_workers_import_this_package():
-  """The DirectRunner's worker processes import the albert_jax that this process runs (from its checkout too).
+  """The local runner's worker processes import the albert_jax that this process runs (from its checkout too).
 
   They are new interpreters that unpickle `TokenizeShard` by its module name; where albert_jax is not
   installed they would not find it unless started in its checkout. Remote workers get it as a package
@@ -67,7 +67,7 @@ def runs_remotely(options: PipelineOptions) -> bool:
   """Whether the runner's workers are on other machines (Dataflow, Flink, Spark): they cannot read local paths."""
   runner = options.view_as(StandardOptions).runner
   name = runner if isinstance(runner, str) or runner is None else type(runner).__name__
-  return name is not None and name.split(".")[-1] not in _LOCAL_RUNNERS
+  return name is not None and name.split(".")[-1] not in StandardOptions.LOCAL_RUNNERS
 
 
 class TokenizeShard(beam.DoFn):
@@ -93,7 +93,7 @@ def tokenized_splits(pipeline, documents, tokenizer, validation_percent: float, 
   """{split: PCollection of (key, example)}: the corpus tokenised by the pipeline's workers.
 
   The shards go to the workers largest first, each under its own key: the
-  DirectRunner hands grouped keys to its workers in turn, in arrival order,
+  local runner hands grouped keys to its workers in turn, in arrival order,
   which balances them (random keys gave one worker twice the other's work);
   Dataflow balances by itself.
   """

@@ -47,7 +47,7 @@ with these attributes; those with defaults are optional):
   text_field ('text'): the text feature of a catalog dataset.
   data_dir (''): where prepared datasets live (local or gs://); '' uses the caller's default.
   prepare_workers (1): processes tokenising the corpus; more than 1 uses
-    Apache Beam's DirectRunner (`tfds_builders.prepared_documents`).
+    Apache Beam's local runner (`tfds_builders.prepared_documents`).
   beam_options (''): Beam pipeline options for any runner (e.g. Dataflow).
   shuffle_window (1024): examples shuffled together after pairing, so that a
     batch mixes documents.

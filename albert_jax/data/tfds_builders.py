@@ -9,7 +9,7 @@ and `as_data_source(split)` reads them by index (grain's random access);
 
 One entry point, `prepared_documents`, for every scale:
   * one local process, the default: no Beam needed;
-  * `workers` > 1: Apache Beam's DirectRunner with that many local processes;
+  * `workers` > 1: Apache Beam's local runner with that many worker processes;
   * `beam_options`: any Beam runner (Dataflow, Flink, Spark; BUILD.md).
 Both paths run `documents.shard_examples` on each file, so they write the same
 records with the same keys (hence TFDS's same hash-sorted order) and splits,
@@ -242,7 +242,7 @@ def prepared_documents(
     builtin_seed: for 'builtin', the seed of `builtin_corpus.documents`.
     validation_percent: share of documents held out as 'validation'.
     prepare: False to only read a dataset prepared elsewhere (an error if it is not complete).
-    workers: more than 1 prepares with Apache Beam's DirectRunner and that many local processes.
+    workers: more than 1 prepares with Apache Beam's local runner and that many worker processes.
     beam_options: Beam pipeline options (any runner, e.g. Dataflow's); set, they are used instead of `workers`.
     beam_runner: a Beam runner object to use instead of the one the options name (tests).
 
@@ -332,7 +332,7 @@ def _beam_config(documents, data_dir: str, workers: int, beam_options: str, beam
         "corpus files (config.data.files) and config.data.data_dir in a bucket (gs://...)."
       )
   runner = options.get_all_options()["runner"] or "DirectRunner"
-  how = f"on Beam ({runner}, {workers} workers)" if not beam_options else f"on Beam ({runner})"
+  how = f"on Beam ({runner})" if beam_options else f"on Beam ({runner}, {workers} worker processes)"
   return beam_preparation, tfds.download.DownloadConfig(beam_options=options, beam_runner=beam_runner), how
 
 
