@@ -249,6 +249,26 @@ def test_a_cluster_runner_refuses_local_paths_its_workers_cannot_read(generated_
     )
 
 
+def test_without_apache_beam_asking_for_workers_says_what_to_install(generated_vocab, tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, "apache_beam", None)  # `import apache_beam` fails, as where it is not installed
+  monkeypatch.delitem(sys.modules, "albert_jax.data.beam_preparation", raising=False)
+  monkeypatch.delattr(sys.modules["albert_jax.data"], "beam_preparation", raising=False)  # imported before
+  corpus = fixtures.write_lines_corpus(tmp_path / "a.txt", fixtures.documents(5))
+  prepare = lambda workers: tfds_builders.prepared_documents(
+    "files",
+    Tokenizer(generated_vocab),
+    str(tmp_path / "data"),
+    files=str(corpus),
+    validation_percent=0,
+    workers=workers,
+  )
+  with pytest.raises(ValueError) as error:
+    prepare(4)
+  assert str(error.value).startswith("config.data.prepare_workers=4 prepares the corpus on Apache Beam, which is not")
+  assert "pip install -r requirements-beam.txt, or leave config.data.prepare_workers=1" in str(error.value)
+  assert len(prepare(1).as_data_source("train")) == 5  # one process needs no Beam
+
+
 # ---------------------------------------------------------------------------
 # The command line.
 

@@ -60,7 +60,6 @@ PREPARED_MARKER = "albert_jax_prepared.json"
 # Part of every fingerprint: records keyed and split by (file, document in file) since this layout.
 _LAYOUT = 2
 _REPORT_SECONDS = 60  # a progress line this often while a large corpus is tokenised
-_BEAM_HINT = "Apache Beam is not installed: pip install -r requirements-beam.txt"
 
 
 def expand_files(files: str | Sequence[str]) -> list[str]:
@@ -322,7 +321,11 @@ def _beam_config(documents, data_dir: str, workers: int, beam_options: str, beam
   try:
     from albert_jax.data import beam_preparation  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ValueError(f"config.data.prepare_workers={workers} or beam_options need Apache Beam: {_BEAM_HINT}") from e
+    asked = f"config.data.beam_options={beam_options!r}" if beam_options else f"config.data.prepare_workers={workers}"
+    raise ValueError(
+      f"{asked} prepares the corpus on Apache Beam, which is not installed ({e}): pip install -r "
+      "requirements-beam.txt, or leave config.data.prepare_workers=1 and beam_options empty."
+    ) from e
   options = beam_preparation.pipeline_options(workers, beam_options)
   if beam_preparation.runs_remotely(options):
     local = [p for p in [data_dir, *getattr(documents, "paths", [])] if not storage.is_remote(p)]
