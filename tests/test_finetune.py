@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 
 import flax.linen as nn
 import jax
@@ -68,7 +69,8 @@ def _metrics(workdir):
 
 
 def _saved_params(directory):
-  with ocp.PyTreeCheckpointer() as checkpointer:
+  """The arrays of a checkpoint as saved (on one device: orbax warns that no sharding was asked for)."""
+  with ocp.PyTreeCheckpointer() as checkpointer, warnings.catch_warnings(action="ignore", category=UserWarning):
     return checkpointer.restore(directory)
 
 
