@@ -445,7 +445,9 @@ class AlbertForPreTraining(nn.Module):
   def setup(self):
     self.albert = AlbertModel(self.config)
     self.predictions = AlbertMLMHead(self.config)
-    self.sop_classifier = _Classifier(self.config, 2)
+    # No dropout before the sentence-order classifier: run_pretraining.py's get_sentence_order_output feeds it the
+    # pooled output as it is (Hugging Face's AlbertSOPHead applies classifier_dropout_prob there; the original not).
+    self.sop_classifier = _Classifier(self.config, 2, dropout_prob=0.0)
 
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, masked_positions=None, deterministic=True):
     sequence, pooled = self.albert(input_ids, attention_mask, token_type_ids, deterministic, masked_positions)
@@ -456,14 +458,16 @@ class AlbertForPreTraining(nn.Module):
 
 
 class _Classifier(nn.Module):
-  """Dropout then a dense layer, as every ALBERT classification head."""
+  """Dropout then a dense layer, as every ALBERT classification head (`dropout_prob` None: the config's)."""
 
   config: AlbertConfig
   num_outputs: int
+  dropout_prob: float | None = None
 
   @nn.compact
   def __call__(self, x, deterministic):
-    x = nn.Dropout(self.config.classifier_dropout_prob)(x, deterministic=deterministic)
+    rate = self.config.classifier_dropout_prob if self.dropout_prob is None else self.dropout_prob
+    x = nn.Dropout(rate)(x, deterministic=deterministic)
     return _dense(self.config, self.num_outputs, ("hidden", None), "classifier")(x).astype(jnp.float32)
 
 

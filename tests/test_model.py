@@ -242,3 +242,19 @@ def test_bad_config_is_refused_with_a_clear_message(kwargs, message):
 def test_unknown_preset_lists_the_known_ones():
   with pytest.raises(ValueError, match="Unknown ALBERT preset 'huge'.*'base'"):
     model_lib.AlbertConfig.preset("huge")
+
+
+def test_sop_logits_have_no_dropout_in_pretraining():
+  """run_pretraining.py feeds the pooled output to the SOP classifier as it is: no classifier dropout."""
+  config = model_lib.AlbertConfig(**SMALL, classifier_dropout_prob=0.1)  # backbone dropout 0, as the v2 models
+  ids = jax.random.randint(jax.random.PRNGKey(0), (4, 8), 0, 101)
+  rng = {"dropout": jax.random.PRNGKey(1)}
+  model = model_lib.AlbertForPreTraining(config)
+  params = model.init(jax.random.PRNGKey(0), ids)
+  deterministic = model.apply(params, ids)["sop_logits"]
+  np.testing.assert_array_equal(model.apply(params, ids, deterministic=False, rngs=rng)["sop_logits"], deterministic)
+  # The same rng does drop units in a fine-tuning classifier, which keeps classifier_dropout_prob.
+  classifier = model_lib.AlbertForSequenceClassification(config, num_labels=2)
+  params = classifier.init(jax.random.PRNGKey(0), ids)
+  assert not np.allclose(classifier.apply(params, ids), classifier.apply(params, ids, deterministic=False, rngs=rng))
+
