@@ -1,5 +1,5 @@
-"""The albert_jax checkpoint format: a directory of config.json, params/ (orbax) and spiece.model, or a training
-workdir (its newest complete checkpoint)."""
+"""The albert_jax checkpoint format: a directory of config.json, params/ (orbax) and spiece.model, a pretraining
+workdir (its newest complete checkpoint), or a fine-tuning workdir (its best checkpoint: the task model)."""
 
 import json
 import pathlib
@@ -9,6 +9,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -41,6 +42,8 @@ def load(directory: pathlib.Path, meta: dict[str, Any]):
       f"{FORMAT_VERSION}). Upgrade albert_jax."
     )
   cfg = model_lib.AlbertConfig.from_dict(meta["model"])
+  if meta.get("task"):
+    return cfg, _load_finetuned_params(directory, meta["task"])
   abstract = jax.eval_shape(
     lambda: nn.unbox(model_lib.AlbertForPreTraining(cfg).init(jax.random.PRNGKey(0), jnp.zeros((1, 2), jnp.int32)))
   )
@@ -109,3 +112,26 @@ def _load_workdir_params(workdir: pathlib.Path, abstract):
         logging.error("Checkpoint %s/checkpoints/%d cannot be read (%s); trying an older one.", workdir, step, e)
         errors.append(f"step {step}: {e}")
   raise CheckpointError(f"No checkpoint in {workdir} could be read: {errors}")
+
+
+def _load_finetuned_params(workdir: pathlib.Path, task: str):
+  """The parameters of a fine-tuning workdir's best checkpoint: the task model's `albert` backbone and its head."""
+  folder = workdir / "best"
+  steps = sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
+  if not steps:
+    raise CheckpointError(
+      f"The {task} fine-tuning workdir {workdir} has no best checkpoint yet (it is written at the first evaluation)."
+    )
+  path = folder / str(steps[-1]) / "params"
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  # The item's handler itself: a Checkpointer looks for step-level metadata here and logs that it is missing.
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    target = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), handler.metadata(path).tree
+    )
+    args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target))
+    params = handler.restore(path, args=args)
+  finally:
+    handler.close()
+  return {"params": jax.tree.map(np.asarray, params)}
