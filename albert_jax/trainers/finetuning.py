@@ -303,10 +303,6 @@ def _load_splits(config, tokenizer, splits, optional: bool) -> dict[str, tasks.T
 # The trainer.
 
 
-# ---------------------------------------------------------------------------
-# The trainer.
-
-
 def finetune(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Fine-tunes as configured, resuming from the newest checkpoint in `workdir`.
 
