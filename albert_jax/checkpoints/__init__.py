@@ -20,8 +20,10 @@ from albert_jax.checkpoints.native import FORMAT, FORMAT_VERSION, save  # noqa: 
 def load(path) -> tuple[model_lib.AlbertConfig, dict[str, Any]]:
   """Any checkpoint source → `(config, {'params': ...})` of `AlbertForPreTraining`.
 
-  Sources: an albert_jax checkpoint directory, a Hugging Face ALBERT directory, or an original
-  google-research/albert TensorFlow checkpoint (its prefix, or a directory holding it and `albert_config.json`).
+  Sources: an albert_jax checkpoint directory or pretraining workdir, a Hugging Face ALBERT directory, or an
+  original google-research/albert TensorFlow checkpoint (its prefix, or a directory holding it and
+  `albert_config.json`). A fine-tuning workdir gives the parameters of its best checkpoint instead: its task
+  model's (the `albert` backbone, without the pooler under a span head, and the head; `task_head` names it).
   """
   tf_prefix = original_tf.find_prefix(path)
   if tf_prefix is not None:
@@ -39,6 +41,11 @@ def load(path) -> tuple[model_lib.AlbertConfig, dict[str, Any]]:
   if meta.get("format") == FORMAT:
     return native.load(directory, meta)
   return hf.load_hf(directory)
+
+
+def task_head(params: dict[str, Any]) -> tuple[str, ...]:
+  """The fine-tuning head modules of a `{'params': ...}` tree (empty for pretraining parameters)."""
+  return tuple(sorted(set(params["params"]) - {"albert", "predictions", "sop_classifier"}))
 
 
 def find_vocab(source) -> epath.Path | None:

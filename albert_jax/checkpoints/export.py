@@ -215,12 +215,26 @@ def _vocab_for(source, vocab, vocab_size: int) -> epath.Path:
   return path
 
 
+# The fine-tuning heads of albert_jax's task models that Hugging Face has no class for.
+_NO_HF_EQUIVALENT = {("answer_class", "end_logits", "start_logits"): "the original release's SQuAD 2.0 head"}
+
+
+def _backbone_note(source, head: tuple[str, ...]) -> str:
+  """The one line that says what an export of a fine-tuned task model leaves out."""
+  names = ", ".join(head)
+  if head in _NO_HF_EQUIVALENT:
+    what = f"whose head, {_NO_HF_EQUIVALENT[head]} ({names}), has no Hugging Face equivalent"
+  else:
+    what = f"whose head ({names}) this export leaves out"
+  return f"{source} holds a fine-tuned model {what}: writing its backbone only (AlbertModel)."
+
+
 def _write(directory: pathlib.Path, config, params, vocab: epath.Path, architecture: str) -> None:
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
 
   hf_config = {**hf.config_to_hf(config), "architectures": [architecture]}
   (directory / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True))
-  state = hf.params_to_hf(params, config)
+  state = hf.params_to_hf(params, config, backbone_only=architecture == "AlbertModel")
   if architecture == "AlbertForMaskedLM":
     state = {k: v for k, v in state.items() if not k.startswith(_NOT_IN_MASKED_LM)}
   # transformers refuses safetensors files without this metadata.
@@ -260,6 +274,8 @@ def export(
     overwrite: allow replacing a non-empty `output`.
     vocab: the SentencePiece model to ship; None takes the one inside `source`.
     architecture: "AlbertForPreTraining" (all weights) or "AlbertForMaskedLM" (without pooler and SOP head).
+      A fine-tuning workdir's task model is written as "AlbertModel", its backbone, whatever this says: one
+      warning line names the head left out (and says so when Hugging Face has no equivalent of it).
 
   Raises:
     checkpoints.CheckpointError: with a message saying what to do.
@@ -274,6 +290,10 @@ def export(
   output = pathlib.Path(output).absolute()
   _check_output(output, overwrite)
   config, params = checkpoints.load(source)
+  head = checkpoints.task_head(params)
+  if head:
+    logging.warning(_backbone_note(source, head))
+    architecture = "AlbertModel"
   vocab = _vocab_for(source, vocab, config.vocab_size)
   output.parent.mkdir(parents=True, exist_ok=True)
   staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{output.name}.export-", dir=output.parent))

@@ -183,20 +183,30 @@ def _converted(value, hf_key, to_flax, want):
   return np.asarray(converted)
 
 
-def params_to_hf(params: dict[str, Any], cfg: model_lib.AlbertConfig) -> dict[str, np.ndarray]:
-  """The `{'params': ...}` tree → a Hugging Face `AlbertForPreTraining` state dict (decoder tensors as copies)."""
+def params_to_hf(
+  params: dict[str, Any], cfg: model_lib.AlbertConfig, backbone_only: bool = False
+) -> dict[str, np.ndarray]:
+  """The `{'params': ...}` tree → a Hugging Face `AlbertForPreTraining` state dict (decoder tensors as copies).
+
+  `backbone_only`: the `albert.` tensors alone (an `AlbertModel`; the pooler only if the tree has one), e.g. of a
+  fine-tuned task model.
+  """
   flat = _flatten(params["params"])
   state = {}
   for hf_key, path, _, to_hf in _name_map(cfg):
+    path = _layer_path(cfg, path) if _is_layer_row(hf_key) else path
+    if backbone_only and (hf_key.startswith(("predictions.", "sop_classifier.")) or path not in flat):
+      continue  # the heads, and the pooler of a span model (which has none)
     if _is_layer_row(hf_key):
-      value = np.asarray(flat[_layer_path(cfg, path)])
+      value = np.asarray(flat[path])
       groups = value if cfg.num_hidden_groups > 1 else value[None]
       for g in range(cfg.num_hidden_groups):
         state[_group_key(g, hf_key)] = np.ascontiguousarray(to_hf(groups[g]))
     else:
       state[hf_key] = np.ascontiguousarray(to_hf(np.asarray(flat[path])))
-  state["predictions.decoder.weight"] = state["albert.embeddings.word_embeddings.weight"].copy()
-  state["predictions.decoder.bias"] = state["predictions.bias"].copy()
+  if not backbone_only:
+    state["predictions.decoder.weight"] = state["albert.embeddings.word_embeddings.weight"].copy()
+    state["predictions.decoder.bias"] = state["predictions.bias"].copy()
   return state
 
 
