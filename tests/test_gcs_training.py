@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from albert_jax import config_lib, storage
+from albert_jax import checkpoints, config_lib, storage
 from albert_jax.checkpoints import export, native
 from albert_jax.trainers import finetuning
 from tests import cli_helpers as cli
@@ -84,8 +84,8 @@ def test_a_run_in_a_bucket_is_killed_resumed_fine_tuned_and_exported_bitwise_as_
   in_bucket = finetuning.finetune(_tiny_sst2(workdir, generated_glue), f"{gcs}/finetune")
   on_disk = finetuning.finetune(_tiny_sst2(straight_run, generated_glue), str(tmp_path / "finetune"))
   assert in_bucket == on_disk and in_bucket["best_step"] in (2, 4)
-  best = f"best/{in_bucket['best_step']}/params"
-  cli.assert_same_params(_params(f"{gcs}/finetune/{best}"), _params(tmp_path / "finetune" / best))
+  # checkpoints.load of a fine-tuning workdir: its best checkpoint's parameters, the task head included.
+  cli.assert_same_params(checkpoints.load(f"{gcs}/finetune")[1], checkpoints.load(tmp_path / "finetune")[1])
   assert json.loads(storage.path(f"{gcs}/finetune/eval_results.json").read_text()) == in_bucket
   assert (
     storage.path(f"{gcs}/finetune/sst2_dev.tsv").read_text() == (tmp_path / "finetune" / "sst2_dev.tsv").read_text()
@@ -104,13 +104,6 @@ def test_a_run_in_a_bucket_is_killed_resumed_fine_tuned_and_exported_bitwise_as_
   with capsys.disabled():
     print(f"\nkilled once checkpoints {killed_at} were committed; at the end {gcs} held {len(listing)} objects:")
     print("\n".join(f"  {line}" for line in _summarised(listing)))
-
-
-def _params(directory):
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-
-  with ocp.PyTreeCheckpointer() as checkpointer:
-    return checkpointer.restore(storage.path(directory))
 
 
 def _assert_same_export(a, b):
