@@ -97,11 +97,13 @@ def pretraining(preset: str = "base") -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "builtin"  # 'builtin' (the shipped facts corpus), 'files', or a TFDS catalog name
-  c.data.files = ""  # comma-separated text files or globs when source='files'
+  c.data.files = ""  # comma-separated text files or globs (local or gs://) when source='files'
   c.data.format = ""  # reader for files: '' (detected per file), 'lines', 'wikiextractor', 'wikitext', 'prose'
   c.data.vocab = ""  # SentencePiece model; '' trains one on the corpus into the workdir
   c.data.vocab_size = 30000  # pieces when a vocabulary is trained; must equal model.vocab_size
-  c.data.data_dir = ""  # where prepared ArrayRecord datasets go; '' = WORKDIR/data
+  c.data.data_dir = ""  # where prepared ArrayRecord datasets go (local or gs://); '' = WORKDIR/data
+  c.data.prepare_workers = 1  # processes tokenising the corpus; N > 1: N Beam worker processes (requirements-beam.txt)
+  c.data.beam_options = ""  # Beam pipeline options for any runner, e.g. '--runner=DataflowRunner ...' (BUILD.md)
   c.data.max_seq_length = 512  # tokens per sequence, [CLS] A [SEP] B [SEP]
   c.data.max_predictions_per_seq = 20  # masked positions per sequence (the paper: 20)
   c.data.masked_lm_prob = 0.15  # share of tokens masked

@@ -5,8 +5,8 @@ The map lives here once and serves both directions (`hf_to_params`,
 Hugging Face names and uses it too.
 """
 
+import io
 import json
-import pathlib
 from collections.abc import Callable
 from typing import Any
 
@@ -15,8 +15,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from etils import epath
 
 from albert_jax import model as model_lib
+from albert_jax import storage
 from albert_jax.checkpoints.errors import CheckpointError
 
 HF_CONFIG_FIELDS = (
@@ -279,20 +281,22 @@ def config_to_hf(cfg: model_lib.AlbertConfig) -> dict[str, Any]:
   }
 
 
-def read_json(path: pathlib.Path) -> dict[str, Any]:
+def read_json(path: epath.Path) -> dict[str, Any]:
   try:
     return json.loads(path.read_text())
   except (OSError, json.JSONDecodeError) as e:
     raise CheckpointError(f"Cannot read {path}: {e}") from e
 
 
-def read_hf_weights(directory: pathlib.Path) -> dict[str, np.ndarray]:
-  """model.safetensors (preferred) or pytorch_model.bin as numpy arrays."""
+def read_hf_weights(directory: epath.Path) -> dict[str, np.ndarray]:
+  """model.safetensors (preferred) or pytorch_model.bin as numpy arrays (a bucket's files read into memory)."""
   safetensors_file = directory / "model.safetensors"
   if safetensors_file.exists():
-    from safetensors.numpy import load_file
+    from safetensors import numpy as safetensors_numpy
 
-    return load_file(str(safetensors_file))
+    if storage.is_remote(safetensors_file):
+      return safetensors_numpy.load(safetensors_file.read_bytes())
+    return safetensors_numpy.load_file(str(safetensors_file))
   torch_file = directory / "pytorch_model.bin"
   if torch_file.exists():
     try:
@@ -301,12 +305,13 @@ def read_hf_weights(directory: pathlib.Path) -> dict[str, np.ndarray]:
       raise CheckpointError(
         f"{torch_file} is a PyTorch file; `pip install torch` to read it, or save the model with safetensors."
       ) from e
-    state = torch.load(torch_file, map_location="cpu", weights_only=True)
+    source = io.BytesIO(torch_file.read_bytes()) if storage.is_remote(torch_file) else torch_file
+    state = torch.load(source, map_location="cpu", weights_only=True)
     return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}
   raise CheckpointError(f"{directory} has config.json but no model.safetensors or pytorch_model.bin.")
 
 
 def load_hf(directory) -> tuple[model_lib.AlbertConfig, dict[str, Any]]:
-  directory = pathlib.Path(directory)
+  directory = storage.path(directory)
   cfg = config_from_hf(read_json(directory / "config.json"))
   return cfg, hf_to_params(read_hf_weights(directory), cfg)

@@ -29,8 +29,6 @@ The workdir holds:
 import functools
 import json
 import operator
-import pathlib
-import shutil
 from typing import Any
 
 import flax.linen as nn
@@ -41,14 +39,16 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 from flax.linen import partitioning as nn_partitioning
 
-from albert_jax import checkpoints, config_lib, sharding, tasks
+from albert_jax import checkpoints, config_lib, sharding, storage, tasks
 from albert_jax import model as model_lib
 from albert_jax import tokenizer as tokenizer_lib
+from albert_jax.storage import write_text_atomic
 from albert_jax.trainers import checkpointing, core, loop
 from albert_jax.trainers.core import TrainingError
-from albert_jax.trainers.metric_writer import MetricWriter, write_text_atomic
+from albert_jax.trainers.metric_writer import MetricWriter
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # The XLNet-style span head also reads where an answer may lie, and in training the gold start (teacher forcing).
@@ -168,7 +168,7 @@ def build(
 # Vocabulary, backbone, data and predictions.
 
 
-def load_vocabulary(config, workdir: pathlib.Path) -> tokenizer_lib.Tokenizer:
+def load_vocabulary(config, workdir: epath.Path) -> tokenizer_lib.Tokenizer:
   """config.task.vocab, else the checkpoint's own vocabulary; copied to WORKDIR/spiece.model."""
   source = config.task.vocab or (config.init_checkpoint and checkpoints.find_vocab(config.init_checkpoint))
   if not source:
@@ -177,12 +177,12 @@ def load_vocabulary(config, workdir: pathlib.Path) -> tokenizer_lib.Tokenizer:
       f"No vocabulary: {where}. Set --config.task.vocab to the SentencePiece model the backbone "
       "was trained with (e.g. the official ALBERT spiece.model)."
     )
-  source = pathlib.Path(source)
+  source = storage.path(source)
   if not source.is_file():
     raise TrainingError(f"config.task.vocab={str(source)!r} does not exist; point it at a SentencePiece model.")
   target = workdir / "spiece.model"
-  if jax.process_index() == 0 and source.resolve() != target.resolve():
-    shutil.copyfile(source, target)
+  if jax.process_index() == 0 and source != target:
+    storage.copy(source, target)
   core.sync("vocabulary")
   return tokenizer_lib.Tokenizer(target)
 
@@ -439,8 +439,9 @@ def _final_predictions(config, spec, setup, state, best_manager, eval_data, toke
     if split in eval_data or spec.head == "multiple_choice":  # RACE's test set is labelled
       results[split] = tasks.evaluate(config.task, outputs, data)
     if jax.process_index() == 0:
-      paths = tasks.write_predictions(config.task, outputs, data, workdir)
-      logging.info("Wrote %s", ", ".join(str(p) for p in paths))
+      with storage.local_mirror(workdir) as folder:  # the task writers write local files; a bucket gets copies
+        paths = tasks.write_predictions(config.task, outputs, data, str(folder.local))
+      logging.info("Wrote %s", ", ".join(str(folder.target_of(p)) for p in paths))
   if jax.process_index() == 0:
     write_text_atomic(workdir / "eval_results.json", json.dumps(results, indent=2, sort_keys=True))
   logging.info(
