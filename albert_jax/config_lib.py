@@ -98,11 +98,13 @@ def pretraining(preset: str = "base") -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "builtin"  # 'builtin' (the shipped facts corpus), 'files', or a TFDS catalog name
-  c.data.files = ""  # comma-separated text files or globs when source='files'
+  c.data.files = ""  # comma-separated text files or globs (local or gs://) when source='files'
   c.data.format = ""  # reader for files: '' (detected per file), 'lines', 'wikiextractor', 'wikitext', 'prose'
   c.data.vocab = ""  # SentencePiece model; '' trains one on the corpus into the workdir
   c.data.vocab_size = 30000  # pieces when a vocabulary is trained; must equal model.vocab_size
-  c.data.data_dir = ""  # where prepared ArrayRecord datasets go; '' = WORKDIR/data
+  c.data.data_dir = ""  # where prepared ArrayRecord datasets go (local or gs://); '' = WORKDIR/data
+  c.data.prepare_workers = 1  # processes tokenising the corpus; N > 1: N Beam worker processes (requirements-beam.txt)
+  c.data.beam_options = ""  # Beam pipeline options for any runner, e.g. '--runner=DataflowRunner ...' (BUILD.md)
   c.data.max_seq_length = 512  # tokens per sequence, [CLS] A [SEP] B [SEP]
   c.data.max_predictions_per_seq = 20  # masked positions per sequence (the paper: 20)
   c.data.masked_lm_prob = 0.15  # share of tokens masked
@@ -188,8 +190,10 @@ class Recipe:
 
 
 _MNLI_SPLITS = ("train", "dev_matched", "dev_mismatched", "test_matched", "test_mismatched")
-# The ALBERT paper's Table 14 (google-research/albert's run_glue.sh gives the same), seq 512; SQuAD at seq 384 as
-# the google-research/albert README's commands.
+# The ALBERT paper's Table 14 (google-research/albert's run_glue.sh gives the same for GLUE), seq 512; SQuAD at
+# seq 384 as the release README's run_squad commands; RACE as the README's note for v2 models: "lr 1e-5 and 0 ALBERT
+# DR" (Table 14's 2e-5 with dropout 0.1 is the v1 setting, which makes v2 models diverge). The README table
+# (`python -m albert_jax.tools.recipes_table`) lists every difference from the release.
 RECIPES = {
   "cola": Recipe(1e-5, 16, 5336, 320, dropout=0.0),
   "sst2": Recipe(1e-5, 32, 20935, 1256, dropout=0.0),
@@ -202,9 +206,11 @@ RECIPES = {
   "wnli": Recipe(2e-5, 16, 2000, 250, dropout=0.1),
   "squad_v1": Recipe(5e-5, 48, 3649, 365, dropout=0.0, max_seq_length=384, splits=("train", "dev")),
   "squad_v2": Recipe(3e-5, 48, 8144, 814, dropout=0.0, max_seq_length=384, splits=("train", "dev")),
-  "race": Recipe(2e-5, 32, 12000, 1000, dropout=0.1),
+  "race": Recipe(1e-5, 32, 12000, 1000, dropout=0.0),
 }
 GLUE_TASKS = tuple(name for name in RECIPES if not name.startswith(("squad", "race")))
+# The span head each SQuAD version gets by default (config.task.head): the original release's heads.
+SQUAD_HEADS = {"squad_v1": "bert", "squad_v2": "xlnet"}
 
 
 def task_name(task: str) -> str:
@@ -246,9 +252,19 @@ def finetuning(task: str, data_dir: str, preset: str = "base") -> ml_collections
   if name.startswith("squad"):
     c.task.doc_stride = 128  # tokens between the starts of two context windows
     c.task.max_query_length = 64  # question tokens kept
-    c.task.n_best_size = 20  # start and end candidates per window
+    # The span head: 'xlnet', the original release's SQuAD 2.0 head (end conditioned on the start, an answerability
+    # classifier; model.AlbertForQuestionAnsweringXLNet), or 'bert', start and end logits per token (its v1.1 head,
+    # the shape of Hugging Face's AlbertForQuestionAnswering).
+    c.task.head = SQUAD_HEADS[name]
+    c.task.start_n_top = 5  # xlnet: best starts decoded per window (run_squad_v2's start_n_top)
+    c.task.end_n_top = 5  # xlnet: best ends decoded per start (end_n_top)
+    c.task.answerability_loss_weight = 0.5  # xlnet: weight of the answerability cross-entropy in the loss
+    # bert: start and end candidates per window; xlnet: answers kept in nbest_predictions.json (the candidates are
+    # the start_n_top x end_n_top pairs of each window, whatever this is)
+    c.task.n_best_size = 20
     c.task.max_answer_length = 30  # longest answer, in tokens
-    # v2.0: '' answers where null odds exceed this; unset = the best threshold on dev (use dev's for a test set)
+    # v2.0: '' answers where null odds exceed this; unset = the best threshold on dev (use dev's for a test set).
+    # Null odds: xlnet, the smallest answerability logit over the windows; bert, null score - best span score.
     c.task.null_score_diff_threshold = ml_collections.config_dict.placeholder(float)
   if name == "race":
     c.task.levels = ("high", "middle")  # RACE-H and RACE-M

@@ -478,7 +478,9 @@ class AlbertForPreTraining(nn.Module):
   def setup(self):
     self.albert = AlbertModel(self.config)
     self.predictions = AlbertMLMHead(self.config)
-    self.sop_classifier = _Classifier(self.config, 2)
+    # No dropout before the sentence-order classifier: run_pretraining.py's get_sentence_order_output feeds it the
+    # pooled output as it is (Hugging Face's AlbertSOPHead applies classifier_dropout_prob there; the original not).
+    self.sop_classifier = _Classifier(self.config, 2, dropout_prob=0.0)
 
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, masked_positions=None, deterministic=True):
     sequence, pooled = self.albert(input_ids, attention_mask, token_type_ids, deterministic, masked_positions)
@@ -489,14 +491,16 @@ class AlbertForPreTraining(nn.Module):
 
 
 class _Classifier(nn.Module):
-  """Dropout then a dense layer, as every ALBERT classification head."""
+  """Dropout then a dense layer, as every ALBERT classification head (`dropout_prob` None: the config's)."""
 
   config: AlbertConfig
   num_outputs: int
+  dropout_prob: float | None = None
 
   @nn.compact
   def __call__(self, x, deterministic):
-    x = nn.Dropout(self.config.classifier_dropout_prob)(x, deterministic=deterministic)
+    rate = self.config.classifier_dropout_prob if self.dropout_prob is None else self.dropout_prob
+    x = nn.Dropout(rate)(x, deterministic=deterministic)
     return _dense(self.config, self.num_outputs, ("hidden", None), "classifier")(x).astype(jnp.float32)
 
 
@@ -524,6 +528,123 @@ class AlbertForQuestionAnswering(nn.Module):
     )
     logits = _dense(self.config, 2, ("hidden", None), "qa_outputs")(sequence).astype(jnp.float32)
     return {"start_logits": logits[..., 0], "end_logits": logits[..., 1]}
+
+
+# The original's masking of impossible positions: x * (1 - p) - 1e30 * p, in float32 (p_mask 1 = not a candidate).
+_NOT_A_CANDIDATE = 1e30
+
+
+def _mask_logits(logits, p_mask):
+  p = p_mask.astype(jnp.float32)
+  return logits.astype(jnp.float32) * (1.0 - p) - _NOT_A_CANDIDATE * p
+
+
+class _ConcatDense(nn.Module):
+  """dense([a ; b]) with one [2H, H] kernel (rows [:H] for `a`), computed as a·K[:H] + b·K[H:] so that `a` and `b`
+  broadcast against each other (the [B, K, T, 2H] concatenation is never built)."""
+
+  config: AlbertConfig
+  use_bias: bool = True
+
+  @nn.compact
+  def __call__(self, a, b):
+    cfg = self.config
+    width = a.shape[-1]
+    kernel = self.param(
+      "kernel", _kernel_init(cfg, ("hidden", None)), (width + b.shape[-1], cfg.hidden_size), cfg.param_dtype
+    )
+    kernel = kernel.astype(cfg.dtype)
+    out = a.astype(cfg.dtype) @ kernel[:width] + b.astype(cfg.dtype) @ kernel[width:]
+    if self.use_bias:
+      out = out + self.param("bias", _zeros((None,)), (cfg.hidden_size,), cfg.param_dtype).astype(cfg.dtype)
+    return out
+
+
+class _EndLogits(nn.Module):
+  """The end score of every token given a start state: dense_1(LayerNorm(tanh(dense_0([h_j ; h_start]))))."""
+
+  config: AlbertConfig
+
+  @nn.compact
+  def __call__(self, tokens, start_states):
+    """tokens [..., T, H], start_states [..., 1, H] → [..., T] float32."""
+    cfg = self.config
+    x = jnp.tanh(_ConcatDense(cfg, name="dense_0")(tokens, start_states))
+    x = _layer_norm(cfg, "hidden", "LayerNorm")(x)
+    return _dense(cfg, 1, ("hidden", None), "dense_1")(x)[..., 0].astype(jnp.float32)
+
+
+class _StartLogits(nn.Module):
+  config: AlbertConfig
+
+  @nn.compact
+  def __call__(self, sequence):
+    return _dense(self.config, 1, ("hidden", None), "dense")(sequence)[..., 0].astype(jnp.float32)
+
+
+class _AnswerClass(nn.Module):
+  """The answerability logit: dense_1(dropout(tanh(dense_0([start_feature ; cls])))), dense_1 without bias."""
+
+  config: AlbertConfig
+
+  @nn.compact
+  def __call__(self, start_feature, cls_feature, deterministic):
+    cfg = self.config
+    x = jnp.tanh(_ConcatDense(cfg, name="dense_0")(start_feature, cls_feature))
+    x = nn.Dropout(cfg.classifier_dropout_prob)(x, deterministic=deterministic)
+    return _dense(cfg, 1, ("hidden", None), "dense_1", use_bias=False)(x)[..., 0].astype(jnp.float32)
+
+
+class AlbertForQuestionAnsweringXLNet(nn.Module):
+  """The original ALBERT's SQuAD 2.0 head (squad_utils.create_v2_model, after XLNet), parameter for parameter.
+
+  Start logits per token; end logits conditioned on a start position's hidden state (the gold start in training,
+  each of the `start_n_top` best starts at inference, with its `end_n_top` best ends); and an answerability logit
+  from [CLS] and the start-probability-weighted hidden state, with dropout, its logit larger for "no answer in
+  this window". Candidates are the positions where `p_mask` is 0 ([CLS] and the context). Parameters:
+  start_logits/dense, end_logits/{dense_0, LayerNorm, dense_1}, answer_class/{dense_0, dense_1 (no bias)}, the
+  TensorFlow variable names; the backbone is `albert` without its pooler.
+  """
+
+  config: AlbertConfig
+  start_n_top: int = 5
+  end_n_top: int = 5
+
+  @nn.compact
+  def __call__(
+    self, input_ids, attention_mask=None, token_type_ids=None, p_mask=None, start_positions=None, deterministic=True
+  ):
+    """With `start_positions` [B] (training): start_log_probs, end_log_probs [B, T] and cls_logits [B]. Without:
+    start_top_log_probs, start_top_index [B, K], end_top_log_probs, end_top_index [B, K*K'] (start-major: entry
+    i*K' + j is the j-th best end for the i-th best start) and cls_logits [B]."""
+    cfg = self.config
+    sequence, _ = AlbertModel(cfg, add_pooling_layer=False, name="albert")(
+      input_ids, attention_mask, token_type_ids, deterministic
+    )
+    p_mask = jnp.zeros_like(input_ids) if p_mask is None else p_mask
+    start = _mask_logits(_StartLogits(cfg, name="start_logits")(sequence), p_mask)
+    start_log_probs = jax.nn.log_softmax(start, -1)
+    end_logits = _EndLogits(cfg, name="end_logits")
+    if start_positions is not None:  # teacher forcing: the gold start's state
+      start_states = gather_positions(sequence, start_positions[:, None])  # [B, 1, H]
+      end_log_probs = jax.nn.log_softmax(_mask_logits(end_logits(sequence, start_states), p_mask), -1)
+      out = {"start_log_probs": start_log_probs, "end_log_probs": end_log_probs}
+    else:
+      top_log_probs, top_index = jax.lax.top_k(start_log_probs, self.start_n_top)  # [B, K]
+      start_states = gather_positions(sequence, top_index)[:, :, None]  # [B, K, 1, H]
+      end = _mask_logits(end_logits(sequence[:, None], start_states), p_mask[:, None])  # [B, K, T]
+      end_top_log_probs, end_top_index = jax.lax.top_k(jax.nn.log_softmax(end, -1), self.end_n_top)  # [B, K, K']
+      batch = input_ids.shape[0]
+      out = {
+        "start_top_log_probs": top_log_probs,
+        "start_top_index": top_index,
+        "end_top_log_probs": end_top_log_probs.reshape(batch, -1),
+        "end_top_index": end_top_index.reshape(batch, -1),
+      }
+    # Answerability: [CLS] and the hidden states weighted by the predicted start distribution (also in training).
+    start_feature = jnp.einsum("bt,bth->bh", jax.nn.softmax(start, -1), sequence.astype(jnp.float32))
+    out["cls_logits"] = _AnswerClass(cfg, name="answer_class")(start_feature, sequence[:, 0], deterministic)
+    return out
 
 
 class AlbertForMultipleChoice(nn.Module):

@@ -22,7 +22,6 @@ import io
 import itertools
 import logging
 import os
-import pathlib
 import re
 import tempfile
 import unicodedata
@@ -31,6 +30,8 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
+
+from albert_jax import storage
 
 PAD, UNK, CLS, SEP, MASK = "<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_PIECES = (PAD, UNK, CLS, SEP, MASK)  # At ids 0..4, as in ALBERT.
@@ -236,10 +237,15 @@ def _without_dummy_prefix(proto: bytes) -> spm.SentencePieceProcessor:
 
 
 def _read_model_file(path: str) -> bytes:
-  if not os.path.isfile(path):
+  """The model file's bytes, from a local path or a bucket (SentencePiece itself opens local files only)."""
+  try:
+    found = storage.path(path).is_file()
+  except OSError:
+    found = False
+  if not found:
     raise FileNotFoundError(f"SentencePiece model {path!r} not found (or not a file). {_TRAIN_HINT}")
   try:
-    return pathlib.Path(path).read_bytes()
+    return storage.path(path).read_bytes()
   except OSError as e:
     raise OSError(f"Cannot read SentencePiece model {path!r}: {e}") from None
 
@@ -271,7 +277,7 @@ def train_vocab(
   Args:
     texts: the corpus, a sentence a line (each text may hold many lines);
       `data.corpus.sentences` reads them from files in any corpus format.
-    output_path: where the `.model` file goes (e.g. `DIR/spiece.model`).
+    output_path: where the `.model` file goes (e.g. `DIR/spiece.model`, or in a bucket).
     vocab_size: the number of pieces wanted.
     input_sentence_size: at most this many sentences, sampled, are used.
     character_coverage: share of characters the vocabulary must cover.
@@ -285,8 +291,8 @@ def train_vocab(
   Returns:
     The trained tokenizer.
   """
-  output_path = pathlib.Path(output_path)
-  output_path.parent.mkdir(parents=True, exist_ok=True)
+  output_path = storage.path(output_path)
+  storage.make_dirs(output_path.parent)
   model = io.BytesIO()
   spm.set_random_generator_seed(seed)
   sentences = _sentences(texts)
@@ -301,7 +307,7 @@ def train_vocab(
       options["seed_sentencepieces_file"] = os.path.join(tmp, "seeds.tsv")
       _write_word_seeds(sentences, options["seed_sentencepieces_file"])
     _train(sentences, model, vocab_size, character_coverage, input_sentence_size, **options)
-  output_path.write_bytes(model.getvalue())
+  storage.write_bytes_atomic(output_path, model.getvalue())
   tokenizer = Tokenizer(output_path)
   logging.info("Wrote %s with %d pieces.", output_path, tokenizer.vocab_size)
   return tokenizer
@@ -372,7 +378,7 @@ if __name__ == "__main__":
   _INPUT_SENTENCE_SIZE = flags.DEFINE_integer("input_sentence_size", 10_000_000, "Sample at most this many sentences.")
 
   def main():
-    files = [pathlib.Path(p) for p in _INPUT.value.split(",") if p]
+    files = [storage.path(p) for p in _INPUT.value.split(",") if p]
     missing = [str(p) for p in files if not p.is_file()]
     if missing:
       raise ValueError(f"--input: no such file(s): {', '.join(missing)}")

@@ -8,7 +8,15 @@ Measures, on one core each:
       documents held in memory, in tokens per second (both the real tokens
       and the padded positions a training step consumes);
   and, for reference, the grain pipeline end to end (ArrayRecord reads,
-  threads and all) in wall-clock tokens per second.
+  threads and all) in wall-clock tokens per second;
+  (c) prepare: the whole corpus preparation (`tfds_builders.prepared_documents`:
+      read, split, tokenise, write the ArrayRecord dataset) in one process, the
+      default, and with Apache Beam's local runner on --prepare_workers
+      processes (and on 1, to show Beam's own cost), in tokens per wall-clock
+      second, one after the other in the same run. The corpus is --prepare_files
+      copied until it holds --prepare_mb MB: Beam's fixed cost (starting the
+      workers, the runner's bookkeeping; about 5 s) only pays off on a corpus
+      of tens of MB, more than the shared text holds.
 
 A training step's consumption goes next to these with
 --train_tokens_per_s=N (tokens/s of a training step on this machine, e.g.
@@ -16,12 +24,16 @@ from the trainer's log); the table then shows how many data cores one
 training device needs.
 
   python benchmarks/data_throughput.py --output=/tmp/data_throughput.json
+  python benchmarks/data_throughput.py --only_prepare --prepare_mb=100 --prepare_workers=2
 """
 
 import collections
+import glob
 import json
 import os
 import platform
+import resource
+import shutil
 import tempfile
 import time
 
@@ -30,7 +42,7 @@ import numpy as np
 from absl import app, flags
 
 from albert_jax import config_lib
-from albert_jax.data import corpus, pipeline
+from albert_jax.data import corpus, pipeline, tfds_builders
 from albert_jax.tokenizer import Tokenizer
 
 _DATA = config_lib.data_root()
@@ -54,6 +66,15 @@ flags.DEFINE_float(
   "Tokens/s a training step consumes on this machine (padded "
   "positions, batch * seq / step time): added to the table for comparison.",
 )
+flags.DEFINE_list(
+  "prepare_files",
+  sorted(glob.glob(os.path.join(_TEXT, "**", "*.txt"), recursive=True))
+  + [os.path.join(_TEXT, "wikitext-2-raw", "wiki.valid.raw")],
+  "Text files the preparation's corpus is made of (copied to --prepare_mb).",
+)
+flags.DEFINE_float("prepare_mb", 100.0, "Size of the corpus (c) prepares, in MB; 0 skips (c).")
+flags.DEFINE_integer("prepare_workers", 2, "Beam worker processes for (c).")
+flags.DEFINE_bool("only_prepare", False, "Measure (c) only.")
 flags.DEFINE_string("output", "data_throughput.json", "Where the JSON results go.")
 FLAGS = flags.FLAGS
 
@@ -146,9 +167,77 @@ def measure_grain_pipeline(tokenizer, options, batch_size, min_seconds, data_dir
   return {"tokens_per_s": real / seconds, "padded_tokens_per_s": padded / seconds}
 
 
+def _repeated_corpus(files, target_mb, folder) -> tuple[list[str], int]:
+  """Copies of `files` in `folder`, as many as make `target_mb` MB; (paths, bytes)."""
+  size = sum(os.path.getsize(f) for f in files)
+  copies = max(1, round(target_mb * 1e6 / size))
+  paths = []
+  for copy in range(copies):
+    for f in files:
+      paths.append(os.path.join(folder, f"{copy:04d}-{os.path.basename(f)}"))
+      shutil.copyfile(f, paths[-1])
+  return paths, copies * size
+
+
+def _cpu_seconds():
+  """(this process, its finished children): Beam's workers are children of the process that runs the pipeline."""
+  own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+  return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+
+
+def measure_preparation(tokenizer, files, target_mb, workers):
+  """(c): the corpus prepared in one process, then on Beam with `workers` processes and with 1, wall clock."""
+  beam_one = "--runner=FnApiRunner --direct_num_workers=1 --direct_running_mode=multi_processing"
+  runs = [("one process (default)", 1, ""), (f"Beam, {workers} worker processes", workers, "")]
+  runs.append(("Beam, 1 worker process", 1, beam_one))
+  results = {}
+  with tempfile.TemporaryDirectory() as folder:
+    paths, size = _repeated_corpus(files, target_mb, folder)
+    for label, n, beam_options in runs:
+      with tempfile.TemporaryDirectory() as data_dir:
+        load, cpu, start = os.getloadavg()[0], _cpu_seconds(), time.perf_counter()
+        builder = tfds_builders.prepared_documents(
+          "files", tokenizer, data_dir, files=paths, validation_percent=1.0, workers=n, beam_options=beam_options
+        )
+        seconds = time.perf_counter() - start
+        own, children = (after - before for after, before in zip(_cpu_seconds(), cpu))
+        tokens = sum(c["tokens"] for c in builder.info.metadata["counts"].values())
+        results[label] = {
+          "seconds": seconds,
+          "tokens": tokens,
+          "tokens_per_s": tokens / seconds,
+          "cpu_s_this_process": own,
+          "cpu_s_workers": children,
+          "load_average_before": load,
+          "load_average_after": os.getloadavg()[0],
+        }
+  first = results["one process (default)"]["tokens_per_s"]
+  for row in results.values():
+    row["speedup_over_one_process"] = row["tokens_per_s"] / first
+  return {"corpus": {"files": len(paths), "bytes": size}, "runs": results}
+
+
+def _cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+  except (OSError, StopIteration):
+    return platform.processor()
+
+
 def main(argv):
   del argv
   tokenizer = Tokenizer(FLAGS.spm_model)
+  if FLAGS.only_prepare:
+    results = {
+      "machine": {"cpu_count": os.cpu_count(), "cpu": _cpu_model(), "python": platform.python_version()},
+      "prepare": measure_preparation(tokenizer, FLAGS.prepare_files, FLAGS.prepare_mb, FLAGS.prepare_workers),
+    }
+    _print_preparation(results["prepare"])
+    with open(FLAGS.output, "w") as f:
+      json.dump(results, f, indent=2)
+    print(f"Wrote {FLAGS.output}")
+    return
   documents = _read_documents(FLAGS.files)
   options = pipeline.PairingOptions(
     max_seq_length=FLAGS.max_seq_length, max_predictions_per_seq=FLAGS.max_predictions_per_seq
@@ -157,7 +246,7 @@ def main(argv):
   with tempfile.TemporaryDirectory() as data_dir:
     grain_pipeline = measure_grain_pipeline(tokenizer, options, FLAGS.batch_size, FLAGS.min_seconds, data_dir)
   results = {
-    "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor(), "python": platform.python_version()},
+    "machine": {"cpu_count": os.cpu_count(), "cpu": _cpu_model(), "python": platform.python_version()},
     "settings": {
       "files": FLAGS.files,
       "max_seq_length": FLAGS.max_seq_length,
@@ -172,7 +261,11 @@ def main(argv):
   }
   if FLAGS.train_tokens_per_s:
     results["train_step"] = {"padded_tokens_per_s": FLAGS.train_tokens_per_s}
+  if FLAGS.prepare_mb:
+    results["prepare"] = measure_preparation(tokenizer, FLAGS.prepare_files, FLAGS.prepare_mb, FLAGS.prepare_workers)
   _print_table(results)
+  if "prepare" in results:
+    _print_preparation(results["prepare"])
   with open(FLAGS.output, "w") as f:
     json.dump(results, f, indent=2)
   print(f"Wrote {FLAGS.output}")
@@ -193,6 +286,20 @@ def _print_table(results):
   if "train_step" in results:
     need = results["train_step"]["padded_tokens_per_s"] / results["pair_mask_batch_per_core"]["padded_tokens_per_s"]
     print(f"data cores needed per training step stream: {need:.2f}")
+
+
+def _print_preparation(prepare):
+  corpus_info = prepare["corpus"]
+  print(f"(c) prepare {corpus_info['bytes'] / 1e6:.0f} MB ({corpus_info['files']} files), wall clock:")
+  print(
+    f"{'':<32} {'seconds':>8} {'tokens/s':>12} {'speedup':>8} {'CPU s here':>11} {'CPU s workers':>14} {'load':>10}"
+  )
+  for label, r in prepare["runs"].items():
+    load = f"{r['load_average_before']:.1f}-{r['load_average_after']:.1f}"
+    print(
+      f"{label:<32} {r['seconds']:>8.1f} {r['tokens_per_s']:>12,.0f} {r['speedup_over_one_process']:>7.2f}x "
+      f"{r['cpu_s_this_process']:>11.1f} {r['cpu_s_workers']:>14.1f} {load:>10}"
+    )
 
 
 if __name__ == "__main__":

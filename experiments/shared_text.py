@@ -37,7 +37,9 @@ def get_config():
   config.data.vocab = ""  # trained on config.data.files into WORKDIR/spiece.model
   config.data.vocab_size = 8000
   config.data.max_seq_length = 64
-  config.data.max_predictions_per_seq = 10  # 15% of 61 tokens, rounded up
+  # Room for the masks, not a cap that acts: the budget is round(15% of the maskable tokens), at most
+  # round(0.15 * 61) = 9 here, so the tenth slot is always padding.
+  config.data.max_predictions_per_seq = 10
   config.data.validation_percent = 5.0  # about 3 of the 64 documents (articles and books)
   config.batch_size = 64
   config.num_train_steps = 3000

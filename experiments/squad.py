@@ -1,5 +1,7 @@
-"""SQuAD fine-tuning as the ALBERT README: seq 384, doc stride 128; v1.1 lr 5e-5, batch 48, 3,649 steps;
-v2.0 3e-5, 48, 8,144.
+"""SQuAD fine-tuning as the ALBERT release: seq 384 and doc stride 128 (the README's run_squad commands); v1.1 lr
+5e-5, batch 48, 3,649 steps; v2.0 3e-5, 48, 8,144 (the paper's Table 14, which gives seq 512 for v2.0). v2.0 uses
+the release's SQuAD 2.0 head (start, end given the start, answerability; `--config.task.head=bert` for the
+BERT-style head of Hugging Face's AlbertForQuestionAnswering), v1.1 the BERT-style head, as the release does.
 
   python -m albert_jax.finetune --config=experiments/squad.py:v2 --workdir=DIR \
       --config.init_checkpoint=PRETRAINED_SRC --config.task.data_dir=SQUAD_DIR

@@ -8,6 +8,9 @@ the reason shown in the summary ("needs ../shared/data (set ALBERT_JAX_DATA): wh
 everywhere on the session fixtures below (`generated_vocab`, `generated_glue`, `generated_squad`,
 `generated_corpus`; tests/fixtures.py makes them in a few seconds).
 
+Tests of Cloud Storage (`gs://`) paths run against a local server (`gcs_server`, tests/gcs_emulator.py), each in
+a folder of its own (`gcs`).
+
 The suite also shares one JAX compilation cache, new for each session, with every training command it
 runs in a subprocess: the same small train step is otherwise compiled again by each of them (about 40 s
 of a 60 s run on 2 cores). A cached program is the same executable, so results are unchanged.
@@ -16,8 +19,10 @@ of a 60 s run on 2 cores). A cached program is the same executable, so results a
 import atexit
 import os
 import pathlib
+import re
 import shutil
 import tempfile
+import uuid
 
 # XLA's CPU backend at LLVM optimisation level 0: the suite compiles hundreds of small programs and runs each a
 # few times, and level 0 compiles them about a third faster (a cold tiny training run: 33 s -> 23 s) while
@@ -25,6 +30,12 @@ import tempfile
 # default.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Cloud Storage clients read these when first imported, so they are set before any test can import them (the
+# emulator fixture sets the rest, and every subprocess inherits them): gcsfs's bucket-type lookup over gRPC would
+# retry for a minute against the emulator, and epath would use TensorFlow's GCS client, which cannot be pointed
+# at an emulator.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+os.environ.setdefault("EPATH_USE_TF", "false")
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="albert_jax-test-jit-cache-")
   atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
@@ -35,6 +46,7 @@ import pytest  # noqa: E402
 from tests import (
   cli_helpers,  # noqa: E402
   fixtures,  # noqa: E402
+  gcs_emulator,  # noqa: E402
 )
 
 jax.config.update("jax_default_matmul_precision", "highest")
@@ -127,3 +139,18 @@ def straight_run(tmp_path_factory, shared_data_dir):
   )
   assert result.returncode == 0, result.stderr[-3000:]
   return workdir
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+  """A local Cloud Storage server (gcp-storage-emulator, tests/gcs_emulator.py) that every client is pointed at."""
+  with gcs_emulator.running() as url:
+    yield url
+
+
+@pytest.fixture
+def gcs(gcs_server, request) -> str:
+  """A folder of this test's own in the emulator's bucket: 'gs://test-bucket/<test>-<random>'."""
+  del gcs_server
+  name = re.sub(r"[^-\w]+", "-", request.node.name).strip("-")
+  return f"gs://{gcs_emulator.BUCKET}/{name}-{uuid.uuid4().hex[:8]}"

@@ -1,4 +1,4 @@
-"""Small inputs that tests make for themselves: a vocabulary, GLUE TSVs, SQuAD JSON, a text corpus.
+"""Small inputs that tests make for themselves: a vocabulary, GLUE TSVs, SQuAD JSON, a text corpus, bad input.
 
 Tests whose subject is the code (readers, features, round trips, error messages, pipeline statistics) run on
 these everywhere; the shared data (tests/conftest.py `shared_data`) is for tests whose subject is the real data
@@ -10,9 +10,14 @@ so that normalisation, word pieces and `<unk>` all occur; the vocabulary is trai
 built-in corpus.
 """
 
+import contextlib
 import json
+import os
 import pathlib
 import random
+import subprocess
+
+import pytest
 
 SUBJECTS = [
   "the film",
@@ -110,6 +115,43 @@ def write_lines_corpus(path: pathlib.Path, docs: list[list[str]]) -> pathlib.Pat
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text("\n\n".join("\n".join(doc) for doc in docs) + "\n", encoding="utf-8")
   return path
+
+
+# What `write_bad_corpus_files` plants, as a prepared dataset's metadata counts it (summed over the splits).
+BAD_INPUT_COUNTS = {"unreadable_files": 1, "bad_lines": 1, "empty_documents": 1, "empty_sentences": 2}
+
+
+def write_bad_corpus_files(folder: pathlib.Path) -> list[pathlib.Path]:
+  """Three files a corpus glob may catch: one that cannot be read as text (a gzip file), one with a line that is
+  not UTF-8 among good ones, and one with a document whose two sentences tokenise to nothing (combining accents
+  only) beside a good one."""
+  folder.mkdir(parents=True, exist_ok=True)
+  unreadable = folder / "shard-unreadable.txt.gz"
+  unreadable.write_bytes(b"\x1f\x8b\x08\x00" + bytes(range(256)) * 8)
+  bad_line = folder / "shard-bad-line.txt"
+  good = documents(4, seed=11)
+  text = write_lines_corpus(bad_line, good).read_bytes()
+  bad_line.write_bytes(text.replace(b"\n", b"\nA line that is not \xff\xfe UTF-8.\n", 1))
+  empty = folder / "shard-empty-document.txt"
+  empty.write_text("\u0301\u0301\n\u0302\n\n" + "\n".join(documents(1, seed=12)[0]) + "\n", encoding="utf-8")
+  return [unreadable, bad_line, empty]
+
+
+@contextlib.contextmanager
+def read_only_folder(path: pathlib.Path):
+  """A folder no file can be written into: a read-only tmpfs (for root, who ignores permissions), else chmod."""
+  path.mkdir()
+  if os.geteuid() != 0:
+    path.chmod(0o555)
+    yield path
+    path.chmod(0o755)
+    return
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(path)], capture_output=True).returncode:
+    pytest.skip("a read-only folder needs `mount` (root with CAP_SYS_ADMIN) or a user other than root")
+  try:
+    yield path
+  finally:
+    subprocess.run(["umount", "-l", str(path)], check=True)
 
 
 def write_vocab(path: pathlib.Path, vocab_size: int = 500):

@@ -13,12 +13,15 @@ import pytest
 
 from tests.conftest import REPO
 
-CORE = ("model", "attention", "optim", "sharding", "tokenizer", "config_lib")
+CORE = ("model", "attention", "optim", "sharding", "tokenizer", "config_lib", "storage")
 LAYERS = {  # top-level name under albert_jax -> layer; higher layers may import lower ones
   **{name: 0 for name in ("__init__", *CORE)},
   **{name: 1 for name in ("data", "tasks", "checkpoints")},
   **{name: 2 for name in ("trainers", "tools")},
-  **{name: 3 for name in ("cli", "train", "finetune", "predict", "export", "convert", "summary", "compile_check")},
+  **{
+    name: 3
+    for name in ("cli", "train", "finetune", "prepare", "predict", "export", "convert", "summary", "compile_check")
+  },
 }
 
 

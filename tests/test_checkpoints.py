@@ -144,3 +144,11 @@ def test_convert_refuses_a_non_empty_output(hf_dir, tmp_path):
   with pytest.raises(checkpoints.CheckpointError, match="not empty.*--overwrite"):
     checkpoints.convert(directory, out)
   assert (out / "keep.txt").read_text() == "precious"
+
+
+def test_fine_tuning_workdir_before_its_first_evaluation(tmp_path):
+  meta = {"format": checkpoints.FORMAT, "format_version": checkpoints.FORMAT_VERSION, "task": "squad_v2"}
+  (tmp_path / "config.json").write_text(json.dumps({**meta, "model": model_lib.AlbertConfig(**SMALL).to_dict()}))
+  (tmp_path / "checkpoints").mkdir()
+  with pytest.raises(checkpoints.CheckpointError, match="squad_v2 fine-tuning workdir .* has no best checkpoint yet"):
+    checkpoints.load(tmp_path)

@@ -1,15 +1,18 @@
 """Fine-tuning: GLUE and SQuAD end to end on CPU, exact resume, pretrained backbones, Hugging Face parity, bad input.
 
 The runs read generated GLUE TSVs and SQuAD files with a generated vocabulary (tests/conftest.py): their subject
-is the fine-tuning machinery, so they run without the shared data.
+is the fine-tuning machinery, so they run without the shared data. The SQuAD 2.0 run with the original release's
+head also runs on the shared v2.0 sample when it is present.
 """
 
 import importlib.util
 import json
+import logging
 import re
 import shutil
 import subprocess
 import sys
+import warnings
 
 import flax.linen as nn
 import jax
@@ -21,10 +24,12 @@ from flax.linen import partitioning as nn_partitioning
 from albert_jax import checkpoints, tasks
 from albert_jax import model as model_lib
 from albert_jax import tokenizer as tokenizer_lib
+from albert_jax.checkpoints import export
+from albert_jax.tasks import fill_mask, metrics, squad
 from albert_jax.trainers import core, finetuning
 from tests import cli_helpers as cli
 from tests import hf_finetune
-from tests.conftest import REPO
+from tests.conftest import REPO, SPM_MODEL, needs_data
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -68,7 +73,8 @@ def _metrics(workdir):
 
 
 def _saved_params(directory):
-  with ocp.PyTreeCheckpointer() as checkpointer:
+  """The arrays of a checkpoint as saved (on one device: orbax warns that no sharding was asked for)."""
+  with ocp.PyTreeCheckpointer() as checkpointer, warnings.catch_warnings(action="ignore", category=UserWarning):
     return checkpointer.restore(directory)
 
 
@@ -131,9 +137,10 @@ def test_squad_v1_on_a_dev_slice_writes_official_predictions(data, tmp_path):
   assert not (tmp_path / "null_odds.json").exists()
 
 
-def test_squad_v2_chooses_the_null_threshold_on_dev(data, tmp_path):
+def test_squad_v2_bert_head_chooses_the_null_threshold_on_dev(data, tmp_path):
   config = _experiment("squad.py", "v2", data, num_train_steps=2, eval_every_steps=0)
   config.task.max_examples = 0
+  config.task.head = "bert"
   results = finetuning.finetune(config, str(tmp_path))
   dev = results["dev"]
   assert {"exact", "f1", "HasAns_f1", "NoAns_f1", "best_f1", "null_score_diff_threshold"} <= set(dev)
@@ -144,6 +151,138 @@ def test_squad_v2_chooses_the_null_threshold_on_dev(data, tmp_path):
   # The threshold from dev decides which answers are empty.
   threshold = dev["null_score_diff_threshold"]
   assert all((predictions[q] == "") == (null_odds[q] > threshold) or predictions[q] == "" for q in predictions)
+
+
+# ---------------------------------------------------------------------------
+# SQuAD 2.0 with the original release's head: the run, its files, its best checkpoint read back and exported.
+
+SHARED_V2 = pytest.param(
+  "shared", marks=needs_data("the SQuAD v2.0 sample (14 questions) with the official vocabulary")
+)
+
+
+@pytest.fixture(scope="module", params=["generated", SHARED_V2])
+def squad_v2_run(request, data, tmp_path_factory):
+  """(config, workdir, results, dev JSON) of a 4-step `squad.py:v2,tiny` run with its default head (xlnet): on the
+  generated v2.0 files, or on the shared 14-question sample (trained and evaluated on it) with the official
+  vocabulary."""
+  config = _experiment("squad.py", "v2", data, num_train_steps=4, eval_every_steps=2)
+  config.task.max_examples = 0
+  dev = data["squad.py"] / "dev-v2.0.json"
+  if request.param == "shared":
+    dev = request.getfixturevalue("shared_data") / "squad" / "hf_fixture_dev-v2.0_sample.json"
+    config.task.vocab = str(SPM_MODEL)
+    config.task.files.update(train=str(dev), dev=str(dev))
+  workdir = tmp_path_factory.mktemp(f"squad_v2_{request.param}")
+  results = finetuning.finetune(config, str(workdir))
+  return config, workdir, results, squad.load_json(dev)
+
+
+def test_squad_v2_writes_predictions_null_odds_and_the_official_scores(squad_v2_run):
+  config, workdir, results, dataset = squad_v2_run
+  assert config.task.head == "xlnet"
+  read = lambda name: json.loads((workdir / name).read_text())
+  predictions, null_odds, nbest = read("predictions.json"), read("null_odds.json"), read("nbest_predictions.json")
+  questions = list(_qids(dataset))
+  assert sorted(predictions) == sorted(null_odds) == sorted(nbest) == sorted(questions)
+  official = read(squad.OFFICIAL_V2_FILE)
+  assert list(official) == list(squad.OFFICIAL_V2_KEYS)
+  assert official == {k: results["dev"][k] for k in squad.OFFICIAL_V2_KEYS}
+  # The official script's numbers from the files: predictions.json as written, and the sweep over the best
+  # non-null answers (nbest_predictions.json) with null_odds.json.
+  as_written = metrics.squad_v2(dataset, predictions)
+  sweep = metrics.squad_v2(dataset, {q: entries[0]["text"] for q, entries in nbest.items()}, na_probs=null_odds)
+  for key in official:
+    assert official[key] == pytest.approx((sweep if key.startswith("best") else as_written)[key]), key
+  threshold = results["dev"]["null_score_diff_threshold"]
+  assert threshold == official["best_f1_thresh"]
+  for q, answer in predictions.items():
+    assert answer == ("" if null_odds[q] > threshold else nbest[q][0]["text"])
+  losses = [r["train/loss"] for r in _metrics(workdir) if "train/loss" in r]
+  assert len(losses) == 2 and all(np.isfinite(losses))
+
+
+def _qids(dataset):
+  for article in dataset["data"]:
+    for paragraph in article["paragraphs"]:
+      for qa in paragraph["qas"]:
+        yield qa["id"]
+
+
+def test_squad_v2_best_checkpoint_reads_back_and_predicts_the_same(squad_v2_run, tmp_path):
+  config, workdir, _, _ = squad_v2_run
+  model_config, params = checkpoints.load(workdir)  # the best checkpoint of a fine-tuning workdir
+  assert checkpoints.task_head(params) == ("answer_class", "end_logits", "start_logits")
+  best_step = json.loads((workdir / "eval_results.json").read_text())["best_step"]
+  stored = _saved_params(workdir / "best" / str(best_step) / "params")
+  for a, b in zip(jax.tree.leaves(stored), jax.tree.leaves(params["params"]), strict=True):
+    np.testing.assert_array_equal(a, b)
+  spec = tasks.get_spec(config.task)
+  tokenizer = tokenizer_lib.Tokenizer(workdir / "spiece.model")
+  dev = tasks.load_task(config.task, tokenizer, "dev")
+  mesh, rules = core.setup_mesh(config)
+  setup = finetuning.build(config, model_config, spec, dev.features["input_ids"].shape[1:], mesh, rules)
+  with jax.set_mesh(mesh), nn_partitioning.axis_rules(rules):
+    inputs = finetuning.model_inputs(spec.head, training=False)
+    outputs = finetuning.predict(setup, params["params"], dev, config.eval_batch_size, mesh, inputs)
+  assert set(outputs) == set(squad.XLNET_OUTPUTS)
+  tasks.write_predictions(config.task, outputs, dev, tmp_path)
+  for name in ("predictions.json", "null_odds.json", "nbest_predictions.json", squad.OFFICIAL_V2_FILE):
+    assert (tmp_path / name).read_text() == (workdir / name).read_text(), name
+  with pytest.raises(fill_mask.InputError, match="no masked-LM head"):
+    fill_mask.fill_mask(model_config, params, tokenizer, ["a [MASK] b"])
+
+
+def test_squad_v2_export_says_the_head_has_no_hugging_face_equivalent_and_writes_the_backbone(
+  squad_v2_run, tmp_path, caplog
+):
+  _, workdir, _, _ = squad_v2_run
+  with caplog.at_level(logging.WARNING):
+    out = export.export(workdir, tmp_path / "hf")
+  lines = [r.getMessage() for r in caplog.records if "fine-tuned model" in r.getMessage()]
+  assert len(lines) == 1 and "\n" not in lines[0], lines
+  assert re.search(
+    r"SQuAD 2.0 head .*has no Hugging Face equivalent.*writing its backbone only \(AlbertModel\)", lines[0]
+  )
+  assert json.loads((out / "config.json").read_text())["architectures"] == ["AlbertModel"]
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  hf_model, info = transformers.AlbertModel.from_pretrained(out, output_loading_info=True)
+  assert not info["unexpected_keys"] and {k.split(".")[0] for k in info["missing_keys"]} <= {"pooler"}
+  model_config, params = checkpoints.load(workdir)
+  ids = np.random.default_rng(0).integers(5, model_config.vocab_size, (2, 16)).astype(np.int32)
+  want, _ = model_lib.AlbertModel(model_config, add_pooling_layer=False).apply(
+    {"params": params["params"]["albert"]}, ids
+  )
+  with torch.no_grad():
+    got = hf_model.eval()(torch.from_numpy(ids.astype(np.int64))).last_hidden_state.numpy()
+  np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_xlnet_span_loss_is_the_originals(tmp_path):
+  """0.5 (start NLL + end NLL) + weight x sigmoid cross-entropy of the answerability logit, per example."""
+  rng = np.random.default_rng(0)
+  log_softmax = lambda x: (x - np.log(np.exp(x).sum(-1, keepdims=True))).astype(np.float32)
+  outputs = {
+    "start_log_probs": log_softmax(rng.normal(size=(4, 7))),
+    "end_log_probs": log_softmax(rng.normal(size=(4, 7))),
+    "cls_logits": rng.normal(0, 3, 4).astype(np.float32),
+  }
+  batch = {
+    "start_positions": np.array([0, 2, 3, 0]),
+    "end_positions": np.array([0, 4, 3, 0]),
+    "is_impossible": np.array([1, 0, 0, 1]),
+  }
+  sums = finetuning.task_losses("span_xlnet", outputs, batch, answerability_loss_weight=0.5)
+  rows = np.arange(4)
+  span = -0.5 * (
+    outputs["start_log_probs"][rows, batch["start_positions"]] + outputs["end_log_probs"][rows, batch["end_positions"]]
+  )
+  z, y = outputs["cls_logits"], batch["is_impossible"]
+  bce = -(y * np.log(1 / (1 + np.exp(-z))) + (1 - y) * np.log(1 - 1 / (1 + np.exp(-z))))
+  assert float(sums["count"]) == 4
+  np.testing.assert_allclose(float(sums["loss_sum"]), np.sum(span + 0.5 * bce), rtol=1e-6)
 
 
 def test_resume_after_a_crash_reproduces_the_uninterrupted_run(data, tmp_path):
@@ -169,7 +308,8 @@ def test_batches_are_seeded_permutations_of_each_epoch():
 
 
 @pytest.mark.parametrize(
-  "experiment, task, head", [("glue.py", "sst2", "classifier_head"), ("squad.py", "v2", "qa_outputs")]
+  "experiment, task, head",
+  [("glue.py", "sst2", "classifier_head"), ("squad.py", "v1", "qa_outputs"), ("squad.py", "v2", "answer_class")],
 )
 def test_backbone_comes_from_the_checkpoint_and_the_head_is_fresh(
   experiment, task, head, pretrained_dir, data, tmp_path
@@ -189,7 +329,7 @@ def test_backbone_comes_from_the_checkpoint_and_the_head_is_fresh(
     state = finetuning.with_backbone(fresh, pretrained, setup.state_shardings)
   assert head in state.params
   expected = pretrained["params"]["albert"]
-  if spec.head == "span":  # span heads have no pooler
+  if spec.head.startswith("span"):  # span heads have no pooler
     assert "pooler" not in state.params["albert"]
     expected = {k: v for k, v in expected.items() if k != "pooler"}
   for path, value in jax.tree_util.tree_leaves_with_path(expected):

@@ -242,3 +242,112 @@ def test_bad_config_is_refused_with_a_clear_message(kwargs, message):
 def test_unknown_preset_lists_the_known_ones():
   with pytest.raises(ValueError, match="Unknown ALBERT preset 'huge'.*'base'"):
     model_lib.AlbertConfig.preset("huge")
+
+
+def test_sop_logits_have_no_dropout_in_pretraining():
+  """run_pretraining.py feeds the pooled output to the SOP classifier as it is: no classifier dropout."""
+  config = model_lib.AlbertConfig(**SMALL, classifier_dropout_prob=0.1)  # backbone dropout 0, as the v2 models
+  ids = jax.random.randint(jax.random.PRNGKey(0), (4, 8), 0, 101)
+  rng = {"dropout": jax.random.PRNGKey(1)}
+  model = model_lib.AlbertForPreTraining(config)
+  params = model.init(jax.random.PRNGKey(0), ids)
+  deterministic = model.apply(params, ids)["sop_logits"]
+  np.testing.assert_array_equal(model.apply(params, ids, deterministic=False, rngs=rng)["sop_logits"], deterministic)
+  # The same rng does drop units in a fine-tuning classifier, which keeps classifier_dropout_prob.
+  classifier = model_lib.AlbertForSequenceClassification(config, num_labels=2)
+  params = classifier.init(jax.random.PRNGKey(0), ids)
+  assert not np.allclose(classifier.apply(params, ids), classifier.apply(params, ids, deterministic=False, rngs=rng))
+
+
+def _log_softmax(x):
+  x = x - x.max(-1, keepdims=True)
+  return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def _xlnet_head_reference(p, h, p_mask, start_positions, start_n_top, end_n_top):
+  """squad_utils.create_v2_model transcribed to NumPy (float64) from the head's parameters and the backbone output."""
+  dense = lambda x, layer: x @ layer["kernel"] + layer.get("bias", 0.0)
+  masked = lambda x, m: x * (1 - m) - 1e30 * m
+  layer_norm = lambda x, n: (
+    (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-12) * n["scale"] + n["bias"]
+  )
+
+  def end_logits(tokens, start_state):  # [T, H], [H] -> [T]
+    concat = np.concatenate([tokens, np.broadcast_to(start_state, tokens.shape)], -1)
+    x = layer_norm(np.tanh(dense(concat, p["end_logits"]["dense_0"])), p["end_logits"]["LayerNorm"])
+    return dense(x, p["end_logits"]["dense_1"])[..., 0]
+
+  start = masked(dense(h, p["start_logits"]["dense"])[..., 0], p_mask)
+  start_log_probs = _log_softmax(start)
+  out = {k: [] for k in ("cls_logits", "start_log_probs", "end_log_probs", "start_top_index")}
+  out.update(end_top_index=[], end_top_log_probs=[])
+  for b in range(len(h)):
+    probs = np.exp(start_log_probs[b])
+    features = np.concatenate([probs @ h[b], h[b, 0]])  # [start-weighted state ; [CLS]]
+    out["cls_logits"].append(
+      dense(np.tanh(dense(features, p["answer_class"]["dense_0"])), p["answer_class"]["dense_1"])
+    )
+    out["start_log_probs"].append(start_log_probs[b])
+    out["end_log_probs"].append(_log_softmax(masked(end_logits(h[b], h[b, start_positions[b]]), p_mask[b])))
+    top_starts = np.argsort(-start_log_probs[b], kind="stable")[:start_n_top]
+    out["start_top_index"].append(top_starts)
+    ends, end_log_probs = [], []
+    for s in top_starts:  # start-major: the ends of the best start first
+      log_probs = _log_softmax(masked(end_logits(h[b], h[b, s]), p_mask[b]))
+      ends += list(np.argsort(-log_probs, kind="stable")[:end_n_top])
+      end_log_probs += list(log_probs[ends[-end_n_top:]])
+    out["end_top_index"].append(ends)
+    out["end_top_log_probs"].append(end_log_probs)
+  out = {k: np.array(v) for k, v in out.items()}
+  out["cls_logits"] = out["cls_logits"][:, 0]
+  return out
+
+
+def test_xlnet_squad_head_computes_the_original_v2_head():
+  config = model_lib.AlbertConfig(**SMALL, classifier_dropout_prob=0.1)
+  ids = jax.random.randint(jax.random.PRNGKey(0), (3, 12), 0, 101)
+  p_mask = np.ones((3, 12), np.int32)
+  p_mask[:, 0] = p_mask[0, 3:11] = p_mask[1, 5:7] = p_mask[2, 4:10] = 0  # [CLS] and a context block
+  model = model_lib.AlbertForQuestionAnsweringXLNet(config, start_n_top=4, end_n_top=3)
+  params = nn.unbox(model.init(jax.random.PRNGKey(1), ids))["params"]
+  # The TensorFlow variable tree of create_v2_model (answer_class/dense_1 has no bias), around the backbone.
+  head = {k: v for k, v in params.items() if k != "albert"}
+  names = {
+    jax.tree_util.keystr(k, simple=True, separator="/"): v.shape for k, v in jax.tree_util.tree_leaves_with_path(head)
+  }
+  assert names == {
+    "start_logits/dense/kernel": (32, 1),
+    "start_logits/dense/bias": (1,),
+    "end_logits/dense_0/kernel": (64, 32),
+    "end_logits/dense_0/bias": (32,),
+    "end_logits/LayerNorm/scale": (32,),
+    "end_logits/LayerNorm/bias": (32,),
+    "end_logits/dense_1/kernel": (32, 1),
+    "end_logits/dense_1/bias": (1,),
+    "answer_class/dense_0/kernel": (64, 32),
+    "answer_class/dense_0/bias": (32,),
+    "answer_class/dense_1/kernel": (32, 1),
+  }
+  assert "pooler" not in params["albert"]
+  head = jax.tree.map(lambda x: np.asarray(x, np.float64), head)
+  sequence, _ = model_lib.AlbertModel(config, add_pooling_layer=False).apply({"params": params["albert"]}, ids)
+  starts = np.array([3, 0, 9])
+  want = _xlnet_head_reference(head, np.asarray(sequence, np.float64), p_mask, starts, 4, 3)
+  trained = model.apply({"params": params}, ids, p_mask=p_mask, start_positions=starts)
+  predicted = model.apply({"params": params}, ids, p_mask=p_mask)
+  for key, got in [*trained.items(), *predicted.items()]:
+    if key.endswith("index"):
+      np.testing.assert_array_equal(got, want[key], err_msg=key)
+    elif key in want:
+      np.testing.assert_allclose(got, want[key], rtol=1e-5, atol=1e-5, err_msg=key)
+  rows = np.arange(3)[:, None]
+  np.testing.assert_allclose(
+    predicted["start_top_log_probs"], want["start_log_probs"][rows, want["start_top_index"]], atol=1e-5
+  )
+  assert predicted["end_top_log_probs"].shape == (3, 12)  # start_n_top x end_n_top per row
+  # The answerability classifier is the head's only dropout.
+  rng = {"dropout": jax.random.PRNGKey(2)}
+  dropped = model.apply({"params": params}, ids, p_mask=p_mask, start_positions=starts, deterministic=False, rngs=rng)
+  np.testing.assert_array_equal(dropped["start_log_probs"], trained["start_log_probs"])
+  np.testing.assert_array_equal(dropped["end_log_probs"], trained["end_log_probs"])
+  assert not np.allclose(dropped["cls_logits"], trained["cls_logits"])

@@ -126,6 +126,11 @@ def test_features_layout(dev_v1):
   context = ids[0, len(question) + 2 : lengths[0] - 1].tolist()
   assert context == tok.encode(first.context)[: len(context)]
   assert (index.char_start[0, : len(question) + 2] == -1).all()
+  # p_mask (the XLNet head's): 0 at [CLS] and the context tokens only; is_impossible: "no answer in this window".
+  context_or_cls = (index.char_start >= 0) | (np.arange(ids.shape[1]) == 0)
+  np.testing.assert_array_equal(features["p_mask"], ~context_or_cls)
+  assert (features["p_mask"][np.arange(len(ids)), lengths - 1] == 1).all()
+  np.testing.assert_array_equal(features["is_impossible"], features["start_positions"] == 0)
 
 
 @pytest.mark.parametrize(
@@ -246,18 +251,250 @@ def test_json_and_zip_load_the_same(tmp_path, generated_squad):
     squad.load_json(tmp_path / "missing.json")
 
 
-def test_tasks_interface_for_squad_v2(generated_squad, tok, tmp_path):
+def _oracle_xlnet_outputs(features):
+  """The XLNet head's outputs with the gold span as the best pair of every window ([CLS] for "no answer here"),
+  answerability logits +10 where the window holds no answer, -10 where it does."""
+  rows = len(features["input_ids"])
+  start_index = np.stack([features["start_positions"], features["start_positions"] + 1], 1)
+  end_index = np.stack([features["end_positions"], features["end_positions"] + 1] * 2, 1)  # start-major pairs
+  return {
+    "start_top_log_probs": np.tile(np.log([0.9, 0.1]), (rows, 1)).astype(np.float32),
+    "start_top_index": start_index,
+    "end_top_log_probs": np.tile(np.log([0.9, 0.1, 0.9, 0.1]), (rows, 1)).astype(np.float32),
+    "end_top_index": end_index,
+    "cls_logits": np.where(features["is_impossible"] == 1, 10.0, -10.0).astype(np.float32),
+  }
+
+
+@pytest.mark.parametrize("head", ["xlnet", "bert"])
+def test_tasks_interface_for_squad_v2(head, generated_squad, tok, tmp_path):
   config = config_lib.finetuning("squad_v2", str(tmp_path)).task
   config.update(
     dict(files={"train": "", "dev": str(generated_squad / "dev-v2.0.json")}, max_seq_length=128, doc_stride=32)
   )
+  config.head = head
   spec = tasks.get_spec(config)
-  assert (spec.head, spec.main_metric) == ("span", "f1")
+  assert (spec.head, spec.main_metric) == ({"xlnet": "span_xlnet", "bert": "span"}[head], "f1")
   data = tasks.load_task(config, tok, "dev")
-  start, end = _oracle_logits(data.features, data.index)
-  outputs = {"start_logits": start, "end_logits": end}
+  if head == "xlnet":
+    outputs = _oracle_xlnet_outputs(data.features)
+  else:
+    start, end = _oracle_logits(data.features, data.index)
+    outputs = {"start_logits": start, "end_logits": end}
   assert tasks.evaluate(config, outputs, data)["f1"] == 100.0
   paths = tasks.write_predictions(config, outputs, data, tmp_path / "out")
-  assert [p.name for p in paths] == ["predictions.json", "null_odds.json"]
+  names = ["predictions.json", "null_odds.json", *(["nbest_predictions.json"] if head == "xlnet" else [])]
+  assert [p.name for p in paths] == [*names, squad.OFFICIAL_V2_FILE]
+  official = json.loads(paths[-1].read_text())
+  assert list(official) == list(squad.OFFICIAL_V2_KEYS)
+  assert official["exact"] == official["f1"] == official["best_f1"] == 100.0
+  assert (official["HasAns_total"], official["NoAns_total"]) == (18, 12)
   with pytest.raises(FileNotFoundError, match="config.task.files"):
     tasks.load_task(config, tok, "train")
+
+
+def test_bad_span_head_settings_are_refused(tmp_path):
+  config = config_lib.finetuning("squad_v2", str(tmp_path)).task
+  assert tasks.get_spec(config).head == tasks.get_spec("squad_v2").head == "span_xlnet"
+  assert tasks.get_spec("squad_v1").head == "span"
+  config.head = "xl"
+  with pytest.raises(ValueError, match="config.task.head='xl': use 'xlnet'"):
+    tasks.get_spec(config)
+  config.update(head="xlnet", start_n_top=0)
+  with pytest.raises(ValueError, match=r"config.task.start_n_top=0: choose between 1 and max_seq_length \(384\)"):
+    tasks.get_spec(config)
+
+
+# ---------------------------------------------------------------------------
+# The original release's SQuAD 2.0 decoding (squad_utils.py accumulate_predictions_v2 + write_predictions_v2),
+# written here from its description in the original's own terms (doc_offset, the window's context length, the
+# token_is_max_context map, inclusive end offsets), against squad.postprocess_xlnet on random head outputs.
+
+
+def _max_context_windows(spans, position):
+  """The original's _check_is_max_context: the window where `position` has the most context (the first on ties)."""
+  best, best_window = None, None
+  for w, (offset, length) in enumerate(spans):
+    if offset <= position < offset + length:
+      score = min(position - offset, offset + length - 1 - position) + 0.01 * length
+      if best is None or score > best:
+        best, best_window = score, w
+  return best_window
+
+
+def _random_windows(rng, seq_length, query_length, doc_stride, num_tokens):
+  """The original's doc-span loop: (offset, length) of each window over `num_tokens` context tokens."""
+  max_doc, spans, offset = seq_length - query_length - 3, [], 0
+  while True:
+    length = min(num_tokens - offset, max_doc)
+    spans.append((offset, length))
+    if offset + length == num_tokens:
+      return spans
+    offset += min(length, doc_stride)
+
+
+def _random_instance(rng, seq_length):
+  """Examples of repeated words (so texts repeat; some tokens start at the space before them, so strip() matters),
+  cut into windows: per window the original's feature fields, and albert_jax's FeatureIndex."""
+  examples, windows = [], []
+  query_length, doc_stride = int(rng.integers(1, 6)), int(rng.integers(1, 8))
+  for e in range(int(rng.integers(1, 6))):
+    words = [f"w{i}" for i in rng.integers(0, 12, int(rng.integers(3, 3 * seq_length)))]
+    context, starts, ends = "", [], []
+    for word in words:
+      context += " " if context else ""
+      starts.append(len(context) - (len(context) > 0 and rng.random() < 0.2))  # some tokens hold the space
+      context += word
+      ends.append(len(context))
+    examples.append(squad.Example(f"q{e}", "?", context, (), -1, True))
+    spans = _random_windows(rng, seq_length, query_length, doc_stride, len(words))
+    for w, (offset, length) in enumerate(spans):
+      inside = range(offset, offset + length)
+      windows.append(
+        dict(
+          example=e,
+          doc_offset=query_length + 2,  # [CLS] question [SEP]
+          tok_start_to_orig=[starts[i] for i in inside],
+          tok_end_to_orig=[ends[i] - 1 for i in inside],  # inclusive, as the original
+          max_context={query_length + 2 + i - offset: _max_context_windows(spans, i) == w for i in inside},
+        )
+      )
+  return examples, windows
+
+
+def _feature_index(examples, windows, seq_length):
+  char_start = np.full((len(windows), seq_length), -1, np.int32)
+  char_end, max_context = char_start.copy(), np.zeros(char_start.shape, bool)
+  for f, w in enumerate(windows):
+    where = slice(w["doc_offset"], w["doc_offset"] + len(w["tok_start_to_orig"]))
+    char_start[f, where] = w["tok_start_to_orig"]
+    char_end[f, where] = np.array(w["tok_end_to_orig"]) + 1
+    for position, is_max in w["max_context"].items():
+      max_context[f, position] = is_max
+  return squad.FeatureIndex(
+    examples, None, np.array([w["example"] for w in windows]), char_start, char_end, max_context
+  )
+
+
+def _random_head_outputs(rng, index, start_n_top, end_n_top):
+  """What the head returns: top-k of masked log-softmaxes (the ends per start, start-major) and answerability
+  logits; the masked positions (p_mask) are all but [CLS] and the context, so tiny windows rank them too."""
+  p_mask = ((index.char_start < 0) & (np.arange(index.char_start.shape[1]) > 0)).astype(np.float64)
+  log_softmax = lambda x: (
+    x - x.max(-1, keepdims=True) - np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True))
+  )
+  top = lambda x, k: (
+    np.take_along_axis(x, np.argsort(-x, -1, kind="stable")[..., :k], -1),
+    np.argsort(-x, -1, kind="stable")[..., :k],
+  )
+  start_log_probs, start_index = top(log_softmax(rng.normal(0, 3, p_mask.shape) - 1e30 * p_mask), start_n_top)
+  end = log_softmax(rng.normal(0, 3, (*p_mask.shape[:1], start_n_top, p_mask.shape[1])) - 1e30 * p_mask[:, None])
+  end_log_probs, end_index = top(end, end_n_top)
+  f = len(p_mask)
+  return {
+    "start_top_log_probs": start_log_probs.astype(np.float32),
+    "start_top_index": start_index,
+    "end_top_log_probs": end_log_probs.reshape(f, -1).astype(np.float32),
+    "end_top_index": end_index.reshape(f, -1),
+    "cls_logits": rng.normal(0, 3, f).astype(np.float32),
+  }
+
+
+def _original_v2_decoding(examples, windows, outputs, n_best_size, max_answer_length, seen):
+  """accumulate_predictions_v2 then write_predictions_v2 (threshold None), per example; counts what it met."""
+  start_n_top = outputs["start_top_index"].shape[1]
+  end_n_top = outputs["end_top_index"].shape[1] // start_n_top
+  predictions, null_odds, nbest = {}, {}, {}
+  for e, example in enumerate(examples):
+    features = [f for f, w in enumerate(windows) if w["example"] == e]
+    seen["multi_window"] += len(features) > 1
+    score_null, prelim = 1000000.0, []
+    for f in features:
+      w, out = windows[f], {k: v[f] for k, v in outputs.items()}
+      score_null = min(score_null, float(out["cls_logits"]))
+      n_context = len(w["tok_start_to_orig"])
+      for i in range(start_n_top):
+        for j in range(end_n_top):
+          s, t = int(out["start_top_index"][i]), int(out["end_top_index"][i * end_n_top + j])
+          if not (0 <= s - w["doc_offset"] < n_context) or t - w["doc_offset"] >= n_context:
+            continue
+          if not w["max_context"].get(s, False):
+            seen["not_max_context"] += 1
+            continue
+          if t < s:
+            seen["end_before_start"] += 1
+            continue
+          if t - s + 1 > max_answer_length:
+            seen["too_long"] += 1
+            continue
+          slp, elp = float(out["start_top_log_probs"][i]), float(out["end_top_log_probs"][i * end_n_top + j])
+          prelim.append((f, s - w["doc_offset"], t - w["doc_offset"], slp, elp))
+    prelim = sorted(prelim, key=lambda c: c[3] + c[4], reverse=True)  # stable: ties keep insertion order
+    entries, texts = [], set()
+    for f, s, t, slp, elp in prelim:
+      if len(entries) >= n_best_size:
+        break
+      w = windows[f]
+      raw = example.context[w["tok_start_to_orig"][s] : w["tok_end_to_orig"][t] + 1]
+      seen["stripped"] += raw != raw.strip()
+      if raw.strip() in texts:
+        seen["duplicate"] += 1
+        continue
+      texts.add(raw.strip())
+      entries.append((raw.strip(), slp, elp))
+    if not entries:
+      seen["no_valid_span"] += 1
+      entries = [("", -1e6, -1e6)]
+    totals = np.array([slp + elp for _, slp, elp in entries])
+    probabilities = np.exp(totals - totals.max()) / np.exp(totals - totals.max()).sum()
+    predictions[example.qid], null_odds[example.qid] = entries[0][0], score_null
+    nbest[example.qid] = [(text, p, slp, elp) for (text, slp, elp), p in zip(entries, probabilities)]
+  return predictions, null_odds, nbest
+
+
+def test_v2_decoding_equals_the_original_algorithm_on_random_outputs():
+  rng = np.random.default_rng(0)
+  seen = collections.Counter()
+  for _ in range(60):
+    seq_length = int(rng.integers(12, 40))
+    start_n_top, end_n_top = int(rng.integers(1, 6)), int(rng.integers(1, 6))
+    n_best_size, max_answer_length = int(rng.integers(1, 21)), int(rng.integers(1, 8))
+    examples, windows = _random_instance(rng, seq_length)
+    index = _feature_index(examples, windows, seq_length)
+    outputs = _random_head_outputs(rng, index, start_n_top, end_n_top)
+    want = _original_v2_decoding(examples, windows, outputs, n_best_size, max_answer_length, seen)
+    got = squad.postprocess_xlnet(outputs, index, n_best_size, max_answer_length)
+    assert got[0] == want[0]
+    assert got[1] == want[1]  # the same float32 minimum
+    for qid, entries in want[2].items():
+      assert [e["text"] for e in got[2][qid]] == [e[0] for e in entries]
+      for k, key in enumerate(("probability", "start_log_prob", "end_log_prob"), start=1):
+        np.testing.assert_allclose([e[key] for e in got[2][qid]], [e[k] for e in entries], rtol=1e-12)
+  print(dict(seen))
+  # The instances met every rule of the algorithm.
+  assert min(seen[k] for k in ("multi_window", "not_max_context", "end_before_start", "too_long")) > 10
+  assert min(seen[k] for k in ("stripped", "duplicate", "no_valid_span")) > 0
+
+
+def test_v2_decoding_refuses_outputs_of_another_head(tok):
+  example = squad.Example("q", "who?", "Alice met Bob.", ("Bob",), 10, False)
+  _, index = squad.make_features([example], tok, max_seq_length=32)
+  with pytest.raises(ValueError, match="XLNet head's outputs.*'start_top_log_probs'"):
+    squad.postprocess_xlnet({"start_logits": np.zeros((1, 32)), "end_logits": np.zeros((1, 32))}, index)
+
+
+def test_v2_threshold_follows_the_official_script_not_evaluate_v2():
+  """The original's evaluate_v2 would write {q1, '', ''} here (answering only below the threshold) and report F1
+  33.3 (re-applying the script's 1.0 cut-off to these logits); the official semantics give 100 for the file."""
+  qas = [
+    {"id": "q1", "question": "?", "answers": [{"text": "red fox", "answer_start": 0}]},
+    {"id": "q2", "question": "?", "answers": [], "is_impossible": True},
+    {"id": "q3", "question": "?", "answers": [{"text": "blue", "answer_start": 8}]},
+  ]
+  dataset = {"data": [{"paragraphs": [{"context": "red fox blue", "qas": qas}]}]}
+  index = squad.FeatureIndex([], dataset, *(np.zeros((0, 1), np.int32) for _ in range(4)))
+  answers, null_odds = {"q1": "red fox", "q2": "x", "q3": "blue"}, {"q1": 1.5, "q2": 3.0, "q3": 2.0}
+  scores, predictions, _ = squad.score(answers, null_odds, index, version_2=True)
+  assert (scores["best_f1"], scores["best_f1_thresh"]) == (100.0, 2.0)
+  assert predictions == {"q1": "red fox", "q2": "", "q3": "blue"}  # q3's odds equal the threshold: answered
+  assert scores["exact"] == scores["f1"] == 100.0 == metrics.squad_v2(dataset, predictions)["f1"]

@@ -223,11 +223,11 @@ print(torch.ones(1).item())
 
 def test_workdir_config_is_replaced_whole_or_not_at_all(tmp_path):
   """Another process resuming reads config.json while process 0 rewrites it: it must never see half a file."""
-  from albert_jax.trainers import metric_writer  # pylint: disable=g-import-not-at-top
+  from albert_jax import storage  # pylint: disable=g-import-not-at-top
 
   path = tmp_path / "config.json"
-  metric_writer.write_text_atomic(path, '{"model": {"hidden_size": 32}}')
+  storage.write_text_atomic(path, '{"model": {"hidden_size": 32}}')
   with pytest.raises(UnicodeEncodeError):  # a write that fails half way, as a kill or a full disk would
-    metric_writer.write_text_atomic(path, '{"model": ' + "x" * 100_000 + "\ud800}")
+    storage.write_text_atomic(path, '{"model": ' + "x" * 100_000 + "\ud800}")
   assert json.loads(path.read_text()) == {"model": {"hidden_size": 32}}
   assert [p.name for p in tmp_path.iterdir()] == ["config.json"]

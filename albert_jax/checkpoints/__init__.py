@@ -3,13 +3,15 @@
 Formats: an albert_jax checkpoint directory or training workdir (`native`), a
 Hugging Face ALBERT directory (`hf`), an original google-research/albert
 TensorFlow checkpoint (`original_tf`); `export` writes Hugging Face
-directories.
+directories. Every source and output may be local or in a bucket (`gs://`).
 """
 
-import pathlib
 from typing import Any
 
+from etils import epath
+
 from albert_jax import model as model_lib
+from albert_jax import storage
 from albert_jax.checkpoints import hf, native, original_tf
 from albert_jax.checkpoints.errors import CheckpointError
 from albert_jax.checkpoints.native import FORMAT, FORMAT_VERSION, save  # noqa: F401  (the public API)
@@ -18,13 +20,15 @@ from albert_jax.checkpoints.native import FORMAT, FORMAT_VERSION, save  # noqa: 
 def load(path) -> tuple[model_lib.AlbertConfig, dict[str, Any]]:
   """Any checkpoint source → `(config, {'params': ...})` of `AlbertForPreTraining`.
 
-  Sources: an albert_jax checkpoint directory, a Hugging Face ALBERT directory, or an original
-  google-research/albert TensorFlow checkpoint (its prefix, or a directory holding it and `albert_config.json`).
+  Sources: an albert_jax checkpoint directory or pretraining workdir, a Hugging Face ALBERT directory, or an
+  original google-research/albert TensorFlow checkpoint (its prefix, or a directory holding it and
+  `albert_config.json`). A fine-tuning workdir gives the parameters of its best checkpoint instead: its task
+  model's (the `albert` backbone, without the pooler under a span head, and the head; `task_head` names it).
   """
   tf_prefix = original_tf.find_prefix(path)
   if tf_prefix is not None:
     return original_tf.load(tf_prefix)
-  directory = pathlib.Path(path).absolute()  # orbax reads absolute paths only: `--checkpoint=workdirs/tiny`
+  directory = storage.path(path)  # orbax reads absolute paths only: `--checkpoint=workdirs/tiny`
   if not directory.is_dir():
     raise CheckpointError(
       f"{path} is not a directory; pass an albert_jax checkpoint directory, a training workdir, "
@@ -39,13 +43,18 @@ def load(path) -> tuple[model_lib.AlbertConfig, dict[str, Any]]:
   return hf.load_hf(directory)
 
 
-def find_vocab(source) -> pathlib.Path | None:
+def task_head(params: dict[str, Any]) -> tuple[str, ...]:
+  """The fine-tuning head modules of a `{'params': ...}` tree (empty for pretraining parameters)."""
+  return tuple(sorted(set(params["params"]) - {"albert", "predictions", "sop_classifier"}))
+
+
+def find_vocab(source) -> epath.Path | None:
   """The SentencePiece model shipped with a checkpoint source, or None.
 
   `spiece.model` (albert_jax, Hugging Face) or `30k-clean.model` (the original
   TF releases; `assets/` in a TF-Hub module, whose weights are in `variables/`).
   """
-  path = pathlib.Path(source)
+  path = storage.path(source)
   directory = path if path.is_dir() else path.parent
   places = [directory, directory.parent] if directory.name == "variables" else [directory]
   for place in places:
@@ -55,9 +64,9 @@ def find_vocab(source) -> pathlib.Path | None:
   return None
 
 
-def convert(source, output, overwrite: bool = False) -> pathlib.Path:
+def convert(source, output, overwrite: bool = False) -> epath.Path:
   """Any checkpoint source → an albert_jax checkpoint directory (with the source's vocabulary, if it has one)."""
-  output = pathlib.Path(output)
+  output = storage.path(output)
   if output.exists() and any(output.iterdir()) and not overwrite:
     raise CheckpointError(f"{output} exists and is not empty; choose another --output or pass --overwrite.")
   config, params = load(source)

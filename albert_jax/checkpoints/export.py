@@ -40,7 +40,9 @@ import shutil
 import tempfile
 import unicodedata
 
-from albert_jax import checkpoints
+from etils import epath
+
+from albert_jax import checkpoints, storage
 from albert_jax import tokenizer as tokenizer_lib
 from albert_jax.checkpoints import hf
 
@@ -93,7 +95,7 @@ def _char_classes(charsmap: bytes) -> tuple[str, str, str]:
   )
 
 
-def fast_tokenizer(vocab: pathlib.Path):
+def fast_tokenizer(vocab: epath.Path):
   """The `tokenizers.Tokenizer` that encodes as `tokenizer.Tokenizer(vocab)`, for tokenizer.json.
 
   Built from the SentencePiece model's pieces and scores, with no added tokens but the specials, unlike
@@ -125,7 +127,7 @@ def fast_tokenizer(vocab: pathlib.Path):
   from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors
 
   # pylint: enable=g-import-not-at-top
-  proto = sentencepiece_model_pb2.ModelProto.FromString(pathlib.Path(vocab).read_bytes())
+  proto = sentencepiece_model_pb2.ModelProto.FromString(storage.path(vocab).read_bytes())
   pieces = [
     (p.piece, p.score - _DIGIT_COMMA_PENALTY * (p.piece[-2:-1].isdigit() and p.piece[-1] == ",")) for p in proto.pieces
   ]
@@ -194,9 +196,9 @@ def _check_output(output: pathlib.Path, overwrite: bool) -> None:
     )
 
 
-def _vocab_for(source, vocab, vocab_size: int) -> pathlib.Path:
+def _vocab_for(source, vocab, vocab_size: int) -> epath.Path:
   """The SentencePiece model to ship, after checking that it is an ALBERT vocabulary the model can embed."""
-  path = pathlib.Path(vocab) if vocab else checkpoints.find_vocab(source)
+  path = storage.path(vocab) if vocab else checkpoints.find_vocab(source)
   if path is None:
     raise checkpoints.CheckpointError(
       f"{source} holds no spiece.model; pass the model's vocabulary with --vocab=PATH/spiece.model."
@@ -213,17 +215,31 @@ def _vocab_for(source, vocab, vocab_size: int) -> pathlib.Path:
   return path
 
 
-def _write(directory: pathlib.Path, config, params, vocab: pathlib.Path, architecture: str) -> None:
+# The fine-tuning heads of albert_jax's task models that Hugging Face has no class for.
+_NO_HF_EQUIVALENT = {("answer_class", "end_logits", "start_logits"): "the original release's SQuAD 2.0 head"}
+
+
+def _backbone_note(source, head: tuple[str, ...]) -> str:
+  """The one line that says what an export of a fine-tuned task model leaves out."""
+  names = ", ".join(head)
+  if head in _NO_HF_EQUIVALENT:
+    what = f"whose head, {_NO_HF_EQUIVALENT[head]} ({names}), has no Hugging Face equivalent"
+  else:
+    what = f"whose head ({names}) this export leaves out"
+  return f"{source} holds a fine-tuned model {what}: writing its backbone only (AlbertModel)."
+
+
+def _write(directory: pathlib.Path, config, params, vocab: epath.Path, architecture: str) -> None:
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
 
   hf_config = {**hf.config_to_hf(config), "architectures": [architecture]}
   (directory / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True))
-  state = hf.params_to_hf(params, config)
+  state = hf.params_to_hf(params, config, backbone_only=architecture == "AlbertModel")
   if architecture == "AlbertForMaskedLM":
     state = {k: v for k, v in state.items() if not k.startswith(_NOT_IN_MASKED_LM)}
   # transformers refuses safetensors files without this metadata.
   save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
-  shutil.copyfile(vocab, directory / "spiece.model")
+  (directory / "spiece.model").write_bytes(vocab.read_bytes())
   try:
     fast = fast_tokenizer(vocab)
   except ImportError as e:
@@ -252,21 +268,32 @@ def export(
   """Writes the checkpoint at `source` as a Hugging Face ALBERT directory at `output`; returns `output`.
 
   Args:
-    source: anything `checkpoints.load` reads.
-    output: the directory to create. If it exists and is not empty, `overwrite` must be True; it is replaced
+    source: anything `checkpoints.load` reads, local or in a bucket (`gs://`).
+    output: the local directory to create. If it exists and is not empty, `overwrite` must be True; it is replaced
       only once the new export is complete.
     overwrite: allow replacing a non-empty `output`.
     vocab: the SentencePiece model to ship; None takes the one inside `source`.
     architecture: "AlbertForPreTraining" (all weights) or "AlbertForMaskedLM" (without pooler and SOP head).
+      A fine-tuning workdir's task model is written as "AlbertModel", its backbone, whatever this says: one
+      warning line names the head left out (and says so when Hugging Face has no equivalent of it).
 
   Raises:
     checkpoints.CheckpointError: with a message saying what to do.
   """
   if architecture not in ARCHITECTURES:
     raise ValueError(f"architecture={architecture!r}; choose one of {ARCHITECTURES}.")
+  if storage.is_remote(output):
+    raise checkpoints.CheckpointError(
+      f"--output={output}: the export is written to a local directory (transformers' from_pretrained reads one); "
+      "choose a local --output, then copy it to the bucket (gcloud storage cp -r DIR gs://...)."
+    )
   output = pathlib.Path(output).absolute()
   _check_output(output, overwrite)
   config, params = checkpoints.load(source)
+  head = checkpoints.task_head(params)
+  if head:
+    logging.warning(_backbone_note(source, head))
+    architecture = "AlbertModel"
   vocab = _vocab_for(source, vocab, config.vocab_size)
   output.parent.mkdir(parents=True, exist_ok=True)
   staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{output.name}.export-", dir=output.parent))

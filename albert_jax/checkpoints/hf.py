@@ -5,8 +5,8 @@ The map lives here once and serves both directions (`hf_to_params`,
 Hugging Face names and uses it too.
 """
 
+import io
 import json
-import pathlib
 from collections.abc import Callable
 from typing import Any
 
@@ -15,8 +15,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from etils import epath
 
 from albert_jax import model as model_lib
+from albert_jax import storage
 from albert_jax.checkpoints.errors import CheckpointError
 
 HF_CONFIG_FIELDS = (
@@ -181,20 +183,30 @@ def _converted(value, hf_key, to_flax, want):
   return np.asarray(converted)
 
 
-def params_to_hf(params: dict[str, Any], cfg: model_lib.AlbertConfig) -> dict[str, np.ndarray]:
-  """The `{'params': ...}` tree → a Hugging Face `AlbertForPreTraining` state dict (decoder tensors as copies)."""
+def params_to_hf(
+  params: dict[str, Any], cfg: model_lib.AlbertConfig, backbone_only: bool = False
+) -> dict[str, np.ndarray]:
+  """The `{'params': ...}` tree → a Hugging Face `AlbertForPreTraining` state dict (decoder tensors as copies).
+
+  `backbone_only`: the `albert.` tensors alone (an `AlbertModel`; the pooler only if the tree has one), e.g. of a
+  fine-tuned task model.
+  """
   flat = _flatten(params["params"])
   state = {}
   for hf_key, path, _, to_hf in _name_map(cfg):
+    path = _layer_path(cfg, path) if _is_layer_row(hf_key) else path
+    if backbone_only and (hf_key.startswith(("predictions.", "sop_classifier.")) or path not in flat):
+      continue  # the heads, and the pooler of a span model (which has none)
     if _is_layer_row(hf_key):
-      value = np.asarray(flat[_layer_path(cfg, path)])
+      value = np.asarray(flat[path])
       groups = value if cfg.num_hidden_groups > 1 else value[None]
       for g in range(cfg.num_hidden_groups):
         state[_group_key(g, hf_key)] = np.ascontiguousarray(to_hf(groups[g]))
     else:
       state[hf_key] = np.ascontiguousarray(to_hf(np.asarray(flat[path])))
-  state["predictions.decoder.weight"] = state["albert.embeddings.word_embeddings.weight"].copy()
-  state["predictions.decoder.bias"] = state["predictions.bias"].copy()
+  if not backbone_only:
+    state["predictions.decoder.weight"] = state["albert.embeddings.word_embeddings.weight"].copy()
+    state["predictions.decoder.bias"] = state["predictions.bias"].copy()
   return state
 
 
@@ -269,20 +281,22 @@ def config_to_hf(cfg: model_lib.AlbertConfig) -> dict[str, Any]:
   }
 
 
-def read_json(path: pathlib.Path) -> dict[str, Any]:
+def read_json(path: epath.Path) -> dict[str, Any]:
   try:
     return json.loads(path.read_text())
   except (OSError, json.JSONDecodeError) as e:
     raise CheckpointError(f"Cannot read {path}: {e}") from e
 
 
-def read_hf_weights(directory: pathlib.Path) -> dict[str, np.ndarray]:
-  """model.safetensors (preferred) or pytorch_model.bin as numpy arrays."""
+def read_hf_weights(directory: epath.Path) -> dict[str, np.ndarray]:
+  """model.safetensors (preferred) or pytorch_model.bin as numpy arrays (a bucket's files read into memory)."""
   safetensors_file = directory / "model.safetensors"
   if safetensors_file.exists():
-    from safetensors.numpy import load_file
+    from safetensors import numpy as safetensors_numpy
 
-    return load_file(str(safetensors_file))
+    if storage.is_remote(safetensors_file):
+      return safetensors_numpy.load(safetensors_file.read_bytes())
+    return safetensors_numpy.load_file(str(safetensors_file))
   torch_file = directory / "pytorch_model.bin"
   if torch_file.exists():
     try:
@@ -291,12 +305,13 @@ def read_hf_weights(directory: pathlib.Path) -> dict[str, np.ndarray]:
       raise CheckpointError(
         f"{torch_file} is a PyTorch file; `pip install torch` to read it, or save the model with safetensors."
       ) from e
-    state = torch.load(torch_file, map_location="cpu", weights_only=True)
+    source = io.BytesIO(torch_file.read_bytes()) if storage.is_remote(torch_file) else torch_file
+    state = torch.load(source, map_location="cpu", weights_only=True)
     return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}
   raise CheckpointError(f"{directory} has config.json but no model.safetensors or pytorch_model.bin.")
 
 
 def load_hf(directory) -> tuple[model_lib.AlbertConfig, dict[str, Any]]:
-  directory = pathlib.Path(directory)
+  directory = storage.path(directory)
   cfg = config_from_hf(read_json(directory / "config.json"))
   return cfg, hf_to_params(read_hf_weights(directory), cfg)

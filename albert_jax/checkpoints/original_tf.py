@@ -19,13 +19,13 @@ under TF-Hub's `module/`) to Hugging Face names, so that the one name map in
 
 import contextlib
 import json
-import pathlib
 import re
 import struct
 from typing import Any
 
 import numpy as np
 from absl import logging
+from etils import epath
 
 from albert_jax import model as model_lib
 from albert_jax.checkpoints import hf
@@ -111,7 +111,7 @@ def _block(data: bytes, handle: bytes) -> list[tuple[bytes, bytes]]:
   return entries
 
 
-def _index_entries(index_file: pathlib.Path) -> dict[str, bytes]:
+def _index_entries(index_file: epath.Path) -> dict[str, bytes]:
   """Every key of the `.index` SSTable → its serialized proto."""
   data = index_file.read_bytes()
   if len(data) < _FOOTER_SIZE or struct.unpack_from("<Q", data, len(data) - 8)[0] != _TABLE_MAGIC:
@@ -145,8 +145,8 @@ def read_bundle(prefix, skip=lambda name: False) -> dict[str, np.ndarray]:
   Returns:
     Variable name → NumPy array (bfloat16 comes back as float32).
   """
-  prefix = pathlib.Path(prefix)
-  entries = _index_entries(pathlib.Path(f"{prefix}.index"))
+  prefix = epath.Path(prefix)
+  entries = _index_entries(epath.Path(f"{prefix}.index"))
   header = dict(_proto_fields(entries.pop("", b"")))
   num_shards, endianness = header.get(1, 1), header.get(2, _LITTLE_ENDIAN)
   if endianness != _LITTLE_ENDIAN:
@@ -162,7 +162,8 @@ def read_bundle(prefix, skip=lambda name: False) -> dict[str, np.ndarray]:
         raise ValueError(f"variable {name!r} is stored as partitioned slices, which this reader does not support")
       shard_id = fields.get(3, 0)
       if shard_id not in shards:
-        shards[shard_id] = stack.enter_context(open(f"{prefix}.data-{shard_id:05d}-of-{num_shards:05d}", "rb"))
+        shard = epath.Path(f"{prefix}.data-{shard_id:05d}-of-{num_shards:05d}")
+        shards[shard_id] = stack.enter_context(shard.open("rb"))
       shards[shard_id].seek(fields.get(4, 0))
       raw = shards[shard_id].read(fields.get(5, 0))
       tensors[name] = _tensor(name, fields.get(1, 0), _shape(fields.get(2, b"")), raw)
@@ -190,7 +191,7 @@ def _tensor(name: str, dtype: int, shape: tuple[int, ...], raw: bytes) -> np.nda
 # Finding checkpoints and their config.
 
 
-def find_prefix(path) -> pathlib.Path | None:
+def find_prefix(path) -> epath.Path | None:
   """The checkpoint prefix that `path` names, or None when `path` is not a TensorFlow checkpoint.
 
   `path` may be the prefix itself (`.../model.ckpt-best`), its `.index` file,
@@ -199,10 +200,10 @@ def find_prefix(path) -> pathlib.Path | None:
   directory with a `config.json` is a Hugging Face or albert_jax checkpoint,
   never a TensorFlow one.
   """
-  path = pathlib.Path(path)
+  path = epath.Path(path)
   if path.suffix == ".index" and path.is_file():
     return path.with_suffix("")
-  if pathlib.Path(f"{path}.index").is_file():
+  if epath.Path(f"{path}.index").is_file():
     return path
   if not path.is_dir() or (path / "config.json").exists():
     return None
@@ -210,8 +211,8 @@ def find_prefix(path) -> pathlib.Path | None:
   if state.is_file():
     match = re.search(r'^model_checkpoint_path:\s*"(.*)"', state.read_text(), re.MULTILINE)
     if match:
-      prefix = path / pathlib.Path(match.group(1)).name  # Absolute paths in the file go stale when copied.
-      if pathlib.Path(f"{prefix}.index").is_file():
+      prefix = path / epath.Path(match.group(1)).name  # Absolute paths in the file go stale when copied.
+      if epath.Path(f"{prefix}.index").is_file():
         return prefix
   indexes = sorted(path.glob("*.index")) or sorted(path.glob("variables/*.index"))
   if len(indexes) > 1:
@@ -222,7 +223,7 @@ def find_prefix(path) -> pathlib.Path | None:
   return indexes[0].with_suffix("") if indexes else None
 
 
-def _find_config(prefix: pathlib.Path) -> pathlib.Path:
+def _find_config(prefix: epath.Path) -> epath.Path:
   for directory in (prefix.parent, prefix.parent.parent):
     if (directory / CONFIG_NAME).is_file():
       return directory / CONFIG_NAME
@@ -315,7 +316,7 @@ def to_hf_state(variables: dict[str, np.ndarray], cfg: model_lib.AlbertConfig) -
 
 def load(prefix) -> tuple[model_lib.AlbertConfig, dict[str, Any]]:
   """An original ALBERT TF checkpoint (prefix, with `albert_config.json` beside it) → (config, params)."""
-  prefix = pathlib.Path(prefix)
+  prefix = epath.Path(prefix)
   config_file = _find_config(prefix)
   try:
     values = json.loads(config_file.read_text())

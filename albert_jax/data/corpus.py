@@ -1,4 +1,4 @@
-"""Readers turning local text files into documents (lists of sentences).
+"""Readers turning text files (local, or in a bucket: `gs://`) into documents (lists of sentences).
 
 Sentence-order prediction needs consecutive sentences of one document, so every
 format is read as `Iterator[list[str]]`: one list of sentences per document.
@@ -18,11 +18,14 @@ warning naming the file and first bad line), or raise with `on_error='raise'`.
 """
 
 import dataclasses
+import io
 import itertools
 import logging
 import os
 import re
 from collections.abc import Iterable, Iterator
+
+from albert_jax import storage
 
 FORMATS = ("lines", "wikiextractor", "wikitext", "prose")
 
@@ -146,12 +149,13 @@ def detect_format(sample: str) -> str:
 
 
 def _read_sample(path: str) -> str:
-  if not os.path.exists(path):
+  file = storage.path(path)
+  if not file.exists():
     raise FileNotFoundError(f"Corpus file {path!r} does not exist.")
-  if not os.path.isfile(path):
+  if not file.is_file():
     raise IsADirectoryError(f"Corpus path {path!r} is not a file; pass each file.")
   try:
-    with open(path, "rb") as f:
+    with file.open("rb") as f:
       raw = f.read(_SAMPLE_BYTES)
   except OSError as e:
     raise OSError(f"Cannot read corpus file {path!r}: {e}") from None
@@ -178,8 +182,9 @@ def _decodes(raw: bytes) -> str | None:
 
 def _lines(path: str, on_error: str, stats: ReadStats) -> Iterator[str]:
   """Decoded lines without line endings or BOM; bad ones skipped or raised."""
-  with open(path, "rb") as f:
-    for number, raw in enumerate(f, 1):
+  with storage.path(path).open("rb") as f:
+    # A bucket's file object reads line by line 50x slower than through a buffer of its own.
+    for number, raw in enumerate(io.BufferedReader(f, 1 << 20) if storage.is_remote(path) else f, 1):
       stats.lines += 1
       try:
         line = raw.decode("utf-8")

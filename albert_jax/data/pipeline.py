@@ -45,7 +45,10 @@ with these attributes; those with defaults are optional):
   validation_percent (1.0): share of documents held out as 'validation'.
   builtin_seed (0): seed of `builtin_corpus.documents`.
   text_field ('text'): the text feature of a catalog dataset.
-  data_dir (''): where prepared datasets live; '' uses the caller's default.
+  data_dir (''): where prepared datasets live (local or gs://); '' uses the caller's default.
+  prepare_workers (1): processes tokenising the corpus; more than 1 uses
+    Apache Beam's local runner (`tfds_builders.prepared_documents`).
+  beam_options (''): Beam pipeline options for any runner (e.g. Dataflow).
   shuffle_window (1024): examples shuffled together after pairing, so that a
     batch mixes documents.
   read_threads (4): grain threads reading and pairing documents.
@@ -63,7 +66,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
+from albert_jax import tokenizer as tokenizer_lib
 from albert_jax.data import corpus, tfds_builders
+from albert_jax.data import documents as documents_lib
 
 DEFAULT_DATA_DIR = "~/tensorflow_datasets"
 # The fields of one example, and of a batch (each with a leading batch axis).
@@ -500,12 +505,12 @@ def _catalog_documents(
     ) from None
   builder.download_and_prepare()
   records = builder.as_data_source("train")
-  held_out = tfds_builders.is_validation(np.arange(len(records)), validation_percent)
+  held_out = documents_lib.is_validation(0, np.arange(len(records)), validation_percent)
   return CatalogDocuments(records, np.flatnonzero(held_out == (split == "validation")), tokenizer, text_field)
 
 
 def document_source(
-  config_data: Any, tokenizer: Any, split: str = "train", data_dir: str | None = None
+  config_data: Any, tokenizer: Any, split: str = "train", data_dir: str | None = None, prepare: bool | None = None
 ) -> Sequence[Mapping[str, np.ndarray]]:
   """The tokenised documents of `split` of the configured corpus, prepared if needed.
 
@@ -514,17 +519,25 @@ def document_source(
     tokenizer: an `albert_jax.tokenizer.Tokenizer`.
     split: 'train' or 'validation'.
     data_dir: where prepared datasets go unless `config_data.data_dir` says;
-      None means ~/tensorflow_datasets.
+      None means ~/tensorflow_datasets. Local or a bucket (`gs://`).
+    prepare: whether this process may prepare the corpus (with
+      `config_data.prepare_workers` processes or on the Beam runner of
+      `config_data.beam_options`) or only read it, prepared elsewhere; None:
+      only JAX's process 0 prepares.
 
   Returns:
     Random-access records with `tokens` and `sentence_lengths`.
   """
   if split not in ("train", "validation"):
     raise ValueError(f"split must be 'train' or 'validation', got {split!r}.")
-  data_dir = os.path.expanduser(config_data.data_dir or data_dir or DEFAULT_DATA_DIR)
+  data_dir = config_data.data_dir or data_dir or DEFAULT_DATA_DIR
   source = config_data.source
   validation_percent = config_data.validation_percent
   if source in ("files", "builtin"):
+    if prepare is None:
+      import jax  # pylint: disable=g-import-not-at-top
+
+      prepare = jax.process_index() == 0
     builder = tfds_builders.prepared_documents(
       source,
       tokenizer,
@@ -533,11 +546,15 @@ def document_source(
       text_format=config_data.format or None,
       builtin_seed=config_data.builtin_seed,
       validation_percent=validation_percent,
+      prepare=prepare,
+      workers=getattr(config_data, "prepare_workers", 1),
+      beam_options=getattr(config_data, "beam_options", ""),
     )
     if split not in builder.info.splits:
       raise ValueError(f"No {split!r} split: config.data.validation_percent is 0.")
     documents = builder.as_data_source(split)
   else:
+    data_dir = os.path.expanduser(data_dir)
     documents = _catalog_documents(source, split, tokenizer, data_dir, validation_percent, config_data.text_field)
   if not len(documents):
     raise ValueError(
@@ -545,6 +562,30 @@ def document_source(
       "config.data.validation_percent or use a larger corpus."
     )
   return documents
+
+
+def prepare(config_data: Any) -> Sequence[Mapping[str, np.ndarray]]:
+  """Prepares the configured corpus once into `config_data.data_dir`, for runs that train from it later.
+
+  What `python -m albert_jax.prepare` runs: on this machine, or on a cluster
+  through `config_data.beam_options` (BUILD.md). Training runs with the same
+  `config.data` fields (vocabulary included) find the dataset prepared.
+
+  Returns:
+    The 'train' split's documents.
+  """
+  if not config_data.data_dir:
+    raise ValueError(
+      "--config.data.data_dir is required: where the prepared dataset goes (local or gs://), as the training "
+      "runs that read it will say."
+    )
+  if not config_data.vocab:
+    raise ValueError(
+      "--config.data.vocab is required: the SentencePiece model the training runs use (train one with "
+      "python -m albert_jax.tokenizer)."
+    )
+  tokenizer = tokenizer_lib.Tokenizer(config_data.vocab)
+  return document_source(config_data, tokenizer, "train", prepare=True)
 
 
 def make_pretraining_data(

@@ -8,8 +8,8 @@
 
 `outputs` are what the task's head returns for every row of `data.features`,
 in order, stacked with numpy: class logits [N, C] (GLUE), scores [N] or
-[N, 1] (STS-B), {'start_logits', 'end_logits'} [F, T] (SQuAD), choice logits
-[N, 4] (RACE).
+[N, 1] (STS-B), {'start_logits', 'end_logits'} [F, T] (SQuAD, head 'bert') or
+`squad.XLNET_OUTPUTS` (SQuAD, head 'xlnet'), choice logits [N, 4] (RACE).
 
 `task_config` is the `config.task` section that `config_lib.finetuning`
 builds (every field and its default are documented there).
@@ -35,9 +35,10 @@ class TaskSpec:
 
   Attributes:
     name: the task name.
-    head: 'classification', 'regression', 'span' or 'multiple_choice' (the
-      model: AlbertForSequenceClassification(num_labels),
-      AlbertForQuestionAnswering, AlbertForMultipleChoice).
+    head: 'classification', 'regression', 'span', 'span_xlnet' or
+      'multiple_choice' (the model: AlbertForSequenceClassification(num_labels),
+      AlbertForQuestionAnswering, AlbertForQuestionAnsweringXLNet,
+      AlbertForMultipleChoice).
     num_labels: classifier outputs (1 for regression, 4 choices for RACE,
       2 start/end for spans).
     train_split, eval_splits, test_splits: split names for load_task.
@@ -85,7 +86,7 @@ def get_spec(task_config: Any) -> TaskSpec:
   """The `TaskSpec` of `task_config` (a config with .name, or the name)."""
   name = config_lib.task_name(_name(task_config))
   if name in SQUAD_TASKS:
-    return TaskSpec(name, "span", 2, "train", ("dev",), (), "f1")
+    return TaskSpec(name, _span_head(task_config, name), 2, "train", ("dev",), (), "f1")
   if name == "race":
     return TaskSpec(name, "multiple_choice", race.NUM_CHOICES, "train", ("dev",), ("test",), "accuracy")
   task = glue.get_task(name)
@@ -98,6 +99,24 @@ def get_spec(task_config: Any) -> TaskSpec:
     task.test_splits,
     metrics.main_metric(task.name),
   )
+
+
+SPAN_HEADS = {"bert": "span", "xlnet": "span_xlnet"}  # config.task.head -> TaskSpec.head
+
+
+def _span_head(task_config: Any, name: str) -> str:
+  """The TaskSpec head of a SQuAD task: config.task.head (the release's head for the version when only named)."""
+  head = config_lib.SQUAD_HEADS[name] if isinstance(task_config, str) else task_config.head
+  if head not in SPAN_HEADS:
+    raise ValueError(f"config.task.head={head!r}: use 'xlnet' (the original SQuAD 2.0 head) or 'bert'.")
+  if head == "xlnet" and not isinstance(task_config, str):
+    for field in ("start_n_top", "end_n_top"):
+      if not 1 <= task_config[field] <= task_config.max_seq_length:
+        raise ValueError(
+          f"config.task.{field}={task_config[field]}: choose between 1 and "
+          f"max_seq_length ({task_config.max_seq_length})."
+        )
+  return SPAN_HEADS[head]
 
 
 def _file_override(task_config: Any, split: str) -> str | None:
@@ -129,7 +148,7 @@ def load_task(task_config: Any, tokenizer: Any, split: str) -> TaskData:
   tfds_dir = task_config.tfds_data_dir or None
   max_seq_length = int(task_config.max_seq_length)
   counts = collections.Counter()
-  if spec.head == "span":
+  if spec.name in SQUAD_TASKS:
     return _load_squad(task_config, spec, tokenizer, split, data_dir, max_seq_length, counts)
   if spec.name == "race":
     levels = tuple(task_config.levels)
@@ -196,9 +215,8 @@ def _done(data: TaskData) -> TaskData:
 def evaluate(task_config: Any, outputs: Any, data: TaskData) -> dict[str, float]:
   """The task's official scores of `outputs` (see the module docstring)."""
   spec = get_spec(task_config)
-  if spec.head == "span":
-    scores, _, _ = _squad_results(task_config, spec, outputs, data)
-    return scores
+  if spec.name in SQUAD_TASKS:
+    return _squad_results(task_config, spec, outputs, data)[0]
   if spec.name == "race":
     return race.evaluate(outputs, data.examples)
   task = glue.get_task(spec.name)
@@ -214,17 +232,37 @@ def evaluate(task_config: Any, outputs: Any, data: TaskData) -> dict[str, float]
   return metrics.glue_metrics(task.name, predictions, labels)
 
 
+def _squad_answers(task_config, spec, outputs, data):
+  """(best non-null answers, null odds, nbest or None) of either span head's outputs."""
+  sizes = int(task_config.n_best_size), int(task_config.max_answer_length)
+  if spec.head == "span_xlnet":
+    return squad.postprocess_xlnet(outputs, data.index, *sizes)
+  return (*squad.postprocess(outputs["start_logits"], outputs["end_logits"], data.index, *sizes), None)
+
+
 def _squad_results(task_config, spec, outputs, data):
+  """(scores, predictions, null odds, nbest) of dev: scored with the gold answers."""
   threshold = task_config.null_score_diff_threshold
-  return squad.evaluate(
-    outputs["start_logits"],
-    outputs["end_logits"],
-    data.index,
-    version_2=spec.name == "squad_v2",
-    n_best_size=int(task_config.n_best_size),
-    max_answer_length=int(task_config.max_answer_length),
-    null_threshold=None if threshold is None else float(threshold),
+  answers, null_odds, nbest = _squad_answers(task_config, spec, outputs, data)
+  version_2 = spec.name == "squad_v2"
+  scores, predictions, null_odds = squad.score(
+    answers, null_odds, data.index, version_2, None if threshold is None else float(threshold)
   )
+  return scores, predictions, null_odds, nbest
+
+
+def _write_squad(task_config, spec, outputs, data, out):
+  version_2 = spec.name == "squad_v2"
+  threshold = task_config.null_score_diff_threshold
+  if threshold is None:
+    scores, predictions, null_odds, nbest = _squad_results(task_config, spec, outputs, data)
+  else:  # A threshold from dev: no gold answers needed (test sets).
+    predictions, null_odds, nbest = _squad_answers(task_config, spec, outputs, data)
+    scores = None
+    if version_2:
+      predictions = squad.apply_null_threshold(predictions, null_odds, float(threshold))
+  v2_scores = scores if version_2 else None
+  return squad.write_predictions(out, predictions, null_odds if version_2 else None, nbest, v2_scores)
 
 
 def write_predictions(task_config: Any, outputs: Any, data: TaskData, output_dir: str) -> list[pathlib.Path]:
@@ -232,27 +270,15 @@ def write_predictions(task_config: Any, outputs: Any, data: TaskData, output_dir
 
   GLUE test splits: the submission file (SST-2.tsv, MNLI-m.tsv, ...); other
   GLUE splits: `<task>_<split>.tsv` in the same format. SQuAD:
-  predictions.json (and null_odds.json for v2.0). RACE: race_<split>.tsv
-  with `example_id\\tprediction` (A-D).
+  predictions.json; v2.0 also null_odds.json and, when the threshold is
+  chosen on this split's gold answers, the official scores
+  (`squad.OFFICIAL_V2_FILE`); the 'xlnet' head also nbest_predictions.json.
+  RACE: race_<split>.tsv with `example_id\\tprediction` (A-D).
   """
   spec = get_spec(task_config)
   out = pathlib.Path(output_dir)
-  if spec.head == "span":
-    if task_config.null_score_diff_threshold is None:
-      _, predictions, null_odds = _squad_results(task_config, spec, outputs, data)
-    else:  # A threshold from dev: no gold answers needed (test sets).
-      predictions, null_odds = squad.postprocess(
-        outputs["start_logits"],
-        outputs["end_logits"],
-        data.index,
-        int(task_config.n_best_size),
-        int(task_config.max_answer_length),
-      )
-      if spec.name == "squad_v2":
-        predictions = squad.apply_null_threshold(predictions, null_odds, float(task_config.null_score_diff_threshold))
-      else:
-        null_odds = {}
-    return squad.write_predictions(out, predictions, null_odds)
+  if spec.name in SQUAD_TASKS:
+    return _write_squad(task_config, spec, outputs, data, out)
   out.mkdir(parents=True, exist_ok=True)
   if spec.name == "race":
     path = out / f"race_{data.split}.tsv"

@@ -96,6 +96,10 @@ def fill_mask(
   Raises:
     InputError: a text without `[MASK]` or longer than the model's maximum length, or an unusable option.
   """
+  if "predictions" not in params["params"]:
+    raise InputError(
+      "These parameters have no masked-LM head (a fine-tuned task model); fill-mask needs a pretrained checkpoint."
+    )
   if not 1 <= top_k <= config.vocab_size:
     raise InputError(f"top_k={top_k}; choose between 1 and the vocabulary size {config.vocab_size}.")
   if tokenizer.vocab_size > config.vocab_size:

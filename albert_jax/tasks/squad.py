@@ -17,13 +17,17 @@ window [SEP]`, the question cut to `max_query_length` tokens, windows of the
 context `doc_stride` tokens apart; a training answer outside the window, or no
 answer (v2.0), points at [CLS] (position 0).
 
-Predictions: for every example, the n best start and end positions of each
-of its windows (context tokens only, a start only in the window where that
-token has the most context around it, length <= max_answer_length), scored
-start + end logit; the best over all windows wins. For v2.0, the null score is
-the smallest [CLS] start + end over the windows, and `null_odds` holds
-null score - best span score: the answer is "" when it exceeds a threshold
-chosen on dev (`metrics.squad_v2`'s best_f1_thresh).
+Predictions of the BERT-style head (`postprocess`): for every example, the
+n best start and end positions of each of its windows (context tokens only, a
+start only in the window where that token has the most context around it,
+length <= max_answer_length), scored start + end logit; the best over all
+windows wins. For v2.0, the null score is the smallest [CLS] start + end over
+the windows, and `null_odds` holds null score - best span score. The original
+release's SQuAD 2.0 head (`postprocess_xlnet`) ranks its start x end beam by
+log-probability and takes its null odds from the answerability classifier.
+Either way the answer is "" when the null odds exceed a threshold chosen on
+dev (`metrics.squad_v2`'s best_f1_thresh; `score` says how this follows the
+official script).
 
 Bad input: an answer whose text is not at its `answer_start` in the context
 is skipped for training (the example is dropped) and counted
@@ -261,8 +265,11 @@ def make_features(
 
   Returns:
     features: input_ids, attention_mask, token_type_ids, start_positions,
-      end_positions (int32, [F, T] and [F]); positions of answers[0] (0 if
-      none or outside the window).
+      end_positions, p_mask, is_impossible (int32, [F, T] and [F]);
+      positions of answers[0] (0 if none or outside the window); p_mask 1
+      where no answer can start or end (all but [CLS] and the context, as the
+      original's p_mask); is_impossible 1 where the positions are 0: "no
+      answer in this window", the answerability label of the XLNet head.
     index: the `FeatureIndex` for `postprocess`.
   """
   counts = collections.Counter() if counts is None else counts
@@ -301,6 +308,9 @@ def make_features(
     np.array(rows["char_end"], np.int32).reshape(-1, max_seq_length),
     np.array(rows["max_context"], bool).reshape(-1, max_seq_length),
   )
+  candidate = (index.char_start >= 0) | (np.arange(max_seq_length) == 0)
+  features["p_mask"] = (~candidate).astype(np.int32)
+  features["is_impossible"] = (features["start_positions"] == 0).astype(np.int32)
   return features, index
 
 
@@ -413,6 +423,106 @@ def postprocess(
   return answers, null_odds
 
 
+# The outputs of model.AlbertForQuestionAnsweringXLNet at inference, [F, ...] for the features of a FeatureIndex.
+XLNET_OUTPUTS = ("start_top_log_probs", "start_top_index", "end_top_log_probs", "end_top_index", "cls_logits")
+_EMPTY_NBEST = {"text": "", "probability": 1.0, "start_log_prob": -1e6, "end_log_prob": -1e6}
+
+
+def postprocess_xlnet(
+  outputs: Mapping[str, Any], index: FeatureIndex, n_best_size: int = 20, max_answer_length: int = 30
+) -> tuple[dict[str, str], dict[str, float], dict[str, list[dict[str, Any]]]]:
+  """The original ALBERT's SQuAD 2.0 decoding (squad_utils.py accumulate_predictions_v2 + write_predictions_v2).
+
+  In every window, each of the start_n_top x end_n_top (start, end) pairs of
+  the head is a candidate when both are context tokens, the end is not before
+  the start, the answer has at most `max_answer_length` tokens, and the start
+  has its most context in this window (the end is not checked, as in the
+  original). The candidates of all the windows of a question are ranked by
+  start + end log-probability (each normalised within its window; ties keep
+  window, start, end order); their texts, cut from the original context and
+  stripped, are deduplicated and the first `n_best_size` kept (one '' entry
+  with log-probabilities -1e6 when there is none). The answer is the first;
+  the null odds are the smallest answerability logit over the windows (the
+  window most sure that it holds the answer).
+
+  Args:
+    outputs: `XLNET_OUTPUTS`, one row per feature of `index`.
+    index: from `make_features`.
+    n_best_size: entries kept per question (it does not change the answer).
+    max_answer_length: longest answer in tokens.
+
+  Returns:
+    answers: question id -> best non-null text ('' only as above).
+    null_odds: question id -> the smallest answerability logit (larger: "no answer").
+    nbest: question id -> [{text, probability (softmax over the entries' summed
+      log-probabilities), start_log_prob, end_log_prob}], best first.
+  """
+  missing = [k for k in XLNET_OUTPUTS if k not in outputs]
+  if missing:
+    raise ValueError(f"postprocess_xlnet needs the XLNet head's outputs; {missing} are missing.")
+  start_index, end_index = (np.asarray(outputs[k], np.int64) for k in ("start_top_index", "end_top_index"))
+  if start_index.shape[0] != len(index.example_index) or end_index.shape[1] % max(start_index.shape[1], 1):
+    raise ValueError(
+      f"Outputs of {start_index.shape[0]} features with {start_index.shape[1]} starts and {end_index.shape[1]} "
+      f"ends do not match the {len(index.example_index)} features: pass one row per feature, in order."
+    )
+  ends_per_start = end_index.shape[1] // start_index.shape[1]
+  starts = np.repeat(start_index, ends_per_start, axis=1)  # [F, K*K'], start-major like end_index
+  log_probs = np.repeat(np.asarray(outputs["start_top_log_probs"], np.float64), ends_per_start, axis=1)
+  log_probs = np.stack([log_probs, np.asarray(outputs["end_top_log_probs"], np.float64)], -1)  # [F, K*K', 2]
+  rows = np.arange(len(starts))[:, None]
+  valid = (
+    (index.char_start[rows, starts] >= 0)
+    & (index.char_start[rows, end_index] >= 0)
+    & index.max_context[rows, starts]
+    & (end_index >= starts)
+    & (end_index - starts + 1 <= max_answer_length)
+  )
+  cls_logits = np.asarray(outputs["cls_logits"], np.float32).reshape(-1)
+  answers, null_odds, nbest = {}, {}, {}
+  per_example = np.bincount(index.example_index, minlength=len(index.examples))
+  features_of = np.split(np.argsort(index.example_index, kind="stable"), np.cumsum(per_example)[:-1])
+  for example, features in zip(index.examples, features_of):
+    chosen = valid[features]
+    candidates = (
+      np.repeat(features, chosen.shape[1]).reshape(chosen.shape)[chosen],
+      starts[features][chosen],
+      end_index[features][chosen],
+      log_probs[features][chosen],
+    )
+    nbest[example.qid] = _nbest(example.context, index, *candidates, n_best_size)
+    answers[example.qid] = nbest[example.qid][0]["text"]
+    null_odds[example.qid] = float(cls_logits[features].min())
+  return answers, null_odds, nbest
+
+
+def _nbest(context, index, features, starts, ends, log_probs, n_best_size):
+  """The best `n_best_size` distinct texts among the candidates, in candidate order on ties."""
+  entries, seen = [], set()
+  for c in np.argsort(-log_probs.sum(-1), kind="stable"):
+    if len(entries) == n_best_size:
+      break
+    f = features[c]
+    text = context[index.char_start[f, starts[c]] : index.char_end[f, ends[c]]].strip()
+    if text not in seen:
+      seen.add(text)
+      entries.append({"text": text, "start_log_prob": float(log_probs[c, 0]), "end_log_prob": float(log_probs[c, 1])})
+  if not entries:
+    return [dict(_EMPTY_NBEST)]
+  totals = np.array([e["start_log_prob"] + e["end_log_prob"] for e in entries])
+  probabilities = np.exp(totals - totals.max())
+  probabilities /= probabilities.sum()
+  return [
+    {
+      "text": e["text"],
+      "probability": float(p),
+      "start_log_prob": e["start_log_prob"],
+      "end_log_prob": e["end_log_prob"],
+    }
+    for e, p in zip(entries, probabilities)
+  ]
+
+
 def _top(positions: np.ndarray, logits: np.ndarray, k: int) -> np.ndarray:
   order = np.argsort(-logits[positions], kind="stable")[:k]
   return positions[order]
@@ -434,13 +544,55 @@ def evaluate(
   max_answer_length: int = 30,
   null_threshold: float | None = None,
 ) -> tuple[dict[str, float], dict[str, str], dict[str, float]]:
-  """Official scores, predictions.json and null_odds.json contents.
+  """Official scores, predictions.json and null_odds.json contents of the BERT-style head's logits.
 
   Args:
     start_logits, end_logits: [F, T] for the features of `index`.
     index: from `make_features` with `dataset` set.
     version_2: SQuAD 2.0 (answerability) scoring.
     n_best_size, max_answer_length: as `postprocess`.
+    null_threshold: as `score`.
+
+  Returns:
+    `score`'s scores, predictions and null odds.
+  """
+  _check_gold(index)
+  answers, null_odds = postprocess(start_logits, end_logits, index, n_best_size, max_answer_length)
+  return score(answers, null_odds, index, version_2, null_threshold)
+
+
+def _check_gold(index: FeatureIndex) -> None:
+  if index.dataset is None:
+    raise ValueError(
+      "evaluate needs the gold answers: build the features with make_features(..., dataset=load_json(path))."
+    )
+
+
+def score(
+  answers: Mapping[str, str],
+  null_odds: Mapping[str, float],
+  index: FeatureIndex,
+  version_2: bool,
+  null_threshold: float | None = None,
+) -> tuple[dict[str, float], dict[str, str], dict[str, float]]:
+  """Official scores of the best non-null answers and their null odds (from either head's decoding).
+
+  v2.0 follows the official evaluation script (evaluate-v2.0.py) where the
+  original ALBERT's `evaluate_v2` departs from it: the answer is '' where the
+  null odds EXCEED the threshold, the sweep's "answer iff odds <= threshold"
+  (evaluate_v2 answers only below it, so the question at the threshold loses
+  its answer); and the script's --na-prob-thresh cut-off (1.0, meant for
+  probabilities) is not applied to these logit-scale odds (evaluate_v2 applies
+  it again after thresholding, so that the exact and f1 it reports are not
+  those of the predictions it writes once the threshold exceeds 1.0). exact
+  and f1 are thus the official scores of the predictions returned;
+  best_exact and best_f1 those of the official sweep over `answers` and
+  `null_odds` (`evaluate-v2.0.py dev.json <answers> -n null_odds.json`).
+
+  Args:
+    answers, null_odds: question id -> best non-null answer, null odds.
+    index: from `make_features` with `dataset` set.
+    version_2: SQuAD 2.0 (answerability) scoring.
     null_threshold: v2.0: fixed null-odds threshold; None chooses the one with
       the best F1 on this set (`metrics.squad_v2`'s best_f1_thresh).
 
@@ -449,33 +601,47 @@ def evaluate(
       at the threshold, best_exact / best_f1 of the sweep and
       null_score_diff_threshold (the threshold used).
     predictions: question id -> answer ('' = no answer).
-    null_odds: question id -> null score difference ({} for v1.1).
+    null_odds: question id -> null odds ({} for v1.1).
   """
-  if index.dataset is None:
-    raise ValueError(
-      "evaluate needs the gold answers: build the features with make_features(..., dataset=load_json(path))."
-    )
-  answers, null_odds = postprocess(start_logits, end_logits, index, n_best_size, max_answer_length)
+  _check_gold(index)
   if not version_2:
-    return metrics.squad_v1(index.dataset, answers), answers, {}
+    return metrics.squad_v1(index.dataset, answers), dict(answers), {}
   sweep = metrics.squad_v2(index.dataset, answers, na_probs=null_odds)
   threshold = sweep["best_f1_thresh"] if null_threshold is None else null_threshold
   predictions = apply_null_threshold(answers, null_odds, threshold)
   scores = metrics.squad_v2(index.dataset, predictions)
   scores.update({k: sweep[k] for k in ("best_exact", "best_exact_thresh", "best_f1", "best_f1_thresh")})
   scores["null_score_diff_threshold"] = float(threshold)
-  return scores, predictions, null_odds
+  return scores, predictions, dict(null_odds)
+
+
+# What the official SQuAD 2.0 script (evaluate-v2.0.py with --na-prob-file) prints, in its order.
+OFFICIAL_V2_KEYS = tuple(
+  f"{group}{name}" for group in ("", "HasAns_", "NoAns_") for name in ("exact", "f1", "total")
+) + ("best_exact", "best_exact_thresh", "best_f1", "best_f1_thresh")
+OFFICIAL_V2_FILE = "evaluate-v2.0.json"
 
 
 def write_predictions(
-  output_dir: str | os.PathLike, predictions: Mapping[str, str], null_odds: Mapping[str, float] | None = None
+  output_dir: str | os.PathLike,
+  predictions: Mapping[str, str],
+  null_odds: Mapping[str, float] | None = None,
+  nbest: Mapping[str, list[dict[str, Any]]] | None = None,
+  v2_scores: Mapping[str, float] | None = None,
 ) -> list[pathlib.Path]:
-  """Writes predictions.json (and null_odds.json) as the official scripts read them."""
+  """Writes predictions.json, and what is given of null_odds.json, nbest_predictions.json and the official v2.0
+  scores (`OFFICIAL_V2_FILE`: `OFFICIAL_V2_KEYS` of `score`'s v2.0 scores), as the official scripts read them."""
   output_dir = pathlib.Path(output_dir)
   output_dir.mkdir(parents=True, exist_ok=True)
-  paths = [output_dir / "predictions.json"]
-  paths[0].write_text(json.dumps(dict(predictions), indent=2, ensure_ascii=False), encoding="utf-8")
+  contents = {"predictions.json": dict(predictions)}
   if null_odds:
-    paths.append(output_dir / "null_odds.json")
-    paths[1].write_text(json.dumps({q: float(v) for q, v in null_odds.items()}, indent=2), encoding="utf-8")
+    contents["null_odds.json"] = {q: float(v) for q, v in null_odds.items()}
+  if nbest:
+    contents["nbest_predictions.json"] = dict(nbest)
+  if v2_scores:
+    contents[OFFICIAL_V2_FILE] = {k: v2_scores[k] for k in OFFICIAL_V2_KEYS if k in v2_scores}
+  paths = []
+  for name, content in contents.items():
+    paths.append(output_dir / name)
+    paths[-1].write_text(json.dumps(content, indent=2, ensure_ascii=False), encoding="utf-8")
   return paths

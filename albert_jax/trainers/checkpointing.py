@@ -1,14 +1,15 @@
 """Checkpoints that survive kills, full disks and preemption: orbax's manager, resume, SIGTERM.
 
-orbax writes each step into a temporary folder renamed when complete and
-deletes old steps only after a new one is complete. On top of that:
+orbax writes each step into a temporary folder renamed when complete (on a
+bucket, which has no rename: into the step folder, with `commit_success.txt`
+written last, and a step counts only with it) and deletes old steps only after
+a new one is complete. On top of that:
 `restore_newest` skips (and moves aside) damaged steps, with every process
 agreeing on the step; failed writes end as one `TrainingError` line; SIGTERM
 saves at the current step (`Preemption`).
 """
 
 import contextlib
-import pathlib
 import signal
 import threading
 import time
@@ -19,18 +20,24 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 from jax.experimental import multihost_utils
 
+from albert_jax import storage
 from albert_jax.trainers import core
 from albert_jax.trainers.core import CheckpointWriteError, TrainingError
+
+# What marks a step folder on a bucket as complete (orbax's CommitFileTemporaryPath writes it last).
+COMMIT_MARKER = "commit_success.txt"
 
 
 class CheckpointManager(ocp.CheckpointManager):
   """orbax's manager, whose failed writes (a full or read-only disk) end as a `TrainingError` saying what to do.
 
-  orbax writes a step into a temporary folder and renames it when complete,
-  and deletes old steps only after a new one is complete: a failed write
-  leaves every checkpoint already written intact.
+  orbax writes a step into a temporary folder and renames it when complete
+  (on a bucket: marks it complete with `COMMIT_MARKER`, written last), and
+  deletes old steps only after a new one is complete: a failed write leaves
+  every checkpoint already written intact.
   """
 
   def __init__(self, *args, **kwargs):
@@ -76,7 +83,7 @@ class CheckpointManager(ocp.CheckpointManager):
 
 
 def checkpoint_manager(
-  directory: pathlib.Path, item_names: tuple[str, ...], max_to_keep: int, **options
+  directory: epath.Path, item_names: tuple[str, ...], max_to_keep: int, **options
 ) -> CheckpointManager:
   """A manager with asynchronous saves; the loop decides when to save (always `force=True`)."""
   return CheckpointManager(
@@ -91,7 +98,9 @@ def restore_newest(manager: ocp.CheckpointManager, args: ocp.args.Composite):
 
   Newer steps that cannot be restored (a truncated or missing file) are
   reported and, once an older one restores, moved aside to
-  `<step>.damaged-<time>` so that the run can save those steps again. With
+  `<step>.damaged-<time>` so that the run can save those steps again
+  (`storage.move_aside`: one rename on a disk; on a bucket a copy, then the
+  commit marker deleted, then the rest). With
   several processes all restore the same step: process 0's newest, given up
   by all when any process cannot read it (processes resuming from different
   steps would wait for each other forever).
@@ -125,7 +134,7 @@ def _move_aside(manager: ocp.CheckpointManager, steps: list[int]):
     aside = manager.directory / f"{step}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
     logging.warning("Moving the damaged checkpoint of step %d aside to %s.", step, aside)
     if jax.process_index() == 0:
-      (manager.directory / str(step)).rename(aside)
+      storage.move_aside(manager.directory / str(step), aside, COMMIT_MARKER)
   if steps:
     core.sync("damaged checkpoints moved aside")
     manager.reload()

@@ -6,7 +6,6 @@ both is written here once, or in `loop` (the loop and its periodic actions),
 `checkpointing` (orbax, resume, preemption) and `metric_writer`.
 """
 
-import pathlib
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -15,10 +14,11 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
+from etils import epath
 from flax.linen import partitioning as nn_partitioning
 from jax.experimental import multihost_utils
 
-from albert_jax import config_lib, optim, sharding
+from albert_jax import config_lib, optim, sharding, storage
 
 
 class TrainingError(RuntimeError):
@@ -76,12 +76,15 @@ def setup_mesh(config) -> tuple[jax.sharding.Mesh, Any]:
   return mesh, rules
 
 
-def start(config, workdir: str) -> tuple[pathlib.Path, jax.sharding.Mesh, Any]:
-  """What every run does first: check the config, join the other processes, make the workdir, build the mesh."""
+def start(config, workdir: str) -> tuple[epath.Path, jax.sharding.Mesh, Any]:
+  """What every run does first: check the config, join the other processes, make the workdir, build the mesh.
+
+  The workdir may be local or in a bucket (`gs://`); it is checked writable here, before any work, so that a
+  bucket that does not exist or a path without write permission ends the run with one line at once.
+  """
   config_lib.check(config)
   sharding.maybe_initialize_distributed(config)
-  workdir = pathlib.Path(workdir).absolute()
-  workdir.mkdir(parents=True, exist_ok=True)
+  workdir = storage.check_writable(workdir, "--workdir")
   return (workdir, *setup_mesh(config))
 
 

@@ -12,6 +12,7 @@ batch dropped, as the original's `drop_remainder`). Resuming therefore needs
 only the train state, and reproduces the uninterrupted run.
 
 The workdir holds:
+  config.json          the model config and the task (`checkpoints.load(WORKDIR)` gives the best parameters)
   experiment.json      the full experiment config of the latest start
   spiece.model         the vocabulary
   checkpoints/<step>/  orbax: the train state (resume)
@@ -20,14 +21,14 @@ The workdir holds:
   tensorboard/         TensorBoard event files
   eval_results.json    the final dev scores of the best checkpoint (and its step)
   prediction files     GLUE <task>_<split>.tsv (dev) and submission files (test), SQuAD
-                       predictions.json (+ null_odds.json for v2.0), RACE race_<split>.tsv
+                       predictions.json (v2.0: + null_odds.json and the official scores,
+                       evaluate-v2.0.json; the XLNet head: + nbest_predictions.json),
+                       RACE race_<split>.tsv
 """
 
 import functools
 import json
 import operator
-import pathlib
-import shutil
 from typing import Any
 
 import flax.linen as nn
@@ -38,37 +39,64 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 from flax.linen import partitioning as nn_partitioning
 
-from albert_jax import checkpoints, config_lib, sharding, tasks
+from albert_jax import checkpoints, config_lib, sharding, storage, tasks
 from albert_jax import model as model_lib
 from albert_jax import tokenizer as tokenizer_lib
+from albert_jax.storage import write_text_atomic
 from albert_jax.trainers import checkpointing, core, loop
 from albert_jax.trainers.core import TrainingError
-from albert_jax.trainers.metric_writer import MetricWriter, write_text_atomic
+from albert_jax.trainers.metric_writer import MetricWriter
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# The XLNet-style span head also reads where an answer may lie, and in training the gold start (teacher forcing).
+XLNET_INPUTS = (*INPUTS, "p_mask")
 
 
 # ---------------------------------------------------------------------------
 # The model and its loss.
 
 
-def task_model(spec: tasks.TaskSpec, model_config: model_lib.AlbertConfig) -> nn.Module:
-  """The head model of a task; its `albert` submodule has the pretraining backbone's layout."""
+def task_model(spec: tasks.TaskSpec, model_config: model_lib.AlbertConfig, task_config=None) -> nn.Module:
+  """The head model of a task; its `albert` submodule has the pretraining backbone's layout.
+
+  `task_config` (config.task) gives the XLNet span head its beam sizes.
+  """
   if spec.head == "span":
     return model_lib.AlbertForQuestionAnswering(model_config)
+  if spec.head == "span_xlnet":
+    return model_lib.AlbertForQuestionAnsweringXLNet(model_config, task_config.start_n_top, task_config.end_n_top)
   if spec.head == "multiple_choice":
     return model_lib.AlbertForMultipleChoice(model_config)
   return model_lib.AlbertForSequenceClassification(model_config, spec.num_labels)
 
 
-def task_losses(head: str, outputs, batch) -> dict[str, jax.Array]:
+def model_inputs(head: str, training: bool) -> tuple[str, ...]:
+  """The batch columns a head's model reads, in training or in prediction."""
+  if head == "span_xlnet":
+    return (*XLNET_INPUTS, "start_positions") if training else XLNET_INPUTS
+  return INPUTS
+
+
+def task_losses(head: str, outputs, batch, answerability_loss_weight: float | None = None) -> dict[str, jax.Array]:
   """Sums and denominators: the loss (and, for classifiers, the correct predictions) over the batch.
 
   Classification and multiple choice: cross-entropy. Regression (STS-B):
-  squared error. Spans: the mean of the start and end cross-entropies.
+  squared error. Spans: the mean of the start and end cross-entropies; the
+  XLNet span head adds `answerability_loss_weight` (config.task) x the binary
+  cross-entropy of its answerability logit against "no answer in this
+  window" (the original's 0.5 x sigmoid cross-entropy).
   """
+  if head == "span_xlnet":
+    nll = lambda log_probs, positions: -jnp.take_along_axis(log_probs, positions[:, None], -1)[:, 0]
+    per_example = 0.5 * (
+      nll(outputs["start_log_probs"], batch["start_positions"]) + nll(outputs["end_log_probs"], batch["end_positions"])
+    )
+    labels = batch["is_impossible"].astype(jnp.float32)
+    per_example += answerability_loss_weight * optax.sigmoid_binary_cross_entropy(outputs["cls_logits"], labels)
+    return {"loss_sum": jnp.sum(per_example), "count": jnp.asarray(per_example.shape[0], jnp.float32)}
   if head == "span":
     xent = optax.softmax_cross_entropy_with_integer_labels
     per_example = 0.5 * (
@@ -87,10 +115,10 @@ def task_losses(head: str, outputs, batch) -> dict[str, jax.Array]:
   }
 
 
-def _apply(model, params, batch, rng=None):
+def _apply(model, head, params, batch, rng=None):
   return model.apply(
     {"params": params},
-    *(batch[k] for k in INPUTS),
+    **{k: batch[k] for k in model_inputs(head, training=rng is not None)},
     deterministic=rng is None,
     rngs=None if rng is None else {"dropout": rng},
   )
@@ -123,15 +151,20 @@ def build(
 
   `input_shape` is one example's input_ids shape: (T,), or (choices, T).
   """
-  model = task_model(spec, model_config)
+  model = task_model(spec, model_config, config.task)
   init_params = lambda r: model.init(r, jnp.zeros((1, *input_shape), jnp.int32))["params"]
+  loss_options = (
+    {"answerability_loss_weight": config.task.answerability_loss_weight} if spec.head == "span_xlnet" else {}
+  )
   return core.build(
     config,
     init_params,
-    metric_sums=lambda params, batch, rng: task_losses(spec.head, _apply(model, params, batch, rng), batch),
+    metric_sums=lambda params, batch, rng: task_losses(
+      spec.head, _apply(model, spec.head, params, batch, rng), batch, **loss_options
+    ),
     total_loss=total_loss,
     denominators=denominators,
-    eval_fn=lambda params, batch: _apply(model, params, batch),
+    eval_fn=lambda params, batch: _apply(model, spec.head, params, batch),
     mesh=mesh,
     rules=rules,
   )
@@ -141,7 +174,7 @@ def build(
 # Vocabulary, backbone, data and predictions.
 
 
-def load_vocabulary(config, workdir: pathlib.Path) -> tokenizer_lib.Tokenizer:
+def load_vocabulary(config, workdir: epath.Path) -> tokenizer_lib.Tokenizer:
   """config.task.vocab, else the checkpoint's own vocabulary; copied to WORKDIR/spiece.model."""
   source = config.task.vocab or (config.init_checkpoint and checkpoints.find_vocab(config.init_checkpoint))
   if not source:
@@ -150,12 +183,12 @@ def load_vocabulary(config, workdir: pathlib.Path) -> tokenizer_lib.Tokenizer:
       f"No vocabulary: {where}. Set --config.task.vocab to the SentencePiece model the backbone "
       "was trained with (e.g. the official ALBERT spiece.model)."
     )
-  source = pathlib.Path(source)
+  source = storage.path(source)
   if not source.is_file():
     raise TrainingError(f"config.task.vocab={str(source)!r} does not exist; point it at a SentencePiece model.")
   target = workdir / "spiece.model"
-  if jax.process_index() == 0 and source.resolve() != target.resolve():
-    shutil.copyfile(source, target)
+  if jax.process_index() == 0 and source != target:
+    storage.copy(source, target)
   core.sync("vocabulary")
   return tokenizer_lib.Tokenizer(target)
 
@@ -233,9 +266,12 @@ def _local(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return {k: v[jax.process_index() * n : (jax.process_index() + 1) * n] for k, v in rows.items()}
 
 
-def predict(setup: core.Setup, params, data: tasks.TaskData, batch_size: int, mesh) -> Any:
-  """The head's outputs for every row of `data`, in order, as numpy (the last batch padded, then trimmed)."""
-  features = {k: data.features[k] for k in INPUTS}
+def predict(setup: core.Setup, params, data: tasks.TaskData, batch_size: int, mesh, inputs=INPUTS) -> Any:
+  """The head's outputs for every row of `data`, in order, as numpy (the last batch padded, then trimmed).
+
+  `inputs`: the columns the head reads (`model_inputs(head, training=False)`).
+  """
+  features = {k: data.features[k] for k in inputs}
   n = len(data)
   outputs = []
   for start in range(0, n, batch_size):
@@ -249,8 +285,9 @@ def predict(setup: core.Setup, params, data: tasks.TaskData, batch_size: int, me
 
 def evaluate(config, setup: core.Setup, params, eval_data: dict[str, tasks.TaskData], mesh) -> dict[str, dict]:
   """The task's official scores on every evaluation split."""
+  inputs = model_inputs(tasks.get_spec(config.task).head, training=False)
   return {
-    split: tasks.evaluate(config.task, predict(setup, params, data, config.eval_batch_size, mesh), data)
+    split: tasks.evaluate(config.task, predict(setup, params, data, config.eval_batch_size, mesh, inputs), data)
     for split, data in eval_data.items()
   }
 
@@ -266,10 +303,6 @@ def _load_splits(config, tokenizer, splits, optional: bool) -> dict[str, tasks.T
         raise
       logging.info("No %s predictions: %s", split, e)
   return loaded
-
-
-# ---------------------------------------------------------------------------
-# The trainer.
 
 
 # ---------------------------------------------------------------------------
@@ -296,6 +329,9 @@ def finetune(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   tokenizer = load_vocabulary(config, workdir)
   model_config, pretrained = load_backbone(config, tokenizer)
   if jax.process_index() == 0:
+    # The albert_jax checkpoint format plus the task: `checkpoints.load(WORKDIR)` reads the best parameters.
+    meta = {"format": checkpoints.FORMAT, "format_version": checkpoints.FORMAT_VERSION, "task": spec.name}
+    write_text_atomic(workdir / "config.json", json.dumps({**meta, "model": model_config.to_dict()}, indent=2))
     write_text_atomic(workdir / "experiment.json", config.to_json_best_effort(indent=2, sort_keys=True))
   train_data = tasks.load_task(config.task, tokenizer, spec.train_split)
   eval_data = _load_splits(config, tokenizer, spec.eval_splits, optional=False)
@@ -405,12 +441,13 @@ def _final_predictions(config, spec, setup, state, best_manager, eval_data, toke
   results = {"best_step": int(jax.device_get(state.step)) if best_step is None else best_step}
   test_data = _load_splits(config, tokenizer, spec.test_splits, optional=True)
   for split, data in {**eval_data, **test_data}.items():
-    outputs = predict(setup, params, data, config.eval_batch_size, mesh)
+    outputs = predict(setup, params, data, config.eval_batch_size, mesh, model_inputs(spec.head, training=False))
     if split in eval_data or spec.head == "multiple_choice":  # RACE's test set is labelled
       results[split] = tasks.evaluate(config.task, outputs, data)
     if jax.process_index() == 0:
-      paths = tasks.write_predictions(config.task, outputs, data, workdir)
-      logging.info("Wrote %s", ", ".join(str(p) for p in paths))
+      with storage.local_mirror(workdir) as folder:  # the task writers write local files; a bucket gets copies
+        paths = tasks.write_predictions(config.task, outputs, data, str(folder.local))
+      logging.info("Wrote %s", ", ".join(str(folder.target_of(p)) for p in paths))
   if jax.process_index() == 0:
     write_text_atomic(workdir / "eval_results.json", json.dumps(results, indent=2, sort_keys=True))
   logging.info(

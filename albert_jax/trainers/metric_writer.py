@@ -1,22 +1,13 @@
-"""Metrics to metrics.jsonl and TensorBoard event files, and files replaced whole (atomic writes)."""
+"""Metrics to metrics.jsonl and TensorBoard event files, in a local workdir or a bucket (`gs://`)."""
 
 import json
-import os
-import pathlib
 import sys
 
 import jax
 from absl import logging
+from etils import epath
 
-
-def write_text_atomic(path: pathlib.Path, text: str):
-  """Replaces `path` whole: a reader (another process resuming) or a kill mid-write never sees half a file."""
-  partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-  try:
-    partial.write_text(text)
-    os.replace(partial, path)
-  finally:
-    partial.unlink(missing_ok=True)
+from albert_jax import storage
 
 
 def _summary_writer_class():
@@ -39,15 +30,21 @@ def _summary_writer_class():
 
 
 class MetricWriter:
-  """Metrics to metrics.jsonl and TensorBoard event files (tensorboardX: no TensorFlow needed), process 0 only."""
+  """Metrics to metrics.jsonl and TensorBoard event files (tensorboardX: no TensorFlow needed), process 0 only.
 
-  def __init__(self, workdir: pathlib.Path):
+  Every line is flushed when written, in a bucket too (`storage.AppendedText`). TensorBoard's event files are
+  written locally and uploaded at each flush (`storage.LocalMirror`): tensorboardX's own bucket writer would
+  upload them again at interpreter exit, and wait minutes there if the bucket has become unreachable.
+  """
+
+  def __init__(self, workdir: epath.Path):
     self._active = jax.process_index() == 0
     if not self._active:
       return
-    self._jsonl = open(workdir / "metrics.jsonl", "a")
+    self._jsonl = storage.AppendedText(workdir / "metrics.jsonl")
+    self._tb_dir = storage.LocalMirror(workdir / "tensorboard")
     try:
-      self._tb = _summary_writer_class()(str(workdir / "tensorboard"))
+      self._tb = _summary_writer_class()(str(self._tb_dir.local))
     except ImportError:
       logging.warning("tensorboardX is not installed; TensorBoard event files are not written.")
       self._tb = None
@@ -61,9 +58,11 @@ class MetricWriter:
       for k, v in values.items():
         self._tb.add_scalar(f"{prefix}/{k}", float(v), step)
       self._tb.flush()
+      self._tb_dir.sync()
 
   def close(self):
     if self._active:
       self._jsonl.close()
       if self._tb is not None:
         self._tb.close()
+      self._tb_dir.close()

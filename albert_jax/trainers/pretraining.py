@@ -35,10 +35,11 @@ from albert_jax import checkpoints, config_lib, sharding
 from albert_jax import model as model_lib
 from albert_jax import tokenizer as tokenizer_lib
 from albert_jax.data import pipeline, vocab
+from albert_jax.storage import write_text_atomic
 from albert_jax.tools import flops as flops_lib
 from albert_jax.trainers import checkpointing, core, loop
 from albert_jax.trainers.core import TrainingError
-from albert_jax.trainers.metric_writer import MetricWriter, write_text_atomic
+from albert_jax.trainers.metric_writer import MetricWriter
 
 # ---------------------------------------------------------------------------
 # The loss.
