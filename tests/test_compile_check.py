@@ -283,3 +283,26 @@ def test_analytic_flops_match_xla_cost_analysis_of_an_unrolled_step():
   # XLA counts every op of the fully unrolled step; the few percent above the matmuls are the elementwise work
   # (softmax, GELU, LayerNorm, the LAMB update) that MFU conventionally leaves out.
   assert analytic < xla < 1.02 * analytic
+
+
+def test_executed_flops_from_two_compiles_match_the_fully_unrolled_step_and_keep_the_recompute():
+  # The report compiles at scan_unroll 1 and 2 (compile_check's docstring says why not at scan_unroll = L).
+  # Without remat that extrapolation equals XLA's count of the fully unrolled step, to the loop's bookkeeping;
+  # with full remat the unrolled count is lower: with the loop gone XLA merges the recomputed forward into the
+  # first one (common subexpressions), which the report must not do.
+  def counts(remat_policy):
+    config = _small_config(data=1)
+    config.model.update(num_hidden_layers=5, hidden_size=256, intermediate_size=1024, num_attention_heads=4)
+    config.model.update(max_position_embeddings=128, remat_policy=remat_policy)
+    config.data.update(max_seq_length=128)
+    devices = jax.devices()[:1]
+    result = compile_check.compile_train_step(config, "", devices)
+    extrapolated = compile_check.executed_flops(config, result, devices)["executed_flops_per_step"]
+    config.model.scan_unroll = 5 - (1 if model_lib.gathers_last_layer(result.model) else 0)
+    return extrapolated, compile_check.compile_train_step(config, "", devices).compiled.cost_analysis()["flops"]
+
+  extrapolated, unrolled = counts("none")
+  assert extrapolated == pytest.approx(unrolled, rel=5e-3)
+  extrapolated_full, unrolled_full = counts("full")
+  assert unrolled_full < 0.95 * extrapolated_full
+  assert extrapolated_full > 1.2 * extrapolated  # the recomputed forward is counted

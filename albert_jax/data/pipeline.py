@@ -547,8 +547,8 @@ def document_source(
       builtin_seed=config_data.builtin_seed,
       validation_percent=validation_percent,
       prepare=prepare,
-      workers=getattr(config_data, "prepare_workers", 1),
-      beam_options=getattr(config_data, "beam_options", ""),
+      workers=config_data.prepare_workers,
+      beam_options=config_data.beam_options,
     )
     if split not in builder.info.splits:
       raise ValueError(f"No {split!r} split: config.data.validation_percent is 0.")
