@@ -128,8 +128,8 @@ def pretraining(preset: str = "base") -> ml_collections.ConfigDict:
 
 # Per paper size, the remat policy of the pod experiments: on the paper's TPU v3-512 (batch 4096 x seq 512,
 # bfloat16, flash attention, data parallelism), the one with the least recomputation whose step fits with 10% of
-# HBM to spare. Slices with more sequences per device need more (benchmarks/TPU_COMPILE.md has every slice's row,
-# e.g. xxlarge on v4-128: --config.model.remat_policy=save_all --config.grad_accum_steps=2).
+# HBM to spare. Slices with more sequences per device need microbatches (benchmarks/TPU_COMPILE.md has every
+# slice's row, e.g. xxlarge on v4-128: --config.model.remat_policy=save_all --config.grad_accum_steps=4).
 POD_REMAT_POLICIES = {"base": "none", "large": "none", "xlarge": "save_all", "xxlarge": "dots_no_batch"}
 
 

@@ -6,9 +6,9 @@ For each of base, large, xlarge and xxlarge (batch 4096 x seq 512) on each slice
           others): the step as it was;
   after   bfloat16, flash attention and the first of SEARCH whose step fits with at least 10% of the device's
           HBM to spare: the remat policies that recompute little (at most the attention and its output
-          projection), then the same with grad_accum_steps=2 (the same update, half the activations, no
-          recomputation), then the policies that recompute a matrix product of the FFN or more, with 1 and 2
-          microbatches.
+          projection), then the same with grad_accum_steps=2 and 4 (the same update, a half or a quarter of
+          the activations, no recomputation), then the policies that recompute a matrix product of the FFN or
+          more, with 1, 2 and 4 microbatches.
 
 Each row is the real sharded train step of `albert_jax.train` compiled by `albert_jax.compile_check`: per-device
 memory, the model's FLOPs, the FLOPs the compiled step executes (recompute included; a second compile, see
@@ -35,10 +35,10 @@ TOPOLOGIES = ("v3:16x16", "v4:4x4x4", "v5e:16x16", "v5p:4x4x4")
 HEADROOM = 0.10  # of the device's HBM, left free
 BEFORE_REMAT = {"base": "dots", "large": "full", "xlarge": "full", "xxlarge": "full"}
 # (remat policy, microbatches), least recomputation first ("dots" is left out: with flash it keeps what
-# "save_all" keeps). Accumulation recomputes nothing, so 2 microbatches come before the costlier policies.
+# "save_all" keeps). Accumulation recomputes nothing, so 2 and 4 microbatches come before the costlier policies.
 _LIGHT = ("none", "save_all", "dots_no_batch", "save_qkv_ffn")
 _HEAVY = tuple(p for p in model_lib.REMAT_POLICIES if p not in _LIGHT and p != "dots")
-SEARCH = tuple((p, k) for policies in (_LIGHT, _HEAVY) for k in (1, 2) for p in policies)
+SEARCH = tuple((p, k) for policies in (_LIGHT, _HEAVY) for k in (1, 2, 4) for p in policies)
 
 
 def load_config(preset: str, overrides: dict):
