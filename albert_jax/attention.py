@@ -38,6 +38,8 @@ from absl import logging
 from jax.ad_checkpoint import checkpoint_name
 from jax.experimental.pallas.ops.tpu import flash_attention as pallas_flash
 
+from albert_jax import sharding
+
 IMPLEMENTATIONS = ("xla", "flash")
 CONTEXT = "context"  # the attention's output before the output projection, [B, Q, heads, head_dim]
 SOFTMAX_STATS = ("softmax_max", "softmax_sum")  # the flash kernel's per-query row max and normaliser
@@ -129,6 +131,12 @@ def _round_up(n: int, multiple: int) -> int:
   return -(-n // multiple) * multiple
 
 
+def kernel_lengths(q_len: int, kv_len: int) -> tuple[int, int]:
+  """The (queries, keys) lengths the Pallas kernel runs at: keys padded to a multiple of 128, and queries too
+  when there are more than 128 (fewer are one block as they are)."""
+  return (q_len if q_len <= LANES else _round_up(q_len, LANES)), _round_up(kv_len, LANES)
+
+
 def _block(length: int) -> int:
   """The largest of 512, 256, 128 that divides `length` (a multiple of 128)."""
   return next(b for b in (512, 256, 128) if length % b == 0)
@@ -209,8 +217,8 @@ def _pallas_local(q, k, v, mask):
   if q.dtype != jnp.float32 and _needs_float32_tiles():
     return _pallas_local(*(x.astype(jnp.float32) for x in (q, k, v)), mask).astype(q.dtype)
   q_len, kv_len = q.shape[1], k.shape[1]
-  q_pad = 0 if q_len <= LANES else _round_up(q_len, LANES) - q_len
-  kv_pad = _round_up(kv_len, LANES) - kv_len
+  q_padded, kv_padded = kernel_lengths(q_len, kv_len)
+  q_pad, kv_pad = q_padded - q_len, kv_padded - kv_len
   q, keys = _rows_without_keys_attend_evenly(q, mask)
   pad = lambda x, n: jnp.pad(x, [(0, 0), (0, n)] + [(0, 0)] * (x.ndim - 2))
   to_kernel = lambda x, n: jnp.swapaxes(pad(x, n), 1, 2)
@@ -222,17 +230,22 @@ def _pallas_local(q, k, v, mask):
     to_kernel(v, kv_pad),
     segment_ids,
     q.shape[-1] ** -0.5,
-    block_sizes(q_len + q_pad, kv_len + kv_pad),
+    block_sizes(q_padded, kv_padded),
   )
   return jnp.swapaxes(o, 1, 2)[:, :q_len]
 
 
+def _auto_axes(mesh) -> set[str]:
+  """The mesh axes jit partitions automatically (not made manual by an enclosing `shard_map`)."""
+  return {n for n, t in zip(mesh.axis_names, mesh.axis_types) if t == jax.sharding.AxisType.Auto}
+
+
 def _manual_axes(logical: str, size: int, mesh) -> tuple[str, ...] | None:
   """The mesh axes the logical rules give `logical`, keeping the Auto ones whose product divides `size`."""
-  axes = nn.logical_to_mesh_axes((logical,))[0]
-  axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
-  auto = {n for n, t in zip(mesh.axis_names, mesh.axis_types) if t == jax.sharding.AxisType.Auto}
-  axes = tuple(a for a in axes if a in auto and mesh.shape[a] > 1)
+  auto = _auto_axes(mesh)
+  axes = tuple(
+    a for a in sharding.entry_axes(nn.logical_to_mesh_axes((logical,))[0]) if a in auto and mesh.shape[a] > 1
+  )
   while axes and size % int(np.prod([mesh.shape[a] for a in axes])):
     axes = axes[:-1]  # e.g. the batch of 1 the model is initialised with
   return axes or None
@@ -244,7 +257,7 @@ def pallas_tpu_attention(q, k, v, mask):
   effect say, the rest replicated. Axes already manual (an enclosing `shard_map`, e.g. gradient accumulation's)
   are left alone."""
   mesh = jax.sharding.get_abstract_mesh()
-  auto = {n for n, t in zip(mesh.axis_names, mesh.axis_types) if t == jax.sharding.AxisType.Auto}
+  auto = _auto_axes(mesh)
   if mesh.empty or not auto:
     return _pallas_local(q, k, v, mask)
   batch, heads = _manual_axes("batch", q.shape[0], mesh), _manual_axes("heads", q.shape[2], mesh)

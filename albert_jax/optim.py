@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import optax
 from absl import logging
 
+from albert_jax import sharding
+
 # The original's `exclude_from_weight_decay=["LayerNorm", "layer_norm",
 # "bias"]`, searched (re.search) anywhere in the variable name; LAMB uses the
 # same list to exclude parameters from the trust ratio.
@@ -317,7 +319,9 @@ def _accumulate_per_device(grad_fn, params, batch, rng, num_microbatches, data_a
 
   def per_device(params, batch, rng):
     rng = jax.random.fold_in(rng, jax.lax.axis_index(data_axis))
-    with nn.logical_axis_rules(_rules_without(nn.get_logical_axis_rules(), data_axis)):
+    # Inside the shard_map `data_axis` is manual: no sharding constraint may name it.
+    rules = tuple((name, sharding.without_axis(axes, data_axis)) for name, axes in nn.get_logical_axis_rules())
+    with nn.logical_axis_rules(rules):
       sums = _scan_microbatches(grad_fn, params, batch, rng, num_microbatches)
     return jax.lax.psum(sums, data_axis)  # the step's one reduction over the data axis
 
@@ -355,15 +359,3 @@ def _scan_microbatches(grad_fn, params, batch, rng, num_microbatches):
   indices = jnp.arange(num_microbatches, dtype=jnp.uint32)
   sums, _ = jax.lax.scan(body, (zeros(aux_shape), zeros(grad_shape)), (indices, micro))
   return sums
-
-
-def _rules_without(rules, axis: str):
-  """Logical axis rules with `axis` taken out of every mapping (inside a shard_map it is manual: no sharding
-  constraint may name it)."""
-
-  def drop(axes):
-    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
-    kept = tuple(n for n in names if n != axis)
-    return kept[0] if len(kept) == 1 else (kept or None)
-
-  return tuple((name, drop(axes)) for name, axes in rules)

@@ -104,6 +104,21 @@ def axis_rules(config: Any) -> tuple[tuple[str, Any], ...]:
   return tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in config.logical_axis_rules)
 
 
+def entry_axes(entry: Any) -> tuple[str, ...]:
+  """The mesh axes of one PartitionSpec entry (or of a logical axis rule): None, an axis name or a tuple of them."""
+  return (entry,) if isinstance(entry, str) else tuple(entry or ())
+
+
+def as_entry(axes: Sequence[str]) -> Any:
+  """The PartitionSpec entry for mesh axes: None, one name, or a tuple of names."""
+  return axes[0] if len(axes) == 1 else (tuple(axes) or None)
+
+
+def without_axis(entry: Any, axis: str) -> Any:
+  """A PartitionSpec entry (or logical rule value) with the mesh axis `axis` taken out."""
+  return as_entry(tuple(name for name in entry_axes(entry) if name != axis))
+
+
 def _fit(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh, where: str) -> PartitionSpec:
   """Drops mesh axes from dimensions whose size they do not divide.
 
@@ -112,10 +127,10 @@ def _fit(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh, where: str) -> P
   """
   fitted = []
   for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
-    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    names = entry_axes(axes)
     while names and dim % math.prod(mesh.shape[n] for n in names):
       names = names[:-1]
-    if names != ((axes,) if isinstance(axes, str) else tuple(axes or ())):
+    if names != entry_axes(axes):
       logging.warning(
         "%s: dimension of size %d not divisible by mesh axes %s; sharding it over %s instead.",
         where,
@@ -123,7 +138,7 @@ def _fit(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh, where: str) -> P
         axes,
         names or "nothing",
       )
-    fitted.append(names[0] if len(names) == 1 else (names or None))
+    fitted.append(as_entry(names))
   return PartitionSpec(*fitted)
 
 

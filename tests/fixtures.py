@@ -85,6 +85,17 @@ OBJECTS = [
   "the final chapter",
   "cold coffee",
 ]
+# A pretraining model small enough to build and compile many times in one test run: 3 layers of 32.
+SMALL_MODEL = dict(
+  vocab_size=128,
+  embedding_size=16,
+  hidden_size=32,
+  num_hidden_layers=3,
+  num_attention_heads=4,
+  intermediate_size=64,
+  max_position_embeddings=32,
+)
+
 ENDINGS = [".", ".", ".", " .", "!", "?", ", and it rained.", " (twice).", " -- or so they say.", "; the end."]
 
 

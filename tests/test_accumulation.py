@@ -14,24 +14,14 @@ from albert_jax import config_lib, optim, sharding
 from albert_jax import model as model_lib
 from albert_jax.tools import compile_check, hlo_collectives
 from albert_jax.trainers import core, pretraining
+from tests import fixtures
 
 BATCH, LENGTH, PREDICTIONS = 16, 16, 4
 
 
 def _config(**model):
   config = config_lib.pretraining("base")
-  config.model.update(
-    dict(
-      vocab_size=128,
-      embedding_size=16,
-      hidden_size=32,
-      num_hidden_layers=3,
-      num_attention_heads=4,
-      intermediate_size=64,
-      max_position_embeddings=32,
-    ),
-    **model,
-  )
+  config.model.update(dict(fixtures.SMALL_MODEL, **model))
   return config_lib.model_config(config)
 
 
@@ -140,8 +130,7 @@ def test_the_gradient_is_reduced_over_the_data_axis_once_per_step():
   # On 4 CPU devices, compiled: with accumulation jit alone all-reduces every microbatch's gradient inside the
   # loop; the shard_map over 'data' adds each device's microbatches first and reduces once, outside any loop.
   config = config_lib.pretraining("base")
-  config.model.update(vocab_size=128, embedding_size=16, hidden_size=32, num_hidden_layers=3, num_attention_heads=4)
-  config.model.update(intermediate_size=64, max_position_embeddings=32)
+  config.model.update(**fixtures.SMALL_MODEL)
   config.data.update(max_seq_length=LENGTH, max_predictions_per_seq=PREDICTIONS)
   config.update(batch_size=BATCH, grad_accum_steps=4)
   config.mesh.update(data=4)

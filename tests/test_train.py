@@ -15,19 +15,12 @@ from albert_jax import config_lib, sharding
 from albert_jax import model as model_lib
 from albert_jax.trainers import pretraining
 from tests import cli_helpers as cli
+from tests import fixtures
 
 
 def _small_config(**mesh):
   config = config_lib.pretraining("base")
-  config.model.update(
-    vocab_size=128,
-    embedding_size=16,
-    hidden_size=32,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    intermediate_size=64,
-    max_position_embeddings=32,
-  )
+  config.model.update(**fixtures.SMALL_MODEL)
   config.data.max_seq_length = 16
   config.data.max_predictions_per_seq = 4
   config.update(batch_size=8, num_train_steps=5, warmup_steps=2, learning_rate=1e-2)

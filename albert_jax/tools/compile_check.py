@@ -226,13 +226,12 @@ def flash_backward_flops(model, batch_size: int, seq_len: int, num_predictions: 
   """Matrix-product FLOPs of the Pallas kernel's backward (no cost estimate reaches XLA) in one step: per
   attention application, the dk/dv kernel's 4 and the dq kernel's 3 products of Q x T x head_dim per head
   (scores recomputed in each), at the kernel's padded lengths."""
-  kv = -(-seq_len // attention_lib.LANES) * attention_lib.LANES
-  pad_q = lambda q: q if q <= attention_lib.LANES else -(-q // attention_lib.LANES) * attention_lib.LANES
-  per_query = 2 * 7 * kv * model.hidden_size  # 7 products, 2 FLOPs per multiply-add, all heads
+  full_queries, keys = attention_lib.kernel_lengths(seq_len, seq_len)
+  per_query = 2 * 7 * keys * model.hidden_size  # 7 products, 2 FLOPs per multiply-add, all heads
   layers = model.num_hidden_layers * model.inner_group_num
   gathered = num_predictions is not None and model_lib.gathers_last_layer(model)
-  queries = (layers - 1) * pad_q(seq_len) + pad_q(num_predictions + 1 if gathered else seq_len)
-  return batch_size * queries * per_query
+  last_queries = attention_lib.kernel_lengths(num_predictions + 1, seq_len)[0] if gathered else full_queries
+  return batch_size * ((layers - 1) * full_queries + last_queries) * per_query
 
 
 def executed_flops(config, compiled: Compiled, devices) -> dict[str, Any]:
@@ -252,12 +251,12 @@ def executed_flops(config, compiled: Compiled, devices) -> dict[str, Any]:
   two = _cost(compile_train_step(probe, "", devices).compiled)
   per_device = (one - (two - one)) + scanned * (two - one)
   total = microbatches * per_device * compiled.mesh.size
-  kernel = "pallas_tpu" if model.attention == "flash" and compiled.mesh.devices.flat[0].platform == "tpu" else None
-  if kernel:
+  pallas = model.attention == "flash" and compiled.mesh.devices.flat[0].platform == "tpu"
+  if pallas:
     total += flash_backward_flops(
       model, config.batch_size, config.data.max_seq_length, config.data.max_predictions_per_seq
     )
-  note = "XLA cost analysis at scan_unroll 1 and 2" + (" + Pallas backward" if kernel else "")
+  note = "XLA cost analysis at scan_unroll 1 and 2" + (" + Pallas backward" if pallas else "")
   if microbatches > 1:
     note += f"; one microbatch's step x {microbatches} (its LAMB update too)"
   return {

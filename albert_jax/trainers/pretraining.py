@@ -133,15 +133,10 @@ def shared_layer_gather(model_config: model_lib.AlbertConfig, param_shardings) -
     broadcast = model_config.sharing == "all" and model_config.num_hidden_groups == 1
     return (broadcast and "layer_group" in keys) or any(k.startswith("shared_") for k in keys)
 
-  def without_fsdp(spec_entry):
-    names = (spec_entry,) if isinstance(spec_entry, str) else tuple(spec_entry or ())
-    kept = tuple(n for n in names if n != "fsdp")
-    return kept[0] if len(kept) == 1 else (kept or None)
-
   def gather(path, x, s):
     if not is_shared(path) or "fsdp" not in jax.tree.leaves(tuple(s.spec)):
       return x
-    spec = jax.sharding.PartitionSpec(*(without_fsdp(e) for e in s.spec))
+    spec = jax.sharding.PartitionSpec(*(sharding.without_axis(e, "fsdp") for e in s.spec))
     return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(s.mesh, spec))
 
   return lambda params: jax.tree.map_with_path(gather, params, param_shardings)
