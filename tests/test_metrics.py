@@ -361,3 +361,19 @@ def test_squad_v2_threshold_search_hand_checked():
   # The first maximum (3) is reached at na_prob 0.1.
   assert result["best_exact"] == 75.0
   assert result["best_exact_thresh"] == 0.1
+
+
+@pytest.mark.parametrize("thresh", [1.0, 0.1])
+def test_squad_v2_a_gold_answer_that_normalises_to_nothing_still_has_an_answer(thresh):
+  # evaluate-v2.0.py splits HasAns/NoAns on bool(qa["answers"]), the raw list: "The" has an answer, although it
+  # normalises to '' and so scores against ''. The sweep starts from the unanswerable count, so it moves too.
+  dataset = [{"paragraphs": [{"qas": [{"id": "t", "answers": [{"text": "The"}]}, {"id": "n", "answers": []}]}]}]
+  predictions = {"t": "", "n": "Paris"}
+  na_probs = {"t": 0.2, "n": 0.6}
+  result = metrics.squad_v2(dataset, predictions, na_probs, thresh)
+  assert (result["HasAns_total"], result["NoAns_total"]) == (1, 1)
+  assert result["best_exact_thresh"] == 0.2  # admitting "t" gains its exact match
+  reference = ref_evaluate_v2(dataset, predictions, na_probs, thresh)
+  assert set(reference) <= set(result)
+  for key, value in reference.items():
+    assert result[key] == pytest.approx(value, abs=1e-9), key

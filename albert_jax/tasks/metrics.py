@@ -238,8 +238,10 @@ def squad_v2(
   raw_exact, raw_f1, has_answer = {}, {}, {}
   missing = 0
   for qid, golds in _questions(dataset):
+    # As evaluate-v2.0.py: "has an answer" is any gold answer at all, even one
+    # that normalises to '' (such as "The"), which then scores against ''.
+    has_answer[qid] = bool(golds)
     golds = [g for g in golds if normalize_answer(g)] or [""]
-    has_answer[qid] = golds != [""]
     if qid not in predictions:
       missing += 1
       raw_exact[qid] = raw_f1[qid] = 0.0
