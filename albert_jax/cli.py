@@ -28,7 +28,11 @@ from albert_jax.trainers import core
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 # Library lines that say nothing a user can act on, whatever their level.
-_NOISE = ("Using custom data configuration",)  # TFDS, for every corpus albert_jax prepares (its name is a hash)
+_NOISE = (
+  "Using custom data configuration",  # TFDS, for every corpus albert_jax prepares (its name is a hash)
+  "apitools not found",  # Beam, at import, without its optional BigQuery client
+  "direct_running_mode should be",  # Beam, of beam_preparation.local_runner: its workers do run in parallel
+)
 
 
 class UsageError(ValueError):

@@ -273,6 +273,14 @@ def test_without_apache_beam_asking_for_workers_says_what_to_install(generated_v
 # The command line.
 
 
+def _log_sources(stderr: str) -> list[str]:
+  """The file that logged each line of an absl log ('tfds_builders.py'); any other line as it is."""
+  return [
+    m.group(1) if (m := re.match(r"[IWEF]\d{4} [\d:.]+ +\d+ (\S+):\d+\] ", line)) else line
+    for line in stderr.splitlines()
+  ]
+
+
 def test_prepare_command_on_two_local_workers_and_on_a_bucket_it_may_not_write(shared_data_dir, gcs_server, tmp_path):
   data_dir = tmp_path / "data"
   common = ["--config=experiments/tiny.py", f"--config.data.vocab={shared_data_dir / 'spiece.model'}"]
@@ -289,6 +297,8 @@ def test_prepare_command_on_two_local_workers_and_on_a_bucket_it_may_not_write(s
   assert result.returncode == 0, result.stderr[-3000:]
   assert re.fullmatch(rf"Prepared in {data_dir}: \d+ training documents.\n", result.stdout), result.stdout
   assert "(on Beam (FnApiRunner, 2 worker processes)" in result.stderr
+  # Quiet by default: "Tokenising ..." and a "Prepared ..." line per split, none of the Beam workers' chatter.
+  assert _log_sources(result.stderr) == ["tfds_builders.py"] * 3, result.stderr[-3000:]
   (marker,) = data_dir.glob(f"tokenized_documents/*/1.0.0/{tfds_builders.PREPARED_MARKER}")
   assert json.loads(marker.read_text())["prepared"] == "on Beam (FnApiRunner, 2 worker processes)"
   refused = cli.run(
@@ -309,3 +319,22 @@ def test_prepare_command_on_two_local_workers_and_on_a_bucket_it_may_not_write(s
       f"error: Cannot write to gs://{gcs_emulator.READ_ONLY_BUCKET}/data (config.data.data_dir): permission denied"
     )
   ), refused.stderr[-2000:]
+  # --verbosity=1 shows what Beam and its workers log (a small corpus: the dataset above is prepared already).
+  corpus = tmp_path / "corpus.txt"
+  corpus.write_text("".join(f"Document {i} has a sentence. It has another one.\n\n" for i in range(300)))
+  verbose = cli.run(
+    [
+      sys.executable,
+      "-m",
+      "albert_jax.prepare",
+      *common,
+      "--config.data.source=files",
+      f"--config.data.files={corpus}",
+      f"--config.data.data_dir={tmp_path / 'verbose'}",
+      "--config.data.prepare_workers=2",
+      "--verbosity=1",
+    ]
+  )
+  assert verbose.returncode == 0, verbose.stderr[-3000:]
+  for chatter in ("INFO:apache_beam.runners.worker.sdk_worker:", "No semi_persistent_directory found", "apitools"):
+    assert chatter in verbose.stderr, verbose.stderr[-3000:]

@@ -17,12 +17,17 @@ import collections
 import contextlib
 import os
 import shlex
+import sys
 
 import apache_beam as beam
+from absl import logging
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.transforms import environments
 
+from albert_jax.data import beam_worker
 from albert_jax.data import documents as documents_lib
 
 NAMESPACE = "albert_jax"
@@ -32,35 +37,48 @@ def pipeline_options(workers: int, beam_options: str) -> PipelineOptions:
   """`beam_options` (command-line style, any runner); without them, Beam's local runner with `workers` processes.
 
   The local runner is named: the FnApiRunner, which the DirectRunner uses for batch pipelines after it has
-  tried to download and start the Prism runner (whose workers are not these processes). Always explicit:
-  TFDS would otherwise build options from sys.argv (the trainer's own flags).
+  tried to download and start the Prism runner (whose workers are not these processes); `local_runner` is
+  that runner with this package's worker command. Always explicit: TFDS would otherwise build options from
+  sys.argv (the trainer's own flags).
   """
-  argv = shlex.split(beam_options) or [
-    "--runner=FnApiRunner",
-    f"--direct_num_workers={workers}",
-    "--direct_running_mode=multi_processing",
-  ]
+  argv = shlex.split(beam_options) or ["--runner=FnApiRunner", f"--direct_num_workers={workers}"]
   return PipelineOptions(argv)
 
 
+def local_runner() -> FnApiRunner:
+  """Beam's local runner, whose worker processes run `beam_worker`: Beam's SDK harness without its chatter.
+
+  Beam's own multi-processing mode starts the harness itself, and each worker then writes a dozen INFO lines
+  to stderr; a runner given a subprocess environment starts that environment's command instead. (Beam still
+  warns that its in-memory mode runs one worker; with this environment it runs `direct_num_workers` of them.
+  The command's log leaves that line out, `cli._NOISE`.)
+  """
+  command = f"{shlex.quote(sys.executable)} -m {beam_worker.__name__}"
+  return FnApiRunner(default_environment=environments.SubprocessSDKEnvironment.from_command_string(command))
+
+
 @contextlib.contextmanager
-def local_workers_import_this_package():
-  """The local runner's worker processes import the albert_jax that this process runs (from its checkout too).
+def local_worker_environment():
+  """What the local runner's worker processes inherit: the albert_jax that this process runs, and its verbosity.
 
   They are new interpreters that unpickle `TokenizeShard` by its module name; where albert_jax is not
   installed they would not find it unless started in its checkout. Remote workers get it as a package
-  (BUILD.md).
+  (BUILD.md). They write Beam's own log lines only when this process logs at `--verbosity=1` or more.
   """
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  saved = os.environ.get("PYTHONPATH")
-  os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [root, saved]))
+  updates = {"PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+  if logging.get_verbosity() >= logging.DEBUG:
+    updates[beam_worker.VERBOSE_ENV] = "1"
+  saved = {name: os.environ.get(name) for name in updates}
+  os.environ.update(updates)
   try:
     yield
   finally:
-    if saved is None:
-      del os.environ["PYTHONPATH"]
-    else:
-      os.environ["PYTHONPATH"] = saved
+    for name, value in saved.items():
+      if value is None:
+        del os.environ[name]
+      else:
+        os.environ[name] = value
 
 
 def runs_remotely(options: PipelineOptions) -> bool:

@@ -264,7 +264,7 @@ def prepared_documents(
     _check_can_prepare(builder, prepare)
     if workers > 1 or beam_options or beam_runner is not None:
       beam_preparation, download_config, how = _beam_config(documents, data_dir, workers, beam_options, beam_runner)
-      with beam_preparation.local_workers_import_this_package():
+      with beam_preparation.local_worker_environment():
         _prepare(BeamTokenizedDocuments(**arguments), source, download_config, how)
     else:
       _prepare(builder, source, None, "in this process")
@@ -336,6 +336,8 @@ def _beam_config(documents, data_dir: str, workers: int, beam_options: str, beam
       )
   runner = options.get_all_options()["runner"] or "DirectRunner"
   how = f"on Beam ({runner})" if beam_options else f"on Beam ({runner}, {workers} worker processes)"
+  if not beam_options and beam_runner is None:
+    beam_runner = beam_preparation.local_runner()
   return beam_preparation, tfds.download.DownloadConfig(beam_options=options, beam_runner=beam_runner), how
 
 
