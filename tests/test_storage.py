@@ -18,7 +18,7 @@ from etils import epath
 
 from albert_jax import checkpoints, storage
 from albert_jax import model as model_lib
-from albert_jax.trainers import checkpointing, metric_writer
+from albert_jax.trainers import checkpointing, core, metric_writer
 from tests import cli_helpers as cli
 from tests import fixtures, gcs_emulator
 
@@ -95,6 +95,29 @@ def _save(manager, step: int):
   state = {"w": jnp.arange(4.0) * step}
   manager.save(step, args=checkpointing.composite({"state": ocp.args.StandardSave(state)}), force=True)
   manager.wait_until_finished()
+
+
+def test_a_checkpoint_step_written_by_another_run_is_reported_as_such(tmp_path):
+  other_run = checkpointing.checkpoint_manager(tmp_path / "checkpoints", ("state",), 5)
+  _save(other_run, 2)
+  this_run = checkpointing.checkpoint_manager(tmp_path / "checkpoints", ("state",), 5)  # started in the same workdir
+  with pytest.raises(core.CheckpointWriteError) as error:
+    _save(this_run, 2)
+  text = str(error.value)
+  assert text.startswith(
+    f"Writing a checkpoint to {tmp_path / 'checkpoints'} failed: StepAlreadyExistsError: Checkpoint for step 2 "
+    "already exists. Another run is writing checkpoints into this --workdir, or an earlier start left step 2 there"
+  ), text
+  assert f"move {tmp_path / 'checkpoints' / '2'} aside" in text and "full or read-only" not in text, text
+
+
+def test_a_checkpoint_folder_on_a_read_only_disk_is_told_to_be_made_writable(tmp_path):
+  with fixtures.read_only_folder(tmp_path / "ro") as place:
+    with pytest.raises(core.CheckpointWriteError) as error:
+      checkpointing.checkpoint_manager(place, ("state",), 5)
+  text = str(error.value)
+  assert "Read-only file system" in text and "That place cannot be written: make it writable; then run again" in text
+  assert "(no checkpoint was complete yet)" in text and "make room" not in text, text
 
 
 def _restore_newest(manager):

@@ -10,6 +10,8 @@ saves at the current step (`Preemption`).
 """
 
 import contextlib
+import errno
+import os
 import signal
 import threading
 import time
@@ -46,7 +48,7 @@ class CheckpointManager(ocp.CheckpointManager):
 
   def save(self, step, *args, **kwargs):
     self._check_writable()  # orbax waits forever when it cannot create the step folder: fail here first
-    with self._explained_errors():
+    with self._explained_errors(step):
       return super().save(step, *args, **kwargs)
 
   def _check_writable(self):
@@ -60,7 +62,7 @@ class CheckpointManager(ocp.CheckpointManager):
       return super().wait_until_finished()
 
   @contextlib.contextmanager
-  def _explained_errors(self):
+  def _explained_errors(self, step=None):
     try:
       yield
     except TrainingError:
@@ -68,11 +70,31 @@ class CheckpointManager(ocp.CheckpointManager):
     except Exception as e:  # pylint: disable=broad-except  (orbax, tensorstore and the OS raise many kinds)
       if core.peer_lost(e):
         raise
-      raise CheckpointWriteError(
-        f"Writing a checkpoint to {self.directory} failed: {core.root_cause(e)}. If that disk is full or read-only, "
-        "make room or make it writable; then run again with the same --workdir: training resumes from the newest "
-        f"complete checkpoint (step {self._newest_complete()}); the checkpoints already written are intact."
-      ) from e
+      failed = f"Writing a checkpoint to {self.directory} failed: {core.root_cause(e).rstrip('.')}."
+      raise CheckpointWriteError(f"{failed} {self._advice(e, step)}") from e
+
+  def _advice(self, e: Exception, step) -> str:
+    """What to do about a failed write, by its cause (tensorstore's errors carry the OS's message, not its errno)."""
+    cause = core.root_cause(e)
+    if isinstance(e, ocp.checkpoint_manager.StepAlreadyExistsError):
+      return (
+        f"Another run is writing checkpoints into this --workdir, or an earlier start left step {step} there: stop "
+        f"the other run or give each run its own --workdir; if there is none, move {self.directory / str(step)} "
+        "aside and run again with the same --workdir. The checkpoints already written are intact."
+      )
+    if any(os.strerror(code) in cause for code in (errno.ENOSPC, errno.EDQUOT)):
+      todo = "The disk is full: make room on it"
+    elif any(os.strerror(code) in cause for code in (errno.EROFS, errno.EACCES, errno.EPERM)):
+      todo = "That place cannot be written: make it writable"
+    else:
+      todo = "If that disk is full or read-only, make room or make it writable"
+    newest = self._newest_complete()
+    if newest is None:
+      return f"{todo}; then run again with the same --workdir (no checkpoint was complete yet)."
+    return (
+      f"{todo}; then run again with the same --workdir: training resumes from the newest complete checkpoint "
+      f"(step {newest}); the checkpoints already written are intact."
+    )
 
   def _newest_complete(self):
     try:
