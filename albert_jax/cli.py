@@ -10,14 +10,17 @@ traceback is logged at DEBUG, shown with `--verbosity=1`.
 
 The log keeps albert_jax's own progress lines and every library's warnings;
 libraries' INFO chatter (orbax, TFDS, JAX, optax: dozens of lines per
-checkpoint) appears only with `--verbosity=1`.
+checkpoint; Beam's local workers; TensorStore's C++ line naming the
+credentials of a bucket) appears only with `--verbosity=1`.
 """
 
+import contextlib
 import errno
 import logging as logging_std
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -148,6 +151,59 @@ def _quiet_closed_loop(unraisable):
     sys.__unraisablehook__(unraisable)
 
 
+def _buckets_named() -> list[str]:
+  """The buckets of every gs:// path in the command's flags, its config's fields included, in order."""
+  found = []
+
+  def visit(value):
+    if isinstance(value, str):
+      found.extend(b for b in re.findall(r"gs://([^/,\s]+)", value) if b not in found)
+    elif hasattr(value, "values"):  # a ConfigDict or a dict
+      for v in value.values():
+        visit(v)
+    elif isinstance(value, (list, tuple)):
+      for v in value:
+        visit(v)
+
+  for name in flags.FLAGS:
+    visit(flags.FLAGS[name].value)
+  return found
+
+
+def _quiet_tensorstore_credentials(bucket: str):
+  """Makes TensorStore's first request to Cloud Storage here, with the line it logs from C++ left out.
+
+  TensorStore (orbax's checkpoints in a bucket) logs which Google credentials it uses at INFO
+  ("google_auth_provider.cc:136] Using ...") once per process, at its first request, from C++ logging that
+  no Python setting or environment variable reaches. So the command makes that first request itself, a read
+  of an object that does not exist, before anything else runs and with stderr held. The read's outcome does
+  not matter here: a bucket the command cannot use is reported by the command.
+  """
+  import tensorstore as ts  # pylint: disable=g-import-not-at-top  (only for a command that names a bucket)
+
+  context = ts.Context({"gcs_request_retries": {"max_retries": 1}})  # a network fault is for the command to meet
+  with _stderr_without(rb"I\d{4} [\d:.]+ +\d+ \w+_auth_provider\.cc:\d+\] "), contextlib.suppress(Exception):
+    ts.KvStore.open({"driver": "gcs", "bucket": bucket}, context=context).result().read(".albert_jax").result(60)
+
+
+@contextlib.contextmanager
+def _stderr_without(noise: bytes):
+  """Holds what the process writes to stderr (its file descriptor: C++ too), then passes on the lines not matching
+  the regular expression `noise`."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as held:
+    os.dup2(held.fileno(), 2)
+    try:
+      yield
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      held.seek(0)
+      os.write(2, b"".join(line for line in held.read().splitlines(keepends=True) if not re.match(noise, line)))
+
+
 def run(main: Callable[[], Any]):
   """Runs `main()` as the program: flags parsed by `parse_flags`, user errors as one `error:` line (exit 1).
 
@@ -159,6 +215,9 @@ def run(main: Callable[[], Any]):
     if len(argv) > 1:
       raise SystemExit(f"error: unexpected arguments {argv[1:]}; every option is a --flag=value (see --helpshort).")
     quiet_library_logs()
+    buckets = _buckets_named()
+    if buckets and logging.get_verbosity() < logging.DEBUG:
+      _quiet_tensorstore_credentials(buckets[0])
     try:
       main()
     except (*USER_ERRORS, core.TrainingError) as e:

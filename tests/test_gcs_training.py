@@ -74,6 +74,7 @@ def test_a_run_in_a_bucket_is_killed_resumed_fine_tuned_and_exported_bitwise_as_
   resumed = cli.run(command)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"Resumed from checkpoint at step {killed_at[-1]}." in resumed.stderr, resumed.stderr[-3000:]
+  assert "google_auth_provider" not in resumed.stderr, resumed.stderr[-3000:]  # TensorStore's credentials line
 
   cli.assert_same_params(cli.final_params(workdir), cli.final_params(straight_run))
   straight, logged = cli.losses(straight_run), _loss_rows(workdir)
@@ -93,9 +94,17 @@ def test_a_run_in_a_bucket_is_killed_resumed_fine_tuned_and_exported_bitwise_as_
 
   # Export from the bucket (the command line) and from disk: the same Hugging Face directory.
   result = cli.run(
-    [sys.executable, "-m", "albert_jax.export", f"--checkpoint={workdir}", f"--output={tmp_path / 'hf'}"]
+    [
+      sys.executable,
+      "-m",
+      "albert_jax.export",
+      f"--checkpoint={workdir}",
+      f"--output={tmp_path / 'hf'}",
+      "--verbosity=1",  # which brings back TensorStore's line
+    ]
   )
   assert result.returncode == 0, result.stderr[-3000:]
+  assert "google_auth_provider.cc:136] Using GOOGLE_AUTH_TOKEN_FOR_TESTING" in result.stderr, result.stderr[-3000:]
   local = export.export(straight_run, tmp_path / "hf_local")
   _assert_same_export(tmp_path / "hf", local)
 
