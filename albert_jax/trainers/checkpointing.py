@@ -157,15 +157,26 @@ def all_processes(flag: bool) -> bool:
 class Preemption:
   """SIGTERM makes the loop save a checkpoint at the current step and exit cleanly.
 
-  One process: a Python handler sets a flag. Several: JAX's preemption sync
-  manager (its own SIGTERM handler, left in place) has every process stop at
-  the same step, whichever of them got the signal.
+  One process: a Python handler sets a flag, installed for the time of a
+  `with` block (the loop) and then replaced by the one before it, so that
+  SIGTERM after the loop (during the final predictions) ends the process as
+  usual. Several: JAX's preemption sync manager (its own SIGTERM handler,
+  left in place) has every process stop at the same step, whichever of them
+  got the signal.
   """
 
   def __init__(self):
     self.requested = False
+    self._previous = None  # the handler replaced while the block runs
+
+  def __enter__(self):
     if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-      signal.signal(signal.SIGTERM, self._handle)
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
 
   def _handle(self, signum, frame):
     del signum, frame
