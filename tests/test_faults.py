@@ -17,7 +17,9 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
+import time
 
 import flax.linen
 import hypothesis
@@ -64,6 +66,13 @@ def _fingerprint(workdir, newest: int) -> dict[str, str]:
     for f in (folder / str(step)).rglob("*")
     if f.is_file()
   }
+
+
+def _params_at(workdir, step):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    return checkpointer.restore(workdir / "checkpoints" / str(step) / "state")["params"]
 
 
 def _largest_array_file(step_dir: pathlib.Path) -> pathlib.Path:
@@ -227,37 +236,98 @@ def test_kills_preemption_damage_and_a_full_or_read_only_disk_lose_nothing(
 
 
 # ---------------------------------------------------------------------------
-# Non-finite losses, bad configs.
+# Fine-tuning, stopped while it evaluates or writes its final predictions.
+
+FINETUNE_STEPS = 4  # evaluated and checkpointed at 2 and 4
 
 
-def _params_at(workdir, step):
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+@pytest.fixture(scope="module")
+def slow_dev_glue(generated_glue, tmp_path_factory):
+  """SST-2 with a dev set of 3,000 rows: an evaluation (and the final predictions) long enough to stop in."""
+  folder = tmp_path_factory.mktemp("slow_dev") / "SST-2"
+  folder.mkdir()
+  shutil.copy(generated_glue / "SST-2" / "train.tsv", folder / "train.tsv")
+  header, *rows = (generated_glue / "SST-2" / "dev.tsv").read_text().splitlines()
+  (folder / "dev.tsv").write_text("\n".join([header, *rows * 75]) + "\n")
+  return folder
 
-  with ocp.PyTreeCheckpointer() as checkpointer:
-    return checkpointer.restore(workdir / "checkpoints" / str(step) / "state")["params"]
+
+def _finetune_command(workdir, vocab, glue, *extra):
+  return [
+    sys.executable,
+    "-m",
+    "albert_jax.finetune",
+    "--config=experiments/glue.py:sst2,tiny",
+    f"--workdir={workdir}",
+    f"--config.task.vocab={vocab}",
+    f"--config.task.data_dir={glue}",
+    "--config.task.max_examples=0",
+    "--config.task.max_seq_length=32",
+    f"--config.num_train_steps={FINETUNE_STEPS}",
+    "--config.log_every_steps=1",
+    "--config.eval_batch_size=4",  # many small batches: a few seconds
+    *extra,
+  ]
+
+
+def _rows(workdir, key) -> list[int]:
+  """The steps of metrics.jsonl's rows that hold `key`."""
+  return [step for step, row in ((r["step"], r) for r in _metrics_rows(workdir)) if key in row]
+
+
+def _metrics_rows(workdir) -> list[dict]:
+  path = workdir / "metrics.jsonl"
+  return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")] if path.exists() else []
+
+
+def test_a_kill_during_the_evaluation_of_a_checkpoint_step_is_evaluated_on_resume(
+  generated_vocab, slow_dev_glue, tmp_path
+):
+  # The last step both evaluates and checkpoints (eval_every = checkpoint_every, the fine-tuning default). A
+  # SIGKILL while it evaluates, after its checkpoint could have been written, must not lose that evaluation or
+  # the best checkpoint it may make.
+  workdir = tmp_path / "work"
+  cmd = _finetune_command(
+    workdir, generated_vocab, slow_dev_glue, "--config.eval_every_steps=2", "--config.checkpoint_every_steps=2"
+  )
+  proc = cli.spawn(cmd, tmp_path / "killed.log")
+  cli.wait_for(lambda: FINETUNE_STEPS in _rows(workdir, "train/loss"), proc, poll=0.01)
+  evaluating = time.time()  # logged; then the evaluation: wait until the step's checkpoint is on disk or it may be
+  cli.wait_for(lambda: FINETUNE_STEPS in _complete(workdir) or time.time() > evaluating + 1.5, proc)
+  proc.send_signal(signal.SIGKILL)
+  assert cli.finish([proc], timeout=60) == [-signal.SIGKILL]
+  assert FINETUNE_STEPS not in _rows(workdir, "dev/accuracy"), "the kill came after the evaluation"
+
+  proc = cli.spawn(cmd, tmp_path / "resumed.log")
+  assert cli.finish([proc], timeout=300) == [0], cli.tail(proc)
+  assert sorted(set(_rows(workdir, "dev/accuracy"))) == [2, FINETUNE_STEPS], cli.tail(proc)
+  scores = {r["step"]: r["dev/accuracy"] for r in _metrics_rows(workdir) if "dev/accuracy" in r}
+  best = json.loads((workdir / "eval_results.json").read_text())["best_step"]
+  assert best == max(scores, key=lambda s: (scores[s], -s))
+  assert [p.name for p in (workdir / "best").iterdir() if p.name.isdigit()] == [str(best)]
 
 
 @pytest.mark.filterwarnings("ignore:Sharding info not provided")
-def test_inf_loss_with_nan_policy_skip_skips_that_update_only(shared_data_dir, tmp_path):
-  workdir = tmp_path / "inf"
-  result = cli.run(
-    cli.train_command(
-      workdir,
-      shared_data_dir,
-      5,
-      "--config.debug.nan_at_step=2",
-      "--config.debug.nan_value=inf",
-      "--config.nan_policy=skip",
-      "--config.checkpoint_every_steps=1",
-      "--config.keep_checkpoints=5",
-    )
+def test_sigterm_during_the_final_predictions_exits_at_once_with_the_checkpoints_intact(
+  generated_vocab, slow_dev_glue, tmp_path
+):
+  workdir = tmp_path / "work"
+  proc = cli.spawn(
+    _finetune_command(workdir, generated_vocab, slow_dev_glue, "--config.eval_every_steps=0"), tmp_path / "run.log"
   )
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert "Non-finite loss at step 3: update skipped (nan_policy=skip)" in result.stderr
-  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-  assert [r["train/skipped_steps"] for r in rows] == [0, 0, 1, 0, 0]
-  cli.assert_same_params(_params_at(workdir, 3), _params_at(workdir, 2))  # the update was not applied
-  assert not np.array_equal(jax.tree.leaves(_params_at(workdir, 4))[0], jax.tree.leaves(_params_at(workdir, 3))[0])
+  cli.wait_for(lambda: "Finished at step" in proc.log.read_text(), proc, poll=0.01)  # the loop is over
+  proc.send_signal(signal.SIGTERM)
+  sent = time.time()
+  assert cli.finish([proc], timeout=60) == [-signal.SIGTERM], cli.tail(proc)
+  assert time.time() - sent < 10, "SIGTERM after the loop was not acted on at once"
+  assert not (workdir / "eval_results.json").exists(), "the final predictions had finished before the signal"
+  assert _complete(workdir) == [FINETUNE_STEPS]
+  restored = _params_at(workdir, FINETUNE_STEPS)
+  assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(restored))
+
+
+# ---------------------------------------------------------------------------
+# Non-finite losses, bad configs.
 
 
 @pytest.mark.parametrize(

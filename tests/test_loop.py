@@ -192,7 +192,9 @@ def _run_regression(tmp_path, bad_value, **overrides):
 
 
 def _saved_w(manager, step):
-  return manager.restore(step, args=checkpointing.composite(dict(state=ocp.args.StandardRestore())))["state"]["params"]["w"]
+  return manager.restore(step, args=checkpointing.composite(dict(state=ocp.args.StandardRestore())))["state"]["params"][
+    "w"
+  ]
 
 
 def _refuse(constant):
