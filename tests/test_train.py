@@ -183,6 +183,14 @@ def test_two_processes_train_checkpoint_resume_and_match_one_process(shared_data
   for step in range(1, steps + 1):
     assert pair_losses[step] == pytest.approx(single_losses[step], rel=1e-5)
 
+  # The pair's checkpoints hold one data position per process: one process cannot resume them, and says why
+  # (not that they are damaged; nothing is moved aside).
+  result = cli.run(cli.train_command(pair, shared_data_dir, steps + 3, *common), devices=8)
+  last = result.stderr.strip().splitlines()[-1]
+  assert result.returncode != 0 and "written by 2 processes, and this run has 1" in last, result.stderr[-3000:]
+  assert last.startswith("error: ") and "Run again with 2 processes" in last
+  assert not [p.name for p in (pair / "checkpoints").iterdir() if "damaged" in p.name]
+
 
 def test_metrics_reach_tensorboard_without_importing_torch(tmp_path):
   """The event files hold what metrics.jsonl holds; tensorboardX loads without torch, and torch still imports."""

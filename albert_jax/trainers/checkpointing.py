@@ -10,6 +10,7 @@ saves at the current step (`Preemption`).
 """
 
 import contextlib
+import json
 import signal
 import threading
 import time
@@ -93,33 +94,45 @@ def checkpoint_manager(
   )
 
 
+# A read error that proves a step incomplete or corrupt: a file it lists is missing, shorter than its index says,
+# or does not decode (TensorStore's status codes, as orbax passes them on). Any other error (a full file table, a
+# network or permission error) says nothing about the step: it is retried, and then the run stops.
+DAMAGE_SIGNS = ("NOT_FOUND", "DATA_LOSS", "OUT_OF_RANGE", "FAILED_PRECONDITION")
+READ_ATTEMPTS = 3
+RETRY_SECONDS = 2.0  # before the second attempt; doubled before each further one
+
+
 def restore_newest(manager: ocp.CheckpointManager, args: ocp.args.Composite):
   """The newest checkpoint that restores completely (a Composite), or None when there is none.
 
-  Newer steps that cannot be restored (a truncated or missing file) are
-  reported and, once an older one restores, moved aside to
-  `<step>.damaged-<time>` so that the run can save those steps again
+  Newer steps that are provably damaged (a missing, truncated or undecodable
+  file: `is_damage`) are reported and, once an older one restores, moved aside
+  to `<step>.damaged-<time>` so that the run can save those steps again
   (`storage.move_aside`: one rename on a disk; on a bucket a copy, then the
-  commit marker deleted, then the rest). With
-  several processes all restore the same step: process 0's newest, given up
-  by all when any process cannot read it (processes resuming from different
-  steps would wait for each other forever).
+  commit marker deleted, then the rest). A step that fails to read for any
+  other reason is read again (`READ_ATTEMPTS`); if it still fails, the run
+  stops with that error and the step stays where it is. With several
+  processes all restore the same step: process 0's newest, given up by all
+  when any process finds it damaged (processes resuming from different steps
+  would wait for each other forever).
   """
   damaged = []
   while (step := agreed(max((s for s in manager.all_steps() if s not in damaged), default=-1))) >= 0:
-    try:
-      restored, error = manager.restore(step, args=args), None
-    except Exception as e:  # pylint: disable=broad-except  (a damaged file fails in many ways)
-      restored, error = None, core.root_cause(e)
+    _check_process_count(manager.directory / str(step))
+    restored, error = _read(manager, step, args)
     if all_processes(error is None):
       logging.info("Resumed from checkpoint at step %d.", step)
       _move_aside(manager, damaged)
       return restored
-    logging.error(
-      "Checkpoint at step %d cannot be restored (%s); trying an older one.",
-      step,
-      error or "another process could not read it",
-    )
+    cause = core.root_cause(error) if error else "another process could not read it"
+    if not all_processes(error is None or is_damage(error)):
+      raise TrainingError(
+        f"The checkpoint at step {step} in {manager.directory} could not be read ({cause}) in {READ_ATTEMPTS} "
+        "attempts. Nothing shows that it is damaged, so it was left in place: run again once the storage reads "
+        "(on another process: see its log). Only if that step is damaged, move its folder away to resume from "
+        "the one before."
+      ) from error
+    logging.error("Checkpoint at step %d cannot be restored (%s); trying an older one.", step, cause)
     damaged.append(step)
   if damaged:
     raise TrainingError(
@@ -127,6 +140,46 @@ def restore_newest(manager: ocp.CheckpointManager, args: ocp.args.Composite):
       "damaged step folders away or start a new --workdir."
     )
   return None
+
+
+def is_damage(e: BaseException) -> bool:
+  """Whether the error of a restore proves the step incomplete or corrupt (`DAMAGE_SIGNS`), rather than unread."""
+  while e is not None:
+    if isinstance(e, (FileNotFoundError, json.JSONDecodeError)) or any(sign in str(e) for sign in DAMAGE_SIGNS):
+      return True
+    e = e.__cause__ or e.__context__
+  return False
+
+
+def _read(manager: ocp.CheckpointManager, step: int, args: ocp.args.Composite):
+  """(the restored step, None), or (None, the error): damage at once, any other error after `READ_ATTEMPTS`."""
+  attempt = 1
+  while True:
+    try:
+      return manager.restore(step, args=args), None
+    except Exception as e:  # pylint: disable=broad-except  (a damaged or unreadable file fails in many ways)
+      if is_damage(e) or attempt == READ_ATTEMPTS:
+        return None, e
+      wait = RETRY_SECONDS * 2 ** (attempt - 1)
+      logging.warning(
+        "Reading the checkpoint at step %d failed (%s); reading it again in %.3g s.", step, core.root_cause(e), wait
+      )
+    time.sleep(wait)
+    attempt += 1
+
+
+def _check_process_count(step_dir: epath.Path):
+  """A step with per-process items (grain's data position, `process_<i>-of-<N>.json`) restores with N processes."""
+  for item in step_dir.glob("*/process_*-of-*.json"):
+    written = int(item.stem.rsplit("-of-", 1)[1])
+    if written != jax.process_count():
+      raise TrainingError(
+        f"The checkpoint at step {step_dir.name} in {step_dir.parent} was written by {written} processes, and "
+        f"this run has {jax.process_count()}: each process's position in the data ({item.parent.name}/"
+        f"process_<i>-of-{written}.json) resumes only on the same number of processes. Run again with "
+        f"{written} processes, or start a new --workdir."
+      )
+    return
 
 
 def _move_aside(manager: ocp.CheckpointManager, steps: list[int]):
