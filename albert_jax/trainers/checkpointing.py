@@ -10,7 +10,7 @@ saves at the current step (`Preemption`).
 """
 
 import contextlib
-import json
+import re
 import signal
 import threading
 import time
@@ -94,10 +94,13 @@ def checkpoint_manager(
   )
 
 
-# A read error that proves a step incomplete or corrupt: a file it lists is missing, shorter than its index says,
-# or does not decode (TensorStore's status codes, as orbax passes them on). Any other error (a full file table, a
-# network or permission error) says nothing about the step: it is retried, and then the run stops.
-DAMAGE_SIGNS = ("NOT_FOUND", "DATA_LOSS", "OUT_OF_RANGE", "FAILED_PRECONDITION")
+# A restore error that says nothing about the step: the read itself failed (the OS refused, the storage did not
+# answer; TensorStore's status codes as orbax passes them on). Any other error proves the step incomplete or
+# corrupt: a file missing, shorter than its index says, or read whole but not decoding into the checkpoint.
+UNREAD = re.compile(
+  r"\b(UNAVAILABLE|DEADLINE_EXCEEDED|RESOURCE_EXHAUSTED|PERMISSION_DENIED|UNAUTHENTICATED|ABORTED|CANCELLED|"
+  r"UNKNOWN|INTERNAL)\b"
+)
 READ_ATTEMPTS = 3
 RETRY_SECONDS = 2.0  # before the second attempt; doubled before each further one
 
@@ -105,9 +108,9 @@ RETRY_SECONDS = 2.0  # before the second attempt; doubled before each further on
 def restore_newest(manager: ocp.CheckpointManager, args: ocp.args.Composite):
   """The newest checkpoint that restores completely (a Composite), or None when there is none.
 
-  Newer steps that are provably damaged (a missing, truncated or undecodable
-  file: `is_damage`) are reported and, once an older one restores, moved aside
-  to `<step>.damaged-<time>` so that the run can save those steps again
+  Newer steps that are provably damaged (a file missing, short, or read but
+  not decoding: `is_damage`) are reported and, once an older one restores,
+  moved aside to `<step>.damaged-<time>` so that the run can save them again
   (`storage.move_aside`: one rename on a disk; on a bucket a copy, then the
   commit marker deleted, then the rest). A step that fails to read for any
   other reason is read again (`READ_ATTEMPTS`); if it still fails, the run
@@ -143,12 +146,13 @@ def restore_newest(manager: ocp.CheckpointManager, args: ocp.args.Composite):
 
 
 def is_damage(e: BaseException) -> bool:
-  """Whether the error of a restore proves the step incomplete or corrupt (`DAMAGE_SIGNS`), rather than unread."""
+  """Whether the error of a restore proves the step incomplete or corrupt, rather than unread (`UNREAD`)."""
   while e is not None:
-    if isinstance(e, (FileNotFoundError, json.JSONDecodeError)) or any(sign in str(e) for sign in DAMAGE_SIGNS):
-      return True
+    missing = isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError))
+    if (isinstance(e, OSError) and not missing) or UNREAD.search(core.first_line(e)):
+      return False
     e = e.__cause__ or e.__context__
-  return False
+  return True
 
 
 def _read(manager: ocp.CheckpointManager, step: int, args: ocp.args.Composite):
