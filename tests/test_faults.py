@@ -1,6 +1,6 @@
 """Reliability: faults injected into real training runs lose nothing; bad input ends in a clear message.
 
-The runs are `albert_jax.train` subprocesses on the tiny test config (see
+The runs are `albert_jax.train` and `albert_jax.finetune` subprocesses on the tiny test configs (see
 tests/cli_helpers.py). Every resumed run must end with parameters bitwise
 equal to the uninterrupted run's, and every wait is bounded: a run that hangs
 is killed and fails its test.

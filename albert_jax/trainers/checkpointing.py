@@ -5,8 +5,9 @@ bucket, which has no rename: into the step folder, with `commit_success.txt`
 written last, and a step counts only with it) and deletes old steps only after
 a new one is complete. On top of that:
 `restore_newest` skips (and moves aside) damaged steps, with every process
-agreeing on the step; failed writes end as one `TrainingError` line; SIGTERM
-saves at the current step (`Preemption`).
+agreeing on the step, and reads again (then stops on) a step it cannot read;
+failed writes end as one `TrainingError` line; SIGTERM during the loop saves
+at the current step (`Preemption`).
 """
 
 import contextlib

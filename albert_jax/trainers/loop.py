@@ -2,8 +2,9 @@
 
 Every step: stop cleanly on preemption, feed a batch, queue the step. Then,
 by the config's intervals, and only then waiting for the devices: fetch the
-metrics and handle a non-finite loss, checkpoint, log the training metrics
-(to the log, metrics.jsonl and TensorBoard), evaluate. How often metrics are
+metrics and handle a non-finite loss, log the training metrics (to the log,
+metrics.jsonl and TensorBoard), evaluate, checkpoint (after the evaluation,
+so that a run stopped while evaluating evaluates again). How often metrics are
 fetched from the devices, what a non-finite loss does and when checkpoints
 are written are decided here (`run`), for pretraining and fine-tuning alike.
 """
