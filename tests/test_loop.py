@@ -201,10 +201,9 @@ def _refuse(constant):
   raise ValueError(f"metrics.jsonl holds {constant}, which strict JSON parsers refuse")
 
 
-@pytest.mark.parametrize("bad_value", [np.inf, np.nan])
-def test_a_batch_with_a_non_finite_label_is_skipped_and_counted_with_nan_policy_skip(tmp_path, caplog, bad_value):
+def test_a_batch_with_a_non_finite_label_is_skipped_and_counted_with_nan_policy_skip(tmp_path, caplog):
   caplog.set_level(logging.INFO)
-  outcome, manager = _run_regression(tmp_path, bad_value, nan_policy="skip")
+  outcome, manager = _run_regression(tmp_path, np.inf, nan_policy="skip")
   assert "Non-finite loss at step 4: update skipped" in caplog.text
   # That update only was skipped: step 4 kept step 3's parameters, the others moved them.
   w = {step: _saved_w(manager, step) for step in manager.all_steps()}
@@ -222,6 +221,6 @@ def test_a_batch_with_a_non_finite_label_is_skipped_and_counted_with_nan_policy_
 
 def test_a_batch_with_a_non_finite_label_stops_the_run_with_the_last_good_checkpoint(tmp_path):
   with pytest.raises(core.TrainingError, match="Non-finite loss or gradient at step 4.*last good checkpoint is step 3"):
-    _run_regression(tmp_path, np.inf, nan_policy="stop")
+    _run_regression(tmp_path, np.nan, nan_policy="stop")
   manager = checkpointing.checkpoint_manager(tmp_path / "checkpoints", ("state",), 10)
   assert manager.all_steps() == [1, 2, 3] and np.isfinite(_saved_w(manager, 3)).all()
