@@ -86,9 +86,6 @@ def _add_loop(c: ml_collections.ConfigDict, log_every: int, eval_every: int, che
   c.checkpoint_every_steps = checkpoint_every  # asynchronous orbax saves of the train state (resume)
   c.keep_checkpoints = keep  # newest checkpoints kept
   c.nan_policy = "stop"  # on a non-finite loss: 'stop' (keep the last good checkpoint) or 'skip' the update
-  c.debug = ml_collections.ConfigDict()  # fault injection, for tests only; applied around the step (trainers.core)
-  c.debug.nan_at_step = -1  # the update at this step behaves as if its loss were non-finite (-1: never)
-  c.debug.nan_value = "nan"  # that loss: 'nan' or 'inf'
 
 
 def pretraining(preset: str = "base") -> ml_collections.ConfigDict:
@@ -152,8 +149,6 @@ def check(c: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.{name}={c[name]}: must be 0 or more.")
   if c.nan_policy not in ("stop", "skip"):
     raise ValueError(f"config.nan_policy={c.nan_policy!r}: use 'stop' or 'skip'.")
-  if c.debug.nan_value not in ("nan", "inf"):
-    raise ValueError(f"config.debug.nan_value={c.debug.nan_value!r}: use 'nan' or 'inf'.")
   if c.model.get("attention") == "flash" and c.model.get("attention_probs_dropout_prob", 0) > 0:
     logging.warning(
       "config.model.attention='flash' with attention_probs_dropout_prob=%g: training steps use the XLA attention "

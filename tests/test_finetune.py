@@ -120,7 +120,7 @@ def test_glue_task_trains_evaluates_keeps_the_best_and_writes_predictions(task, 
   main = {"sst2": "accuracy", "cola": "matthews_corr", "mrpc": "accuracy", "stsb": "pearson"}[task]
   evals = {r["step"]: r[f"dev/{main}"] for r in _metrics(tmp_path) if f"dev/{main}" in r}
   assert sorted(evals) == [2, 4]
-  defined = {s: v for s, v in evals.items() if not np.isnan(v)}
+  defined = {s: v for s, v in evals.items() if v is not None}  # null: undefined (NaN)
   if defined:
     assert results["best_step"] == max(defined, key=lambda s: (defined[s], -s))
   assert [p.name for p in (tmp_path / "best").iterdir() if p.name.isdigit()] == [str(results["best_step"])]

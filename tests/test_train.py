@@ -114,17 +114,19 @@ def test_workdir_of_another_model_names_the_field(tmp_path):
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(shared_data_dir, tmp_path):
+  # A learning rate that really diverges: step 2 (the first after warmup's 0) throws the weights to ~1e30, and
+  # the forward pass of step 3 overflows.
   workdir = tmp_path / "nan"
   result = cli.run(
-    cli.train_command(workdir, shared_data_dir, 8, "--config.checkpoint_every_steps=2", "--config.debug.nan_at_step=4")
+    cli.train_command(workdir, shared_data_dir, 8, "--config.checkpoint_every_steps=2", "--config.learning_rate=1e30")
   )
   assert result.returncode != 0
-  assert "Non-finite loss or gradient at step 5" in result.stderr, result.stderr[-3000:]
-  assert "last good checkpoint is step 4" in result.stderr
+  assert "Non-finite loss or gradient at step 3" in result.stderr, result.stderr[-3000:]
+  assert "last good checkpoint is step 2" in result.stderr
   assert "Traceback" not in result.stderr
   from albert_jax.checkpoints import native
 
-  assert native.training_steps(workdir)[-1] == 4
+  assert native.training_steps(workdir)[-1] == 2
 
 
 def test_unknown_config_key_is_refused(shared_data_dir, tmp_path):
@@ -180,6 +182,14 @@ def test_two_processes_train_checkpoint_resume_and_match_one_process(shared_data
   assert sorted(pair_losses) == list(range(1, steps + 1))
   for step in range(1, steps + 1):
     assert pair_losses[step] == pytest.approx(single_losses[step], rel=1e-5)
+
+  # The pair's checkpoints hold one data position per process: one process cannot resume them, and says why
+  # (not that they are damaged; nothing is moved aside).
+  result = cli.run(cli.train_command(pair, shared_data_dir, steps + 3, *common), devices=8)
+  last = result.stderr.strip().splitlines()[-1]
+  assert result.returncode != 0 and "written by 2 processes, and this run has 1" in last, result.stderr[-3000:]
+  assert last.startswith("error: ") and "Run again with 2 processes" in last
+  assert not [p.name for p in (pair / "checkpoints").iterdir() if "damaged" in p.name]
 
 
 def test_metrics_reach_tensorboard_without_importing_torch(tmp_path):

@@ -5,13 +5,15 @@ bucket, which has no rename: into the step folder, with `commit_success.txt`
 written last, and a step counts only with it) and deletes old steps only after
 a new one is complete. On top of that:
 `restore_newest` skips (and moves aside) damaged steps, with every process
-agreeing on the step; failed writes end as one `TrainingError` line; SIGTERM
-saves at the current step (`Preemption`).
+agreeing on the step, and reads again (then stops on) a step it cannot read;
+failed writes end as one `TrainingError` line; SIGTERM during the loop saves
+at the current step (`Preemption`).
 """
 
 import contextlib
 import errno
 import os
+import re
 import signal
 import threading
 import time
@@ -115,33 +117,48 @@ def checkpoint_manager(
   )
 
 
+# A restore error that says nothing about the step: the read itself failed (the OS refused, the storage did not
+# answer; TensorStore's status codes as orbax passes them on). Any other error proves the step incomplete or
+# corrupt: a file missing, shorter than its index says, or read whole but not decoding into the checkpoint.
+UNREAD = re.compile(
+  r"\b(UNAVAILABLE|DEADLINE_EXCEEDED|RESOURCE_EXHAUSTED|PERMISSION_DENIED|UNAUTHENTICATED|ABORTED|CANCELLED|"
+  r"UNKNOWN|INTERNAL)\b"
+)
+READ_ATTEMPTS = 3
+RETRY_SECONDS = 2.0  # before the second attempt; doubled before each further one
+
+
 def restore_newest(manager: ocp.CheckpointManager, args: ocp.args.Composite):
   """The newest checkpoint that restores completely (a Composite), or None when there is none.
 
-  Newer steps that cannot be restored (a truncated or missing file) are
-  reported and, once an older one restores, moved aside to
-  `<step>.damaged-<time>` so that the run can save those steps again
+  Newer steps that are provably damaged (a file missing, short, or read but
+  not decoding: `is_damage`) are reported and, once an older one restores,
+  moved aside to `<step>.damaged-<time>` so that the run can save them again
   (`storage.move_aside`: one rename on a disk; on a bucket a copy, then the
-  commit marker deleted, then the rest). With
-  several processes all restore the same step: process 0's newest, given up
-  by all when any process cannot read it (processes resuming from different
-  steps would wait for each other forever).
+  commit marker deleted, then the rest). A step that fails to read for any
+  other reason is read again (`READ_ATTEMPTS`); if it still fails, the run
+  stops with that error and the step stays where it is. With several
+  processes all restore the same step: process 0's newest, given up by all
+  when any process finds it damaged (processes resuming from different steps
+  would wait for each other forever).
   """
   damaged = []
   while (step := agreed(max((s for s in manager.all_steps() if s not in damaged), default=-1))) >= 0:
-    try:
-      restored, error = manager.restore(step, args=args), None
-    except Exception as e:  # pylint: disable=broad-except  (a damaged file fails in many ways)
-      restored, error = None, core.root_cause(e)
+    _check_process_count(manager.directory / str(step))
+    restored, error = _read(manager, step, args)
     if all_processes(error is None):
       logging.info("Resumed from checkpoint at step %d.", step)
       _move_aside(manager, damaged)
       return restored
-    logging.error(
-      "Checkpoint at step %d cannot be restored (%s); trying an older one.",
-      step,
-      error or "another process could not read it",
-    )
+    cause = core.root_cause(error) if error else "another process could not read it"
+    if not all_processes(error is None or is_damage(error)):
+      raise TrainingError(
+        f"The checkpoint at step {step} in {manager.directory} could not be read ({cause}) in {READ_ATTEMPTS} "
+        "attempts. Nothing shows that it is damaged, so it was left in place: run again once the storage reads "
+        "(on another process: see its log). Only if that step is damaged, move its folder away to resume from "
+        "the one before."
+      ) from error
+    logging.error("Checkpoint at step %d cannot be restored (%s); trying an older one.", step, cause)
     damaged.append(step)
   if damaged:
     raise TrainingError(
@@ -149,6 +166,47 @@ def restore_newest(manager: ocp.CheckpointManager, args: ocp.args.Composite):
       "damaged step folders away or start a new --workdir."
     )
   return None
+
+
+def is_damage(e: BaseException) -> bool:
+  """Whether the error of a restore proves the step incomplete or corrupt, rather than unread (`UNREAD`)."""
+  while e is not None:
+    missing = isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError))
+    if (isinstance(e, OSError) and not missing) or UNREAD.search(core.first_line(e)):
+      return False
+    e = e.__cause__ or e.__context__
+  return True
+
+
+def _read(manager: ocp.CheckpointManager, step: int, args: ocp.args.Composite):
+  """(the restored step, None), or (None, the error): damage at once, any other error after `READ_ATTEMPTS`."""
+  attempt = 1
+  while True:
+    try:
+      return manager.restore(step, args=args), None
+    except Exception as e:  # pylint: disable=broad-except  (a damaged or unreadable file fails in many ways)
+      if is_damage(e) or attempt == READ_ATTEMPTS:
+        return None, e
+      wait = RETRY_SECONDS * 2 ** (attempt - 1)
+      logging.warning(
+        "Reading the checkpoint at step %d failed (%s); reading it again in %.3g s.", step, core.root_cause(e), wait
+      )
+    time.sleep(wait)
+    attempt += 1
+
+
+def _check_process_count(step_dir: epath.Path):
+  """A step with per-process items (grain's data position, `process_<i>-of-<N>.json`) restores with N processes."""
+  for item in step_dir.glob("*/process_*-of-*.json"):
+    written = int(item.stem.rsplit("-of-", 1)[1])
+    if written != jax.process_count():
+      raise TrainingError(
+        f"The checkpoint at step {step_dir.name} in {step_dir.parent} was written by {written} processes, and "
+        f"this run has {jax.process_count()}: each process's position in the data ({item.parent.name}/"
+        f"process_<i>-of-{written}.json) resumes only on the same number of processes. Run again with "
+        f"{written} processes, or start a new --workdir."
+      )
+    return
 
 
 def _move_aside(manager: ocp.CheckpointManager, steps: list[int]):
@@ -179,15 +237,26 @@ def all_processes(flag: bool) -> bool:
 class Preemption:
   """SIGTERM makes the loop save a checkpoint at the current step and exit cleanly.
 
-  One process: a Python handler sets a flag. Several: JAX's preemption sync
-  manager (its own SIGTERM handler, left in place) has every process stop at
-  the same step, whichever of them got the signal.
+  One process: a Python handler sets a flag, installed for the time of a
+  `with` block (the loop) and then replaced by the one before it, so that
+  SIGTERM after the loop (during the final predictions) ends the process as
+  usual. Several: JAX's preemption sync manager (its own SIGTERM handler,
+  left in place) has every process stop at the same step, whichever of them
+  got the signal.
   """
 
   def __init__(self):
     self.requested = False
+    self._previous = None  # the handler replaced while the block runs
+
+  def __enter__(self):
     if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-      signal.signal(signal.SIGTERM, self._handle)
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
 
   def _handle(self, signum, frame):
     del signum, frame

@@ -140,7 +140,11 @@ def shard_train_state(init_params: Callable, tx: optax.GradientTransformation, m
 
 
 def apply_gradients(state: TrainState, grads, tx: optax.GradientTransformation, loss):
-  """One optimizer update, skipped (state unchanged) when the loss or the gradient is not finite.
+  """One optimizer update, skipped when the loss or the gradient is not finite.
+
+  A skipped update keeps the parameters and the optimizer's moments, but its step counters (every `count`
+  of the optimizer state: the schedule's, Adam's) move on with `state.step`, so that the learning rate
+  applied after a skip is the one logged for that step and still reaches 0 at the last step.
 
   Returns:
     (new state, global gradient norm, 1 if the update was skipped else 0);
@@ -152,9 +156,11 @@ def apply_gradients(state: TrainState, grads, tx: optax.GradientTransformation, 
   params = optax.apply_updates(state.params, updates)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-  new_state = TrainState(
-    step=state.step + 1, params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state)
+  counter = lambda path: bool(path) and getattr(path[-1], "name", None) == "count"
+  opt_state = jax.tree.map_with_path(
+    lambda path, n, o: n if counter(path) else jnp.where(finite, n, o), opt_state, state.opt_state
   )
+  new_state = TrainState(step=state.step + 1, params=keep(params, state.params), opt_state=opt_state)
   return new_state, grad_norm, (~finite).astype(jnp.int32)
 
 
@@ -241,28 +247,6 @@ def make_train_step(
   return train_step
 
 
-def inject_nonfinite_loss(train_step, at_step: int, value: str):
-  """Test-only (`config.debug`): the step at `at_step` behaves as if its loss were `value` ('nan' or 'inf').
-
-  Wraps the production step instead of changing it: the update is skipped
-  as `apply_gradients` skips it, and the loss sums report `value`.
-  """
-  injected = float(value)
-
-  def step_with_fault(state: TrainState, batch, rng):
-    new_state, metrics = train_step(state, batch, rng)
-    hit = state.step == at_step
-    keep_old = lambda new, old: jax.tree.map(lambda n, o: jnp.where(hit, o, n), new, old)
-    new_state = new_state.replace(
-      params=keep_old(new_state.params, state.params), opt_state=keep_old(new_state.opt_state, state.opt_state)
-    )
-    metrics = {k: jnp.where(hit, injected, v) if k.endswith("loss_sum") else v for k, v in metrics.items()}
-    metrics["nonfinite"] = jnp.where(hit, 1, metrics["nonfinite"])
-    return new_state, metrics
-
-  return step_with_fault
-
-
 class Setup(NamedTuple):
   """Everything compiled for one model on one mesh; call the jitted functions under `jax.set_mesh(mesh)`."""
 
@@ -288,7 +272,7 @@ def build(
   """The optimizer, and the sharded init / train / eval steps: abstract init → logical specs → mesh shardings.
 
   Args:
-    config: the experiment config (optimizer fields, grad_accum_steps, debug).
+    config: the experiment config (optimizer fields, grad_accum_steps).
     init_params: rng -> the model's `nn.Partitioned`-boxed parameters.
     metric_sums, total_loss, denominators: the trainer's loss (see `make_train_step`).
     eval_fn: (params, batch) -> what evaluation needs (metric sums, or the
@@ -302,8 +286,6 @@ def build(
     sharded = shard_train_state(init_params, tx, mesh, rules)
     prepare = prepare_params(sharded.shardings.params) if prepare_params else (lambda params: params)
     step_fn = make_train_step(metric_sums, total_loss, denominators, tx, schedule, config.grad_accum_steps, prepare)
-    if config.debug.nan_at_step >= 0:
-      step_fn = inject_nonfinite_loss(step_fn, config.debug.nan_at_step, config.debug.nan_value)
     batch_sharding = sharding.batch_sharding(mesh)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     train_step = jax.jit(

@@ -423,6 +423,8 @@ class BestCheckpoint:
         args=ocp.args.Composite(params=ocp.args.StandardSave(params), scores=ocp.args.JsonSave(self.best)),
         force=True,
       )
+      # Kept before the loop saves the step: a run stopped after that save resumes past this evaluation.
+      self.manager.wait_until_finished()
 
 
 def _better(score: float, best: float) -> bool:

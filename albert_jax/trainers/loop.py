@@ -2,8 +2,9 @@
 
 Every step: stop cleanly on preemption, feed a batch, queue the step. Then,
 by the config's intervals, and only then waiting for the devices: fetch the
-metrics and handle a non-finite loss, checkpoint, log the training metrics
-(to the log, metrics.jsonl and TensorBoard), evaluate. How often metrics are
+metrics and handle a non-finite loss, log the training metrics (to the log,
+metrics.jsonl and TensorBoard), evaluate, checkpoint (after the evaluation,
+so that a run stopped while evaluating evaluates again). How often metrics are
 fetched from the devices, what a non-finite loss does and when checkpoints
 are written are decided here (`run`), for pretraining and fine-tuning alike.
 """
@@ -79,8 +80,12 @@ def run(
   preemption) the metrics of every step since the last such step are fetched and checked first: a non-finite
   loss stops the run (nan_policy 'stop') before anything is saved or evaluated.
   """
+  with checkpointing.Preemption() as preemption:  # SIGTERM saves and stops the loop, and only while it runs
+    return _run(config, trainer, state, mesh, manager, writer, dropout_rng, preemption)
+
+
+def _run(config, trainer, state, mesh, manager, writer, dropout_rng, preemption) -> Outcome:
   step = int(jax.device_get(state.step))
-  preemption = checkpointing.Preemption()
   peak = _peak_flops()
   unfetched, fetched, last = [], [], {}  # (step, metrics) on the devices; host metrics since the last log line
   start_step, timer, run_start = step, time.perf_counter(), time.perf_counter()
@@ -108,16 +113,16 @@ def run(
     if not (checkpoint_now or log_now or evaluate_now):
       continue
     fetch()
-    if checkpoint_now:
-      save()
     if log_now:
       last = _log_training(config, trainer, step, fetched, time.perf_counter() - timer, peak, writer)
       fetched, timer = [], time.perf_counter()
-    if evaluate_now:
+    if evaluate_now:  # before the step's save: a run stopped while evaluating resumes before this step
       for name, scores in trainer.evaluate(state).items():
         logging.info("%s at step %d: %s", name, step, " ".join(f"{k} {v:.4f}" for k, v in scores.items()))
         writer.write(step, name, scores)
         last.update({f"{name}_{k}": v for k, v in scores.items()})
+    if checkpoint_now:
+      save()
   preempted = preemption.requested
   if not preempted and manager.latest_step() != step:
     save()  # the final state, whatever the checkpoint interval
@@ -147,13 +152,18 @@ def _log_training(
   peak: float | None,
   writer: MetricWriter,
 ) -> dict[str, float]:
-  """Sums the metrics of the steps since the last log line, logs them and writes them out."""
-  sums = {k: sum(float(m[k]) for m in host) for k in host[0]}
-  values = trainer.summarize(sums)
+  """Sums the metrics of the steps since the last log line, logs them and writes them out.
+
+  Skipped steps (nan_policy 'skip') are counted, not summed: their non-finite values would make every value
+  of the line NaN.
+  """
+  applied = [m for m in host if not int(m["nonfinite"])]
+  skipped = len(host) - len(applied)
+  values = trainer.summarize({k: sum(float(m[k]) for m in applied) for k in host[0]}) if applied else {}
   values.update(
-    grad_norm=float(host[-1]["grad_norm"]),
+    grad_norm=float(applied[-1]["grad_norm"]) if applied else float("nan"),
     learning_rate=float(host[-1]["learning_rate"]),
-    skipped_steps=sums["nonfinite"],
+    skipped_steps=skipped,
     steps_per_second=len(host) / elapsed,
     tokens_per_second=len(host) * trainer.tokens_per_batch / elapsed,
   )
@@ -164,7 +174,7 @@ def _log_training(
     "step %d/%d  %s  lr %.3g  |g| %.3g  %.0f tokens/s  MFU %s  ETA %s",
     step,
     config.num_train_steps,
-    trainer.describe(values),
+    "  ".join([trainer.describe(values)] * bool(applied) + [f"skipped {skipped}"] * bool(skipped)),
     values["learning_rate"],
     values["grad_norm"],
     values["tokens_per_second"],

@@ -1,6 +1,7 @@
 """Metrics to metrics.jsonl and TensorBoard event files, in a local workdir or a bucket (`gs://`)."""
 
 import json
+import math
 import sys
 
 import jax
@@ -52,7 +53,9 @@ class MetricWriter:
   def write(self, step: int, prefix: str, values: dict[str, float]):
     if not self._active:
       return
-    self._jsonl.write(json.dumps({"step": step, **{f"{prefix}/{k}": float(v) for k, v in values.items()}}) + "\n")
+    # Strict JSON: a value that is not finite (a Pearson correlation of constant predictions) is null.
+    row = {f"{prefix}/{k}": float(v) if math.isfinite(v) else None for k, v in values.items()}
+    self._jsonl.write(json.dumps({"step": step, **row}, allow_nan=False) + "\n")
     self._jsonl.flush()
     if self._tb is not None:
       for k, v in values.items():
