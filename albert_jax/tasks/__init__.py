@@ -26,10 +26,10 @@ from typing import Any
 from absl import logging
 
 from albert_jax import config_lib
-from albert_jax.tasks import glue, race, squad
+from albert_jax.tasks import classify, glue, race, squad
 from albert_jax.tasks.family import TaskData, TaskSpec
 
-FAMILIES = (glue, squad, race)
+FAMILIES = (glue, squad, race, classify)
 _BY_NAME = {name: module for module in FAMILIES for name in module.NAMES}
 
 __all__ = ["TaskData", "TaskSpec", "evaluate", "family_of", "get_spec", "load_task", "write_predictions"]
