@@ -2,7 +2,6 @@
 
   python -m albert_jax.finetune --config=experiments/glue.py:sst2 --workdir=DIR
 
-
 Resumes from the newest checkpoint in DIR. The trainer is `albert_jax.trainers.finetuning.finetune`.
 """
 

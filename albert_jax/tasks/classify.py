@@ -24,7 +24,6 @@ input file and, as Hugging Face's text-classification pipeline gives them,
 
 import collections
 import csv
-import functools
 import io
 import json
 import math
@@ -93,18 +92,6 @@ def _json_lines(path, text):
       yield line_number, record
 
 
-@functools.lru_cache(maxsize=8)
-def _cached_records(path: str, stamp: tuple[int, float]) -> list[tuple[int, dict[str, Any]]]:
-  del stamp  # part of the key only: a file changed since is read again
-  return read_records(path)
-
-
-def _records(path: str) -> list[tuple[int, dict[str, Any]]]:
-  """`read_records`, once per version of the file (the spec, the load and every evaluation read train's labels)."""
-  stat = storage.path(path).stat()
-  return _cached_records(path, (stat.length, stat.mtime))
-
-
 def _missing(path, line, field, record, flag):
   """The error of a column that is not there: a CSV/TSV header's (line 1), or a JSON Lines record's."""
   if pathlib.PurePath(path).suffix.lower() != ".jsonl":
@@ -144,12 +131,10 @@ def _files(task_config, split):
   return path
 
 
-@functools.lru_cache(maxsize=8)
-def _labels(train: str, label_field: str, problem: str, stamp) -> tuple[str, tuple[str, ...] | None]:
+def _labels(train: str, label_field: str, problem: str) -> tuple[str, tuple[str, ...] | None]:
   """(problem, sorted class names or None) of the train file."""
-  del stamp
   raw = []
-  for line, record in _records(train):
+  for line, record in family.read_once(read_records, train):
     value = record.get(label_field)
     if value is None:
       _missing(train, line, label_field, record, "--config.task.label_field")
@@ -196,9 +181,7 @@ def _regression_label(value, path, line, field) -> float:
 
 def problem_and_labels(task_config: Any) -> tuple[str, tuple[str, ...] | None]:
   """('classification', the sorted class names) or ('regression', None), from the train file."""
-  train = _files(task_config, "train")
-  stat = storage.path(train).stat()
-  return _labels(train, task_config.label_field, task_config.problem, (stat.length, stat.mtime))
+  return family.read_once(_labels, _files(task_config, "train"), task_config.label_field, task_config.problem)
 
 
 def task_spec(task_config: Any) -> family.TaskSpec:
@@ -216,7 +199,7 @@ def load_split(task_config: Any, tokenizer: Any, split: str) -> family.TaskData:
   fields = text_fields(task_config)
   label_field = task_config.label_field
   examples = []
-  for line, record in _records(path):
+  for line, record in family.read_once(read_records, path):
     texts = []
     for field in fields:
       value = record.get(field)
