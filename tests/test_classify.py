@@ -16,7 +16,7 @@ import pytest
 import scipy.stats
 import sklearn.metrics
 
-from albert_jax import tasks
+from albert_jax import storage, tasks
 from albert_jax import tokenizer as tokenizer_lib
 from albert_jax.tasks import metrics
 from albert_jax.trainers import finetuning
@@ -224,3 +224,20 @@ def test_bad_input_on_the_command_line_is_one_error_line(bad_root, generated_voc
   assert result.returncode != 0
   assert result.stderr.strip().splitlines()[-1] == f"error: {message}", result.stderr[-3000:]
   assert "Traceback" not in result.stderr and result.stderr.count("error:") == 1, result.stderr[-3000:]
+
+
+def test_files_in_a_bucket_are_read_as_local_ones(files, gcs, generated_vocab):
+  for name in ("train.csv", "dev.csv"):
+    storage.copy(files[name], f"{gcs}/{name}")
+  config = _experiment(
+    generated_vocab,
+    files={"train": f"{gcs}/train.csv", "dev": f"{gcs}/dev.csv", "test": ""},
+    text_fields="premise,hypothesis",
+    label_field="verdict",
+  )
+  assert tasks.get_spec(config.task).label_names == VERDICTS
+  tokenizer = tokenizer_lib.Tokenizer(generated_vocab)
+  remote = tasks.load_task(config.task, tokenizer, "dev")
+  config.task.files.dev = str(files["dev.csv"])
+  local = tasks.load_task(config.task, tokenizer, "dev")
+  assert remote.examples == local.examples

@@ -185,3 +185,15 @@ def test_json_lines_predictions_keep_the_record_and_replace_its_tags(tmp_path, g
     {"tokens": ["Tom"], "tags": ["O"]},
   ]
   assert tasks.evaluate(config.task, logits, data) == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "accuracy": 0.5}
+
+
+def test_a_dev_tag_the_train_file_never_had_names_its_sentence(tmp_path, generated_vocab):
+  train = write_conll(tmp_path / "train.conll", [(["Ann", "sold"], ["B-PER", "O"])])
+  dev = write_conll(tmp_path / "dev.conll", [(["Tom"], ["B-PER"]), (["Rome", "fell"], ["B-LOC", "O"])])
+  config = _experiment(generated_vocab, files={"train": str(train), "dev": str(dev), "test": ""})
+  with pytest.raises(ValueError) as error:
+    tasks.load_task(config.task, tokenizer_lib.Tokenizer(generated_vocab), "dev")
+  assert str(error.value) == (
+    f"{dev}:5: tag 'B-LOC' (in the sentence from this line) is not among the train file's tags ['B-PER', 'O']; "
+    "fix it, or add examples of it to the train file."
+  )
