@@ -9,7 +9,6 @@ import importlib.util
 import json
 import random
 
-import jax
 import numpy as np
 import pytest
 import seqeval.metrics
@@ -27,17 +26,8 @@ TYPES = ("PER", "LOC", "ORG")
 @pytest.fixture(scope="module", autouse=True)
 def compilation_cache(tmp_path_factory):
   """The IOB1 and IOB2 runs have the same shapes (seven tags each): the second compiles nothing."""
-  options = {
-    "jax_compilation_cache_dir": str(tmp_path_factory.mktemp("xla_cache")),
-    "jax_persistent_cache_min_compile_time_secs": 0.0,
-    "jax_persistent_cache_min_entry_size_bytes": 0,
-  }
-  previous = {k: getattr(jax.config, k) for k in options}
-  for k, v in options.items():
-    jax.config.update(k, v)
-  yield
-  for k, v in previous.items():
-    jax.config.update(k, v)
+  with fixtures.compilation_cache(tmp_path_factory.mktemp("xla_cache")):
+    yield
 
 
 def tagged_sentences(count, seed, scheme):
