@@ -28,24 +28,14 @@ from albert_jax.checkpoints import export
 from albert_jax.tasks import fill_mask, metrics, squad
 from albert_jax.trainers import core, finetuning
 from tests import cli_helpers as cli
-from tests import hf_finetune
+from tests import fixtures, hf_finetune
 from tests.conftest import REPO, SPM_MODEL, needs_data
 
 
 @pytest.fixture(scope="module", autouse=True)
 def compilation_cache(tmp_path_factory):
-  """Runs with the same shapes and settings compile once: XLA compilation dominates these tiny runs."""
-  options = {
-    "jax_compilation_cache_dir": str(tmp_path_factory.mktemp("xla_cache")),
-    "jax_persistent_cache_min_compile_time_secs": 0.0,
-    "jax_persistent_cache_min_entry_size_bytes": 0,
-  }
-  previous = {k: getattr(jax.config, k) for k in options}
-  for k, v in options.items():
-    jax.config.update(k, v)
-  yield
-  for k, v in previous.items():
-    jax.config.update(k, v)
+  with fixtures.compilation_cache(tmp_path_factory.mktemp("xla_cache")):
+    yield
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +115,11 @@ def test_glue_task_trains_evaluates_keeps_the_best_and_writes_predictions(task, 
     assert results["best_step"] == max(defined, key=lambda s: (defined[s], -s))
   assert [p.name for p in (tmp_path / "best").iterdir() if p.name.isdigit()] == [str(results["best_step"])]
   assert {r["step"] for r in _metrics(tmp_path) if "train/loss" in r} == {2, 4}
+  # The head and its label names, for predict and export.
+  meta = json.loads((tmp_path / "config.json").read_text())
+  head, id2label = ("regression", ["score"]) if task == "stsb" else ("classification", ["0", "1"])
+  assert (meta["task"], meta["head"], meta["id2label"], meta["max_seq_length"]) == (task, head, id2label, 64)
+  assert meta["num_labels"] == len(id2label)
 
 
 def test_squad_v1_on_a_dev_slice_writes_official_predictions(data, tmp_path):
