@@ -18,8 +18,9 @@ one row of the table.
 `checkpoints.load` reads: the model shape and vocabulary come from SRC (a model
 field set on the command line must agree with it), the heads SRC lacks start
 from the run's seed and the log names them, the optimizer is new and the step
-starts at 0, and held-out metrics are logged at step 0 (SRC's own). Once the
-workdir has a checkpoint, a restart resumes it and does not read SRC.
+starts at 0, held-out metrics are logged at step 0 (SRC's own) and the starting
+state is saved as checkpoint 0, so that a restart resumes the workdir and never
+reads SRC again.
 
 The workdir holds:
   config.json         the model config (albert_jax checkpoint format, so tools can read the workdir)
@@ -433,10 +434,12 @@ def train_and_evaluate(
       tokens_per_batch=config.batch_size * config.data.max_seq_length,
       flops_per_step=step_flops,
     )
-    if restored is None and source_params is not None and config.eval_every_steps:
-      for name, scores in trainer.evaluate(state).items():  # where the loaded model starts
+    if restored is None and source_params is not None:
+      for name, scores in (trainer.evaluate(state) if config.eval_every_steps else {}).items():  # SRC's own scores
         logging.info("%s at step 0 (init_checkpoint): %s", name, " ".join(f"{k} {v:.4f}" for k, v in scores.items()))
         writer.write(0, name, scores)
+      # The starting point as step 0: from here on a restart resumes the workdir and never reads SRC again.
+      manager.save(0, args=checkpointing.composite(trainer.save_items(state)), force=True)
     outcome = loop.run(config, trainer, state, mesh, manager, writer, dropout_rng)
     manager.close()
     writer.close()
