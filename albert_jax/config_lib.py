@@ -114,6 +114,13 @@ def pretraining(preset: str = "base") -> ml_collections.ConfigDict:
   c.data.read_threads = 4  # grain threads reading and pairing documents
   c.data.num_shards = 0  # data shards of the global stream (0 = one per process); fixed, batches match any host count
 
+  # Continued pretraining and the sentence objective (the paper's Table 5 ablation; trainers/pretraining.py).
+  # SRC to start from: HF AlbertForPreTraining/AlbertForMaskedLM dir, original TF checkpoint, albert_jax checkpoint or
+  # workdir, fine-tuning workdir (its backbone). Its model shape and vocabulary are used, heads it lacks start fresh,
+  # the optimizer starts at step 0; '' = random init. Once WORKDIR has a checkpoint, a restart resumes WORKDIR.
+  c.init_checkpoint = ""
+  c.sentence_objective = "sop"  # 'sop' (ALBERT), 'nsp' (BERT's next-sentence prediction) or 'none' (MLM only)
+
   c.batch_size = 4096  # global batch, over all devices and hosts
   _add_optimizer(c, "lamb", learning_rate=0.00176, warmup_steps=3125, num_train_steps=125_000)
   _add_parallelism(c)

@@ -1,6 +1,7 @@
 """Pretraining (MLM + SOP): `python -m albert_jax.train --config=experiments/tiny.py --workdir=DIR`.
 
-Resumes from the newest checkpoint in DIR. The trainer is
+Resumes from the newest checkpoint in DIR; `--config.init_checkpoint=SRC` continues pretraining from any checkpoint
+(`--config.sentence_objective=sop|nsp|none`: the paper's Table 5). The trainer is
 `albert_jax.trainers.pretraining.train_and_evaluate`; ARCHITECTURE.md follows one batch through it.
 """
 
@@ -17,7 +18,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metr
 
 
 def main():
-  cli.run_trainer(lambda: pretraining.train_and_evaluate(_CONFIG.value, _WORKDIR.value))
+  command_line = config_flags.get_override_values(flags.FLAGS["config"])  # what --config.X=... set
+  cli.run_trainer(lambda: pretraining.train_and_evaluate(_CONFIG.value, _WORKDIR.value, command_line))
 
 
 if __name__ == "__main__":

@@ -211,6 +211,49 @@ def test_swapped_pairs_are_b_before_a_of_the_document(many, text, tokenizer):
   assert checked[0] > 100 and checked[1] > 100
 
 
+def _mask_statistics(examples, counts, tokenizer) -> dict[str, float]:
+  """The masking's shares: masked of maskable tokens, n-gram sizes drawn and masked, [MASK] / same / random."""
+  stats = {"masked": counts["masked_tokens"] / counts["maskable_tokens"]}
+  for kind in ("ngram_drawn", "ngram"):
+    total = sum(counts[f"{kind}_{n}"] for n in (1, 2, 3))
+    stats.update({f"{kind}_{n}": counts[f"{kind}_{n}"] / total for n in (1, 2, 3)})
+  shown = np.concatenate([e["input_ids"][e["masked_lm_positions"][e["masked_lm_weights"] > 0]] for e in examples])
+  labels = np.concatenate([e["masked_lm_ids"][e["masked_lm_weights"] > 0] for e in examples])
+  stats["mask"] = np.mean(shown == tokenizer.mask_id)
+  stats["same"] = np.mean(shown == labels)
+  return stats
+
+
+def test_nsp_pairs_are_half_next_half_from_another_document_with_the_same_masking(many, text, tokenizer):
+  stats = pipeline.PipelineStats()
+  examples = _examples(text, tokenizer, num_epochs=2, stats=stats, sentence_task="nsp")
+  labels = np.array([int(e["sentence_order_label"]) for e in examples])
+  assert len(examples) > 4000 and abs(labels.mean() - 0.5) < 0.02
+  # Every document's tokens end to end, to find which documents hold a segment.
+  docs = [np.asarray(text[i]["tokens"]) for i in range(len(text))]
+  starts = np.cumsum([0] + [len(d) + 1 for d in docs])
+  everything = np.concatenate([np.append(d, -1) for d in docs])
+  checked = collections.Counter()
+  for example in examples[:1500]:
+    first, second = _segments(example, tokenizer)
+    own = int(example["document"])
+    assert _find(docs[own], first), "A is a piece of its own document"
+    holders = set(np.searchsorted(starts, _find(everything, second), side="right") - 1)
+    if example["sentence_order_label"]:  # random next: B is a piece of another document (the same text may recur)
+      assert holders - {own}, example
+      checked["random"] += own not in holders
+    else:  # is next: A then B, in order, in its own document
+      assert own in holders
+      if len(first) + len(second) < SEQ - 3:
+        assert _find(docs[own], np.concatenate([first, second])), example
+        checked["next"] += 1
+  assert checked["random"] > 500 and checked["next"] > 200
+  # The masking is the pipeline's, whatever the pairs.
+  nsp, sop = _mask_statistics(examples, stats.snapshot(), tokenizer), _mask_statistics(*many, tokenizer)
+  for key in sop:
+    assert abs(nsp[key] - sop[key]) < 0.01, (key, nsp[key], sop[key])
+
+
 def test_same_seed_gives_the_same_batches(text_config, tokenizer):
   def batches(seed):
     dataset, _ = pipeline.make_pretraining_data(

@@ -93,6 +93,31 @@ def test_sharded_steps_match_one_device(mesh, expected_ffn_spec, expected_embedd
   assert moments and all(spec(m) == expected_ffn_spec for m in moments)
 
 
+def test_without_a_sentence_objective_the_sentence_head_gets_no_gradient():
+  """sentence_objective='none': one real training step (no weight decay, so a zero gradient is a zero update)
+  moves the MLM head and leaves the pooler and the SOP classifier bitwise where they were."""
+  config = _small_config(data=1)
+  config.update(sentence_objective="none", weight_decay=0.0, warmup_steps=0)
+  mesh, rules = sharding.create_mesh(config.mesh, devices=jax.devices()[:1]), sharding.axis_rules(config)
+  setup = pretraining.build(config, config_lib.model_config(config), mesh, rules)
+  with jax.set_mesh(mesh), nn_partitioning.axis_rules(rules):
+    state = setup.init(jax.random.PRNGKey(0))
+    before = jax.device_get(state.params)
+    batch = sharding.global_batch(next(_random_batches(config, 1)), mesh)
+    state, metrics = setup.train_step(state, batch, jax.random.PRNGKey(1))
+  after = jax.device_get(state.params)
+  moved = {
+    name: any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(tree(before)), jax.tree.leaves(tree(after))))
+    for name, tree in {
+      "sop_classifier": lambda p: p["sop_classifier"],
+      "pooler": lambda p: p["albert"]["pooler"],
+      "predictions": lambda p: p["predictions"],
+    }.items()
+  }
+  assert moved == {"sop_classifier": False, "pooler": False, "predictions": True}
+  assert "sop_loss_sum" not in metrics and float(metrics["grad_norm"]) > 0
+
+
 def test_batch_not_divisible_by_data_parallel_size(tmp_path):
   config = _small_config(data=8)
   config.batch_size = 12

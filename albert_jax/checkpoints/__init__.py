@@ -17,17 +17,19 @@ from albert_jax.checkpoints.errors import CheckpointError
 from albert_jax.checkpoints.native import FORMAT, FORMAT_VERSION, save  # noqa: F401  (the public API)
 
 
-def load(path) -> tuple[model_lib.AlbertConfig, dict[str, Any]]:
+def load(path, complete: bool = True) -> tuple[model_lib.AlbertConfig, dict[str, Any]]:
   """Any checkpoint source → `(config, {'params': ...})` of `AlbertForPreTraining`.
 
   Sources: an albert_jax checkpoint directory or pretraining workdir, a Hugging Face ALBERT directory, or an
   original google-research/albert TensorFlow checkpoint (its prefix, or a directory holding it and
   `albert_config.json`). A fine-tuning workdir gives the parameters of its best checkpoint instead: its task
   model's (the `albert` backbone, without the pooler under a span head, and the head; `task_head` names it).
+  A released checkpoint without an SOP head gets a fresh one, unless `complete=False` (then it has none: continued
+  pretraining initialises what is missing from its own seed and says so).
   """
   tf_prefix = original_tf.find_prefix(path)
   if tf_prefix is not None:
-    return original_tf.load(tf_prefix)
+    return original_tf.load(tf_prefix, complete)
   directory = storage.path(path)  # orbax reads absolute paths only: `--checkpoint=workdirs/tiny`
   if not directory.is_dir():
     raise CheckpointError(
@@ -40,7 +42,7 @@ def load(path) -> tuple[model_lib.AlbertConfig, dict[str, Any]]:
   meta = hf.read_json(config_file)
   if meta.get("format") == FORMAT:
     return native.load(directory, meta)
-  return hf.load_hf(directory)
+  return hf.load_hf(directory, complete)
 
 
 def task_head(params: dict[str, Any]) -> tuple[str, ...]:

@@ -39,8 +39,9 @@ HF_CONFIG_FIELDS = (
   "initializer_range",
   "layer_norm_eps",
 )
-# Heads that released checkpoints may lack (albert-base-v2 has no SOP head): initialised fresh, with a warning.
-OPTIONAL_PREFIXES = ("sop_classifier/",)
+# Heads that released checkpoints may lack (albert-base-v2 has no SOP head; an `AlbertForMaskedLM` directory has no
+# pooler either): initialised fresh, with a warning.
+OPTIONAL_PREFIXES = ("sop_classifier/", "albert/pooler/")
 
 
 # The name map: one row per tensor, (Hugging Face key, params path, to_flax, to_hf).
@@ -140,8 +141,9 @@ def _normalise_hf_keys(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return out
 
 
-def hf_to_params(state: dict[str, np.ndarray], cfg: model_lib.AlbertConfig) -> dict[str, Any]:
-  """A Hugging Face `AlbertForPreTraining` state dict → the `{'params': ...}` tree of `AlbertForPreTraining`."""
+def hf_to_params(state: dict[str, np.ndarray], cfg: model_lib.AlbertConfig, complete: bool = True) -> dict[str, Any]:
+  """A Hugging Face `AlbertForPreTraining` state dict → the `{'params': ...}` tree of `AlbertForPreTraining`; with
+  `complete=False` the heads the state lacks (OPTIONAL_PREFIXES) are left out instead of initialised."""
   state = _normalise_hf_keys(state)
   expected = _abstract_params(cfg)
   flat, used = {}, set()
@@ -167,7 +169,7 @@ def hf_to_params(state: dict[str, np.ndarray], cfg: model_lib.AlbertConfig) -> d
   unused = sorted(k for k in set(state) - used if not k.startswith("predictions.decoder."))
   if unused:
     logging.warning("Ignoring %d tensors not used by AlbertForPreTraining: %s", len(unused), unused[:8])
-  return _complete({"params": _unflatten(flat)}, cfg)
+  return _complete({"params": _unflatten(flat)}, cfg) if complete else {"params": _unflatten(flat)}
 
 
 def _converted(value, hf_key, to_flax, want):
@@ -311,7 +313,7 @@ def read_hf_weights(directory: epath.Path) -> dict[str, np.ndarray]:
   raise CheckpointError(f"{directory} has config.json but no model.safetensors or pytorch_model.bin.")
 
 
-def load_hf(directory) -> tuple[model_lib.AlbertConfig, dict[str, Any]]:
+def load_hf(directory, complete: bool = True) -> tuple[model_lib.AlbertConfig, dict[str, Any]]:
   directory = storage.path(directory)
   cfg = config_from_hf(read_json(directory / "config.json"))
-  return cfg, hf_to_params(read_hf_weights(directory), cfg)
+  return cfg, hf_to_params(read_hf_weights(directory), cfg, complete)

@@ -314,7 +314,7 @@ def to_hf_state(variables: dict[str, np.ndarray], cfg: model_lib.AlbertConfig) -
   return state
 
 
-def load(prefix) -> tuple[model_lib.AlbertConfig, dict[str, Any]]:
+def load(prefix, complete: bool = True) -> tuple[model_lib.AlbertConfig, dict[str, Any]]:
   """An original ALBERT TF checkpoint (prefix, with `albert_config.json` beside it) → (config, params)."""
   prefix = epath.Path(prefix)
   config_file = _find_config(prefix)
@@ -327,4 +327,4 @@ def load(prefix) -> tuple[model_lib.AlbertConfig, dict[str, Any]]:
     variables = read_bundle(prefix, skip=lambda name: bool(_SKIPPED.search(name)))
   except (OSError, ValueError, IndexError, struct.error) as e:
     raise CheckpointError(f"Cannot read the TensorFlow checkpoint {prefix}: {e}") from None
-  return cfg, hf.hf_to_params(to_hf_state(variables, cfg), cfg)
+  return cfg, hf.hf_to_params(to_hf_state(variables, cfg), cfg, complete)

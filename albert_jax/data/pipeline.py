@@ -34,6 +34,17 @@ Deliberate differences, each to make a stated property hold:
     piece that starts B to the last word of A), and random replacements are
     drawn from the non-special vocabulary.
 
+`sentence_task='nsp'` makes BERT's next-sentence pairs instead (google-research/bert
+`create_pretraining_data.py`, the ALBERT paper's Table 5 ablation): the chunk's A
+is kept, and with probability 0.5 its B is replaced by sentences of a random other
+document of the split, from a random sentence on until B reaches the target
+length less A (`sentence_order_label` 1, "random next"); the chunk's sentences
+after A then start the next chunk, as the original "puts them back". The label
+is drawn for a chunk of one sentence too (the original always takes a random B
+there), so that exactly half the pairs are random, and a random B never comes
+from the same document (the original tries 10 draws). Masking is the same for
+both tasks.
+
 Config fields read (`config.data`, an `ml_collections.ConfigDict` or any object
 with these attributes; those with defaults are optional):
   source: 'builtin', 'files', or a TFDS catalog name such as
@@ -58,7 +69,7 @@ import collections
 import dataclasses
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grain
@@ -79,8 +90,10 @@ FEATURES = (
   "masked_lm_positions",
   "masked_lm_ids",
   "masked_lm_weights",
-  "sentence_order_label",
+  "sentence_order_label",  # 1: B is not A's continuation (swapped for 'sop', from another document for 'nsp')
 )
+# The sentence-pair tasks: ALBERT's sentence-order prediction and BERT's next-sentence prediction.
+SENTENCE_TASKS = ("sop", "nsp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +105,7 @@ class PairingOptions:
   short_seq_prob: float = 0.1
   masked_lm_prob: float = 0.15
   max_ngram: int = 3
+  sentence_task: str = "sop"  # 'sop' (B swapped with A half the time) or 'nsp' (B from another document half the time)
 
   def __post_init__(self):
     if self.max_seq_length < 5:
@@ -102,10 +116,13 @@ class PairingOptions:
       raise ValueError("max_predictions_per_seq and max_ngram must be >= 1.")
     if not 0 <= self.short_seq_prob <= 1 or not 0 < self.masked_lm_prob < 1:
       raise ValueError("short_seq_prob must be in [0, 1] and masked_lm_prob in (0, 1).")
+    if self.sentence_task not in SENTENCE_TASKS:
+      raise ValueError(f"sentence_task={self.sentence_task!r}: use one of {SENTENCE_TASKS}.")
 
   @classmethod
-  def from_config(cls, config_data: Any) -> "PairingOptions":
-    return cls(**{f.name: getattr(config_data, f.name) for f in dataclasses.fields(cls)})
+  def from_config(cls, config_data: Any, sentence_task: str = "sop") -> "PairingOptions":
+    fields = [f.name for f in dataclasses.fields(cls) if f.name != "sentence_task"]
+    return cls(sentence_task=sentence_task, **{name: getattr(config_data, name) for name in fields})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,9 +233,15 @@ class ExampleMaker:
     self._ngram_cdf = np.cumsum(ngram_p / ngram_p.sum())
 
   def __call__(
-    self, tokens: np.ndarray, sentence_lengths: np.ndarray, rng: np.random.Generator, counts: collections.Counter
+    self,
+    tokens: np.ndarray,
+    sentence_lengths: np.ndarray,
+    rng: np.random.Generator,
+    counts: collections.Counter,
+    random_document: Callable[[np.random.Generator], Mapping[str, np.ndarray]] | None = None,
   ) -> list[dict[str, np.ndarray]]:
-    """All examples of one document, in document order."""
+    """All examples of one document, in document order; `random_document(rng)` gives another document's record
+    (`tokens`, `sentence_lengths`), needed for 'nsp'."""
     tokens = np.asarray(tokens, np.int32)
     bounds = np.concatenate([[0], np.cumsum(sentence_lengths, dtype=np.int64)])
     num_sentences = len(sentence_lengths)
@@ -231,34 +254,50 @@ class ExampleMaker:
         counts["short_targets"] += 1
       end = int(np.searchsorted(bounds, bounds[start] + target, side="left"))
       end = min(max(end, start + 1), num_sentences)
-      pair = self._split_chunk(tokens, bounds, start, end, rng, counts)
+      pair, next_start = self._split_chunk(tokens, bounds, start, end, target, rng, counts, random_document)
       if pair is not None:
         examples.append(self._example(*pair, rng, counts))
-      start = end
+      start = next_start
     counts["documents"] += 1
     counts["sequences"] += len(examples)
     return examples
 
-  def _split_chunk(self, tokens, bounds, start, end, rng, counts):
-    """(first, second, label): the chunk split into A and B, maybe swapped."""
+  def _split_chunk(self, tokens, bounds, start, end, target, rng, counts, random_document):
+    """((first, second, label) or None, the sentence the next chunk starts at): the chunk split into A and B, then
+    B swapped with A ('sop') or replaced by another document's sentences ('nsp'), with probability 0.5."""
+    a_sentences = None  # the sentence B starts at, when A ends at a sentence boundary
     if end - start >= 2:
-      a_end = bounds[start + int(rng.integers(1, end - start))]
+      a_sentences = start + int(rng.integers(1, end - start))
+      a_end = bounds[a_sentences]
     elif bounds[end] - bounds[start] >= 2:
       a_end = bounds[start] + int(rng.integers(1, bounds[end] - bounds[start]))
       counts["split_within_sentence"] += 1
     else:
       counts["skipped_one_token_chunks"] += 1
-      return None
+      return None, end
     seg_a, seg_b = tokens[bounds[start] : a_end], tokens[a_end : bounds[end]]
     label = int(rng.random() < 0.5)
-    if label:
+    if label and self.options.sentence_task == "nsp":
+      seg_b = self._random_next(random_document(rng), target - len(seg_a), rng)
+      counts["random_next"] += 1
+      end = end if a_sentences is None else a_sentences  # B's own sentences start the next chunk
+    elif label:
       seg_a, seg_b = seg_b, seg_a
     drop_a, drop_b = _truncation(len(seg_a), len(seg_b), self.max_num_tokens)
     if drop_a or drop_b:
       counts["truncated_pairs"] += 1
       counts["truncated_tokens"] += drop_a + drop_b
       seg_a, seg_b = _truncate(seg_a, drop_a, rng), _truncate(seg_b, drop_b, rng)
-    return seg_a, seg_b, label
+    return (seg_a, seg_b, label), end
+
+  @staticmethod
+  def _random_next(record: Mapping[str, np.ndarray], length: int, rng: np.random.Generator) -> np.ndarray:
+    """Sentences of `record` from a random one on, until they hold `length` tokens or the document ends."""
+    lengths = np.asarray(record["sentence_lengths"], np.int64)
+    bounds = np.concatenate([[0], np.cumsum(lengths)])
+    first = int(rng.integers(0, len(lengths)))
+    last = min(int(np.searchsorted(bounds, bounds[first] + max(length, 1), side="left")), len(lengths))
+    return np.asarray(record["tokens"], np.int32)[bounds[first] : bounds[max(last, first + 1)]]
 
   def _example(self, seg_a, seg_b, label, rng, counts):
     """`[CLS] A [SEP] B [SEP]`, padded, with its masked LM targets."""
@@ -372,12 +411,19 @@ class _DocumentExamples:
     record = self._source[int(document)]
     rng = np.random.default_rng([self._seed, epoch, int(document)])
     counts = collections.Counter()
-    examples = self._maker(record["tokens"], record["sentence_lengths"], rng, counts)
+    examples = self._maker(
+      record["tokens"], record["sentence_lengths"], rng, counts, lambda rng: self._other_document(int(document), rng)
+    )
     self._stats.add(counts)
     for example in examples:
       example["document"] = np.int64(document)
       example["epoch"] = np.int64(epoch)
     return examples
+
+  def _other_document(self, document: int, rng: np.random.Generator) -> Mapping[str, np.ndarray]:
+    """A document of the split other than `document`, uniformly (NSP's random next)."""
+    other = int(rng.integers(0, len(self._source) - 1))
+    return self._source[other + (other >= document)]
 
 
 class _Unlist(grain.experimental.FlatMapTransform):
@@ -431,6 +477,10 @@ def example_dataset(
   """
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index={process_index} must be in [0, {process_count}).")
+  if options.sentence_task == "nsp" and len(source) < 2:
+    raise ValueError(
+      "Next-sentence pairs take B from another document, but the split has only one; use a larger corpus."
+    )
   documents = grain.MapDataset.range(len(source))[process_index::process_count]
   if not len(documents):
     raise ValueError(
@@ -600,6 +650,7 @@ def make_pretraining_data(
   num_epochs: int | None = None,
   data_dir: str | None = None,
   model_vocab_size: int | None = None,
+  sentence_task: str = "sop",
 ) -> tuple[grain.IterDataset, PipelineStats]:
   """This process's batches of masked SOP examples, and their counters.
 
@@ -617,6 +668,7 @@ def make_pretraining_data(
       evaluate a fixed number of batches of a repeated one on several hosts.
     data_dir: default location of prepared datasets (e.g. WORKDIR/tfds).
     model_vocab_size: `config.model.vocab_size`, checked against the tokenizer.
+    sentence_task: the pairs: 'sop' (sentence order) or 'nsp' (next sentence).
 
   Returns:
     (dataset, stats): `iter(dataset)` is a checkpointable grain iterator
@@ -629,7 +681,7 @@ def make_pretraining_data(
     process_count = jax.process_count() if process_count is None else process_count
   if batch_size % process_count:
     raise ValueError(f"batch_size={batch_size} is not divisible by the {process_count} processes; choose a multiple.")
-  options = PairingOptions.from_config(config_data)
+  options = PairingOptions.from_config(config_data, sentence_task)
   vocab = Vocab.from_tokenizer(tokenizer, model_vocab_size)
   stats = PipelineStats()
   examples = example_dataset(
