@@ -64,13 +64,10 @@ def task_model(spec: tasks.TaskSpec, model_config: model_lib.AlbertConfig, task_
 
   `task_config` (config.task) gives the XLNet span head its beam sizes.
   """
-  if spec.head == "span":
-    return model_lib.AlbertForQuestionAnswering(model_config)
-  if spec.head == "span_xlnet":
-    return model_lib.AlbertForQuestionAnsweringXLNet(model_config, task_config.start_n_top, task_config.end_n_top)
-  if spec.head == "multiple_choice":
-    return model_lib.AlbertForMultipleChoice(model_config)
-  return model_lib.AlbertForSequenceClassification(model_config, spec.num_labels)
+  n_top = (
+    {"start_n_top": task_config.start_n_top, "end_n_top": task_config.end_n_top} if spec.head == "span_xlnet" else {}
+  )
+  return model_lib.for_head(spec.head, model_config, spec.num_labels, **n_top)
 
 
 def model_inputs(head: str, training: bool) -> tuple[str, ...]:

@@ -1,0 +1,203 @@
+"""Predictions of a fine-tuned model on new inputs (`python -m albert_jax.predict --checkpoint=FINETUNED`).
+
+A row is a dict of texts; which fields it needs depends on the head the checkpoint holds (`FIELDS`):
+text [+ text_pair] (classification, regression), question + context (the span heads), text + choices (multiple
+choice, an optional question joined to each choice as RACE does). Rows become features through the task
+modules' own code (`glue.to_features`, `squad.make_features`, `race.to_features`) and the outputs become answers
+through their post-processing (`squad.postprocess`, `squad.postprocess_xlnet`), so a prediction is what the
+fine-tuning evaluation would have made of the same input.
+
+Rows are run in batches of similar length: sorted by length, each batch cut to the smallest power of two that
+holds its longest row, so that many rows reuse a few compiled programs. Each answer carries label names with
+probabilities, as the Hugging Face pipelines give them, and the raw logits.
+"""
+
+import operator
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from albert_jax import checkpoints
+from albert_jax import model as model_lib
+from albert_jax.tasks import fill_mask, glue, race, squad
+from albert_jax.tasks.fill_mask import InputError
+
+# Per head: the row fields it needs, then those it may have.
+FIELDS = {
+  "classification": (("text",), ("text_pair",)),
+  "regression": (("text",), ("text_pair",)),
+  "span": (("question", "context"), ()),
+  "span_xlnet": (("question", "context"), ()),
+  "multiple_choice": (("text", "choices"), ("question",)),
+}
+_MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+_MIN_LENGTH_BUCKET = 16
+# SQuAD's windows and decoding when the checkpoint does not record them (config_lib.finetuning's defaults).
+SQUAD_DEFAULTS = {"doc_stride": 128, "max_query_length": 64, "n_best_size": 20, "max_answer_length": 30}
+
+
+class Predictor:
+  """A fine-tuned model, its tokenizer and what its head answers with; `predict(rows)` answers rows.
+
+  Args:
+    source: a fine-tuning workdir or a Hugging Face directory of a head's class (`checkpoints.head_info`).
+    tokenizer: the model's `tokenizer.Tokenizer`.
+    batch_size: rows per model call.
+    max_seq_length: tokens per input; default: the fine-tuning's, else the model's maximum.
+    null_threshold: the span heads answer "" (no answer) where the null odds exceed it; None: never, unless the
+      model was fine-tuned on SQuAD 2.0 (then 0).
+  """
+
+  def __init__(self, source, tokenizer, batch_size: int = 32, max_seq_length: int | None = None, null_threshold=None):
+    self.info = checkpoints.head_info(source)
+    if self.info is None or self.info.head not in FIELDS:
+      raise InputError(
+        f"{source} holds no fine-tuned head that predict knows ({', '.join(FIELDS)}); a pretrained model fills "
+        "masks instead: pass --text with [MASK]."
+      )
+    self.config, params = checkpoints.load(source)
+    self.params = params["params"]
+    self.tokenizer = tokenizer
+    self.batch_size = batch_size
+    limit = self.config.max_position_embeddings
+    self.max_seq_length = min(max_seq_length or self.info.max_seq_length or limit, limit)
+    if null_threshold is None and self.info.task == "squad_v2":
+      null_threshold = 0.0
+    self.null_threshold = null_threshold
+    head = self.info.head
+    num_labels = (
+      int(np.shape(self.params["classifier_head"]["classifier"]["kernel"])[-1])
+      if head
+      in (
+        "classification",
+        "regression",
+      )
+      else 2
+    )
+    self.labels = self.info.labels or tuple(f"LABEL_{i}" for i in range(num_labels))
+    model = model_lib.for_head(head, self.config, num_labels)
+    # One compilation per batch shape.
+    self._apply = jax.jit(lambda params, batch: model.apply({"params": params}, **batch, deterministic=True))
+
+  def predict(self, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One answer per row, in order (see the module docstring)."""
+    head = self.info.head
+    rows = [_checked(head, number, row) for number, row in enumerate(rows, start=1)]
+    if not rows:
+      return []
+    if head in ("classification", "regression"):
+      examples = [glue.Example(str(i), r["text"], r.get("text_pair"), None) for i, r in enumerate(rows)]
+      features = glue.to_features(examples, self.tokenizer, self.max_seq_length, head == "regression")
+      return [self._sequence_answer(logits) for logits in self._run(features)]
+    if head == "multiple_choice":
+      choices = {len(r["choices"]) for r in rows}
+      if choices != {race.NUM_CHOICES}:
+        raise InputError(
+          f"The multiple-choice head reads {race.NUM_CHOICES} choices per question; pass exactly that many."
+        )
+      examples = [
+        race.Example(str(i), "", r["text"], r.get("question", ""), tuple(r["choices"]), -1) for i, r in enumerate(rows)
+      ]
+      features = race.to_features(examples, self.tokenizer, self.max_seq_length, self.max_seq_length)
+      return [self._choice_answer(row, logits) for row, logits in zip(rows, self._run(features))]
+    return self._span_answers(rows)
+
+  def _run(self, features: dict[str, np.ndarray], positional: tuple[str, ...] = ()) -> Any:
+    """The head's outputs for every row of `features`, in order, run in batches of similar length.
+
+    `positional`: outputs with one value per token, padded back to the features' length with -1e30.
+    """
+    inputs = {k: v for k, v in features.items() if k in (*_MODEL_INPUTS, "p_mask")}
+    mask = inputs["attention_mask"]
+    lengths = mask.reshape(len(mask), -1, mask.shape[-1]).sum(-1).max(-1)
+    order = np.argsort(lengths, kind="stable")
+    full = mask.shape[-1]
+    outputs = []
+    for start in range(0, len(order), self.batch_size):
+      chunk = order[start : start + self.batch_size]
+      length = fill_mask.bucket(int(lengths[chunk].max()), _MIN_LENGTH_BUCKET, full)
+      rows = fill_mask.bucket(len(chunk), 1, self.batch_size)
+      batch = {k: _pad_rows(v[chunk][..., :length], rows) for k, v in inputs.items()}
+      out = jax.device_get(self._apply(self.params, batch))
+      out = jax.tree.map(operator.itemgetter(slice(0, len(chunk))), out)
+      if positional:
+        out = {
+          k: np.pad(v, [(0, 0), (0, full - length)], constant_values=-1e30) if k in positional else v
+          for k, v in out.items()
+        }
+      outputs.append(out)
+    stacked = jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
+    return jax.tree.map(lambda a: a[np.argsort(order, kind="stable")], stacked)
+
+  def _sequence_answer(self, logits: np.ndarray) -> dict[str, Any]:
+    logits = np.asarray(logits, np.float64).reshape(-1)
+    if self.info.head == "regression":
+      return {"score": float(logits[0]), "logits": logits.tolist()}
+    probabilities = _softmax(logits)
+    ranked = np.argsort(-probabilities, kind="stable")
+    return {
+      "label": self.labels[ranked[0]],
+      "score": float(probabilities[ranked[0]]),
+      "scores": [{"label": self.labels[i], "score": float(probabilities[i])} for i in ranked],
+      "logits": logits.tolist(),
+    }
+
+  def _choice_answer(self, row: dict[str, Any], logits: np.ndarray) -> dict[str, Any]:
+    logits = np.asarray(logits, np.float64)
+    probabilities = _softmax(logits)
+    best = int(np.argmax(logits))
+    return {
+      "label": row["choices"][best],
+      "index": best,
+      "score": float(probabilities[best]),
+      "scores": probabilities.tolist(),
+      "logits": logits.tolist(),
+    }
+
+  def _span_answers(self, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    examples = [squad.Example(str(i), r["question"], r["context"], (), -1, True) for i, r in enumerate(rows)]
+    options = SQUAD_DEFAULTS
+    stride = min(options["doc_stride"], self.max_seq_length // 2)
+    query = min(options["max_query_length"], self.max_seq_length // 2)
+    features, index = squad.make_features(examples, self.tokenizer, self.max_seq_length, stride, query)
+    sizes = options["n_best_size"], options["max_answer_length"]
+    if self.info.head == "span_xlnet":
+      answers, null_odds, nbest = squad.postprocess_xlnet(self._run(features), index, *sizes)
+      scores = {q: entries[0]["probability"] for q, entries in nbest.items()}
+    else:
+      outputs = self._run(features, positional=("start_logits", "end_logits"))
+      answers, null_odds = squad.postprocess(outputs["start_logits"], outputs["end_logits"], index, *sizes)
+      scores = None
+    if self.null_threshold is not None:
+      answers = squad.apply_null_threshold(answers, null_odds, float(self.null_threshold))
+    out = []
+    for example in index.examples:
+      answer = {"answer": answers[example.qid], "null_odds": float(null_odds[example.qid])}
+      if scores is not None:
+        answer["score"] = float(scores[example.qid])
+      out.append(answer)
+    return out
+
+
+def _checked(head: str, number: int, row: dict[str, Any]) -> dict[str, Any]:
+  """The row, after checking that it has the fields the head needs, each a non-empty text (choices: a list)."""
+  needed, optional = FIELDS[head]
+  missing = [f for f in needed if not row.get(f)]
+  if missing:
+    given = " ".join(f"--{f}" for f in needed)
+    raise InputError(f"Row {number} has no {', '.join(missing)}; the {head} head needs {given}.")
+  unknown = sorted(set(row) - set(needed) - set(optional))
+  if unknown:
+    raise InputError(f"Row {number} has {', '.join(unknown)}, which the {head} head does not read; remove it.")
+  return row
+
+
+def _pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
+  return np.concatenate([a, np.zeros((rows - len(a), *a.shape[1:]), a.dtype)]) if rows > len(a) else a
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+  e = np.exp(logits - logits.max())
+  return e / e.sum()
