@@ -78,6 +78,7 @@ class Predictor:
     )
     self.labels = self.info.labels or tuple(f"LABEL_{i}" for i in range(num_labels))
     model = model_lib.for_head(head, self.config, num_labels)
+    self._inputs = (*_MODEL_INPUTS, "p_mask") if head == "span_xlnet" else _MODEL_INPUTS  # as finetuning.model_inputs
     # One compilation per batch shape.
     self._apply = jax.jit(lambda params, batch: model.apply({"params": params}, **batch, deterministic=True))
 
@@ -109,7 +110,7 @@ class Predictor:
 
     `positional`: outputs with one value per token, padded back to the features' length with -1e30.
     """
-    inputs = {k: v for k, v in features.items() if k in (*_MODEL_INPUTS, "p_mask")}
+    inputs = {k: features[k] for k in self._inputs}
     mask = inputs["attention_mask"]
     lengths = mask.reshape(len(mask), -1, mask.shape[-1]).sum(-1).max(-1)
     order = np.argsort(lengths, kind="stable")
