@@ -516,6 +516,21 @@ class AlbertForSequenceClassification(nn.Module):
     return _Classifier(self.config, self.num_labels, name="classifier_head")(pooled, deterministic)
 
 
+class AlbertForTokenClassification(nn.Module):
+  """Tagging head (NER, POS): dropout then `classifier` on every token, Hugging Face's layout (no pooler)."""
+
+  config: AlbertConfig
+  num_labels: int = 2
+
+  @nn.compact
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, deterministic=True):
+    sequence, _ = AlbertModel(self.config, add_pooling_layer=False, name="albert")(
+      input_ids, attention_mask, token_type_ids, deterministic
+    )
+    x = nn.Dropout(self.config.classifier_dropout_prob)(sequence, deterministic=deterministic)
+    return _dense(self.config, self.num_labels, ("hidden", None), "classifier")(x).astype(jnp.float32)
+
+
 class AlbertForQuestionAnswering(nn.Module):
   """SQuAD span head: start and end logits per token ([CLS] scores the null answer)."""
 
@@ -673,4 +688,6 @@ def for_head(head: str, config: AlbertConfig, num_labels: int = 2, start_n_top: 
     return AlbertForQuestionAnsweringXLNet(config, start_n_top, end_n_top)
   if head == "multiple_choice":
     return AlbertForMultipleChoice(config)
+  if head == "tagging":
+    return AlbertForTokenClassification(config, num_labels)
   return AlbertForSequenceClassification(config, num_labels)

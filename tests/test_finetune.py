@@ -125,6 +125,11 @@ def test_glue_task_trains_evaluates_keeps_the_best_and_writes_predictions(task, 
     assert results["best_step"] == max(defined, key=lambda s: (defined[s], -s))
   assert [p.name for p in (tmp_path / "best").iterdir() if p.name.isdigit()] == [str(results["best_step"])]
   assert {r["step"] for r in _metrics(tmp_path) if "train/loss" in r} == {2, 4}
+  # The head and its label names, for predict and export.
+  meta = json.loads((tmp_path / "config.json").read_text())
+  head, id2label = ("regression", ["score"]) if task == "stsb" else ("classification", ["0", "1"])
+  assert (meta["task"], meta["head"], meta["id2label"], meta["max_seq_length"]) == (task, head, id2label, 64)
+  assert meta["num_labels"] == len(id2label)
 
 
 def test_squad_v1_on_a_dev_slice_writes_official_predictions(data, tmp_path):

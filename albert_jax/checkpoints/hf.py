@@ -142,6 +142,7 @@ HEADS = {
   "regression": _SEQUENCE_CLASSIFIER,
   "span": Head("AlbertForQuestionAnswering", _dense_rows("qa_outputs", "qa_outputs"), pooler=False),
   "multiple_choice": Head("AlbertForMultipleChoice", _dense_rows("classifier", "classifier_head/classifier")),
+  "tagging": Head("AlbertForTokenClassification", _dense_rows("classifier", "classifier"), pooler=False),
 }
 
 

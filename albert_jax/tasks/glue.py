@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+from albert_jax.tasks import family, metrics
+
 _MAX_LOGGED = 10  # Malformed lines logged one by one per file; then a summary.
 
 
@@ -460,3 +462,65 @@ def write_submission(
     for example, prediction in zip(examples, strings):
       f.write(f"{example.index}\t{prediction}\n")
   return path
+
+
+# ---------------------------------------------------------------------------
+# The task family interface (`albert_jax.tasks.family`).
+
+NAMES = tuple(TASKS)
+
+
+def task_spec(task_config: Any) -> family.TaskSpec:
+  task = get_task(task_config if isinstance(task_config, str) else task_config.name)
+  return family.TaskSpec(
+    task.name,
+    "regression" if task.is_regression else "classification",
+    task.num_labels,
+    "train",
+    task.eval_splits,
+    task.test_splits,
+    metrics.main_metric(task.name),
+    ("score",) if task.is_regression else task.labels,
+  )
+
+
+def load_split(task_config: Any, tokenizer: Any, split: str) -> family.TaskData:
+  task = get_task(task_config.name)
+  counts = collections.Counter()
+  if task_config.source == "tfds":
+    examples = read_tfds(task, split, task_config.tfds_data_dir or None)
+  else:
+    path = family.file_override(task_config, split) or task_file(task, task_config.data_dir, split)
+    examples = read_tsv(task, path, split, counts)
+  examples = family.first(examples, task_config)
+  features = to_features(examples, tokenizer, int(task_config.max_seq_length), task.is_regression, counts)
+  return family.TaskData(features, split, examples, counts=counts)
+
+
+def evaluate_split(task_config: Any, outputs: Any, data: family.TaskData) -> dict[str, float]:
+  task = get_task(task_config.name)
+  labels = data.features["label"]
+  outputs = np.asarray(outputs)
+  if task.is_regression:
+    predictions = outputs.reshape(-1)
+  else:
+    predictions = outputs.argmax(-1) if outputs.ndim == 2 else outputs
+  unlabelled = np.isnan(labels) if task.is_regression else labels < 0
+  if unlabelled.any():
+    raise ValueError(f"{task.name} {data.split} has no labels: use write_predictions.")
+  return metrics.glue_metrics(task.name, predictions, labels)
+
+
+def write_split(task_config: Any, outputs: Any, data: family.TaskData, output_dir: str) -> list[pathlib.Path]:
+  """Test splits: the submission file (SST-2.tsv, MNLI-m.tsv, ...); others `<task>_<split>.tsv`, the same format."""
+  task = get_task(task_config.name)
+  out = pathlib.Path(output_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  if data.split in task.submission_files:
+    return [write_submission(task, data.split, data.examples, outputs, out)]
+  path = out / f"{task.name}_{data.split}.tsv"
+  with open(path, "w", encoding="utf-8") as f:
+    f.write("index\tprediction\n")
+    for example, p in zip(data.examples, prediction_strings(task, outputs)):
+      f.write(f"{example.index}\t{p}\n")
+  return [path]

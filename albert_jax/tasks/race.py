@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from albert_jax.tasks import glue
+from albert_jax.tasks import family, glue
 
 LEVELS = ("high", "middle")
 NUM_CHOICES = 4
@@ -211,3 +211,45 @@ def evaluate(logits: Any, examples: Sequence[Example]) -> dict[str, float]:
     if (levels == level).any():
       scores[f"accuracy_{level}"] = float(np.mean(predictions[levels == level] == labels[levels == level]))
   return scores
+
+
+# ---------------------------------------------------------------------------
+# The task family interface (`albert_jax.tasks.family`).
+
+NAMES = ("race",)
+LETTERS = "ABCD"
+
+
+def task_spec(task_config: Any) -> family.TaskSpec:
+  return family.TaskSpec(
+    "race", "multiple_choice", NUM_CHOICES, "train", ("dev",), ("test",), "accuracy", tuple(LETTERS)
+  )
+
+
+def load_split(task_config: Any, tokenizer: Any, split: str) -> family.TaskData:
+  counts = collections.Counter()
+  levels = tuple(task_config.levels)
+  if task_config.source == "tfds":
+    examples = read_tfds(split, levels, task_config.tfds_data_dir or None, counts=counts)
+  else:
+    examples = read_dir(family.file_override(task_config, split) or task_config.data_dir, split, levels, counts)
+  examples = family.first(examples, task_config)
+  max_seq_length, max_qa_length = int(task_config.max_seq_length), int(task_config.max_qa_length)
+  features = to_features(examples, tokenizer, max_seq_length, max_qa_length, counts)
+  return family.TaskData(features, split, examples, counts=counts)
+
+
+def evaluate_split(task_config: Any, outputs: Any, data: family.TaskData) -> dict[str, float]:
+  return evaluate(outputs, data.examples)
+
+
+def write_split(task_config: Any, outputs: Any, data: family.TaskData, output_dir: str) -> list[pathlib.Path]:
+  """race_<split>.tsv with `example_id\\tprediction` (A-D)."""
+  out = pathlib.Path(output_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  path = out / f"race_{data.split}.tsv"
+  with open(path, "w", encoding="utf-8") as f:
+    f.write("example_id\tprediction\n")
+    for example, p in zip(data.examples, np.asarray(outputs).argmax(-1)):
+      f.write(f"{example.example_id}\t{LETTERS[int(p)]}\n")
+  return [path]

@@ -51,7 +51,8 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from albert_jax.tasks import metrics
+from albert_jax import config_lib
+from albert_jax.tasks import family, metrics
 
 _WORD = re.compile(r"\S+")
 _WORD_START = "\u2581"
@@ -645,3 +646,109 @@ def write_predictions(
     paths.append(output_dir / name)
     paths[-1].write_text(json.dumps(content, indent=2, ensure_ascii=False), encoding="utf-8")
   return paths
+
+
+# ---------------------------------------------------------------------------
+# The task family interface (`albert_jax.tasks.family`).
+
+VERSIONS = {"squad_v1": "1.1", "squad_v2": "2.0"}  # task name -> SQuAD version
+NAMES = tuple(VERSIONS)
+SPAN_HEADS = {"bert": "span", "xlnet": "span_xlnet"}  # config.task.head -> TaskSpec.head
+
+
+def task_spec(task_config: Any) -> family.TaskSpec:
+  name = config_lib.task_name(task_config if isinstance(task_config, str) else task_config.name)
+  return family.TaskSpec(name, _span_head(task_config, name), 2, "train", ("dev",), (), "f1")
+
+
+def _span_head(task_config: Any, name: str) -> str:
+  """The TaskSpec head of a SQuAD task: config.task.head (the release's head for the version when only named)."""
+  head = config_lib.SQUAD_HEADS[name] if isinstance(task_config, str) else task_config.head
+  if head not in SPAN_HEADS:
+    raise ValueError(f"config.task.head={head!r}: use 'xlnet' (the original SQuAD 2.0 head) or 'bert'.")
+  if head == "xlnet" and not isinstance(task_config, str):
+    for field in ("start_n_top", "end_n_top"):
+      if not 1 <= task_config[field] <= task_config.max_seq_length:
+        raise ValueError(
+          f"config.task.{field}={task_config[field]}: choose between 1 and "
+          f"max_seq_length ({task_config.max_seq_length})."
+        )
+  return SPAN_HEADS[head]
+
+
+def load_split(task_config: Any, tokenizer: Any, split: str) -> family.TaskData:
+  spec = task_spec(task_config)
+  path = family.file_override(task_config, split)
+  if path is None:
+    stem = pathlib.Path(task_config.data_dir).expanduser() / f"{split}-v{VERSIONS[spec.name]}.json"
+    candidates = [stem, stem.with_name(stem.name + ".zip")]
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+      raise FileNotFoundError(
+        f"Neither {candidates[0]} nor {candidates[1]} exists: set config.task.data_dir, or config.task.files." + split
+      )
+  dataset = load_json(path)
+  examples = family.first(read_examples(dataset), task_config)
+  if int(task_config.max_examples) > 0:  # Score only the questions kept.
+    kept = {e.qid for e in examples}
+    dataset = {
+      "data": [
+        {
+          "paragraphs": [
+            {"context": p["context"], "qas": [qa for qa in p["qas"] if qa["id"] in kept]} for p in article["paragraphs"]
+          ]
+        }
+        for article in dataset["data"]
+      ]
+    }
+  counts = collections.Counter()
+  features, index = make_features(
+    examples,
+    tokenizer,
+    int(task_config.max_seq_length),
+    int(task_config.doc_stride),
+    int(task_config.max_query_length),
+    training=split == spec.train_split,
+    dataset=dataset,
+    counts=counts,
+  )
+  return family.TaskData(features, split, index.examples, index, counts)
+
+
+def evaluate_split(task_config: Any, outputs: Any, data: family.TaskData) -> dict[str, float]:
+  return _results(task_config, outputs, data)[0]
+
+
+def _answers(task_config, outputs, data):
+  """(best non-null answers, null odds, nbest or None) of either span head's outputs."""
+  sizes = int(task_config.n_best_size), int(task_config.max_answer_length)
+  if task_spec(task_config).head == "span_xlnet":
+    return postprocess_xlnet(outputs, data.index, *sizes)
+  return (*postprocess(outputs["start_logits"], outputs["end_logits"], data.index, *sizes), None)
+
+
+def _results(task_config, outputs, data):
+  """(scores, predictions, null odds, nbest) of dev: scored with the gold answers."""
+  threshold = task_config.null_score_diff_threshold
+  answers, null_odds, nbest = _answers(task_config, outputs, data)
+  version_2 = task_spec(task_config).name == "squad_v2"
+  scores, predictions, null_odds = score(
+    answers, null_odds, data.index, version_2, None if threshold is None else float(threshold)
+  )
+  return scores, predictions, null_odds, nbest
+
+
+def write_split(task_config: Any, outputs: Any, data: family.TaskData, output_dir: str) -> list[pathlib.Path]:
+  """predictions.json; v2.0 also null_odds.json and, when the threshold is chosen on this split's gold answers, the
+  official scores (`OFFICIAL_V2_FILE`); the 'xlnet' head also nbest_predictions.json."""
+  version_2 = task_spec(task_config).name == "squad_v2"
+  threshold = task_config.null_score_diff_threshold
+  if threshold is None:
+    scores, predictions, null_odds, nbest = _results(task_config, outputs, data)
+  else:  # A threshold from dev: no gold answers needed (test sets).
+    predictions, null_odds, nbest = _answers(task_config, outputs, data)
+    scores = None
+    if version_2:
+      predictions = apply_null_threshold(predictions, null_odds, float(threshold))
+  v2_scores = scores if version_2 else None
+  return write_predictions(output_dir, predictions, null_odds if version_2 else None, nbest, v2_scores)

@@ -80,7 +80,9 @@ def model_inputs(head: str, training: bool) -> tuple[str, ...]:
 def task_losses(head: str, outputs, batch, answerability_loss_weight: float | None = None) -> dict[str, jax.Array]:
   """Sums and denominators: the loss (and, for classifiers, the correct predictions) over the batch.
 
-  Classification and multiple choice: cross-entropy. Regression (STS-B):
+  Classification and multiple choice: cross-entropy. Tagging: cross-entropy
+  per labelled token (each word's first piece; `label` -100 elsewhere, as
+  Hugging Face's ignore index), averaged over the batch's labelled tokens. Regression (STS-B):
   squared error. Spans: the mean of the start and end cross-entropies; the
   XLNet span head adds `answerability_loss_weight` (config.task) x the binary
   cross-entropy of its answerability logit against "no answer in this
@@ -101,6 +103,14 @@ def task_losses(head: str, outputs, batch, answerability_loss_weight: float | No
     )
     return {"loss_sum": jnp.sum(per_example), "count": jnp.asarray(per_example.shape[0], jnp.float32)}
   labels = batch["label"]
+  if head == "tagging":
+    labelled = labels >= 0
+    per_token = optax.softmax_cross_entropy_with_integer_labels(outputs, jnp.where(labelled, labels, 0))
+    return {
+      "loss_sum": jnp.sum(jnp.where(labelled, per_token, 0.0)),
+      "count": jnp.sum(labelled).astype(jnp.float32),
+      "correct": jnp.sum(labelled & (jnp.argmax(outputs, -1) == labels)).astype(jnp.float32),
+    }
   if head == "regression":
     per_example = jnp.square(outputs.reshape(-1) - labels)
     return {"loss_sum": jnp.sum(per_example), "count": jnp.asarray(labels.shape[0], jnp.float32)}
@@ -121,8 +131,10 @@ def _apply(model, head, params, batch, rng=None):
   )
 
 
-def denominators(batch):
-  """What `total_loss` divides by, for a whole batch: its examples."""
+def denominators(batch, head: str = "classification"):
+  """What `total_loss` divides by, for a whole batch: its examples (tagging: its labelled tokens, at least 1)."""
+  if head == "tagging":
+    return {"count": jnp.maximum(jnp.sum(batch["label"] >= 0), 1).astype(jnp.float32)}
   return {"count": jnp.asarray(batch["input_ids"].shape[0], jnp.float32)}
 
 
@@ -160,7 +172,7 @@ def build(
       spec.head, _apply(model, spec.head, params, batch, rng), batch, **loss_options
     ),
     total_loss=total_loss,
-    denominators=denominators,
+    denominators=functools.partial(denominators, head=spec.head),
     eval_fn=lambda params, batch: _apply(model, spec.head, params, batch),
     mesh=mesh,
     rules=rules,
@@ -257,6 +269,25 @@ def batch_rows(num_examples: int, batch_size: int, seed: int, step: int) -> np.n
   return _epoch_order(num_examples, seed, epoch)[i * batch_size : (i + 1) * batch_size]
 
 
+def task_metadata(config, spec: tasks.TaskSpec) -> dict[str, Any]:
+  """What the workdir's config.json says of the task, for `predict` and `export` to rebuild the head.
+
+  task, head and num_labels (`tasks.TaskSpec`); id2label, the name of each
+  output (None for span heads); max_seq_length; text_fields where the task
+  reads named columns (your own files).
+  """
+  meta = {
+    "task": spec.name,
+    "head": spec.head,
+    "num_labels": spec.num_labels,
+    "id2label": None if spec.label_names is None else list(spec.label_names),
+    "max_seq_length": int(config.task.max_seq_length),
+  }
+  if "text_fields" in config.task:
+    meta["text_fields"] = list(config.task.text_fields)
+  return meta
+
+
 def _local(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """This process's share of a global batch (every process holds all the data; each feeds its own rows)."""
   n = len(rows["input_ids"]) // jax.process_count()
@@ -327,7 +358,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   model_config, pretrained = load_backbone(config, tokenizer)
   if jax.process_index() == 0:
     # The albert_jax checkpoint format plus the task: `checkpoints.load(WORKDIR)` reads the best parameters.
-    meta = {"format": checkpoints.FORMAT, "format_version": checkpoints.FORMAT_VERSION, "task": spec.name}
+    meta = {"format": checkpoints.FORMAT, "format_version": checkpoints.FORMAT_VERSION, **task_metadata(config, spec)}
     write_text_atomic(workdir / "config.json", json.dumps({**meta, "model": model_config.to_dict()}, indent=2))
     write_text_atomic(workdir / "experiment.json", config.to_json_best_effort(indent=2, sort_keys=True))
   train_data = tasks.load_task(config.task, tokenizer, spec.train_split)
