@@ -39,6 +39,9 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Texts per model call.", low
 _MAX_SEQ_LENGTH = flags.DEFINE_integer(
   "max_seq_length", None, "Fine-tuned: tokens per input; default: the fine-tuning's, else the model's maximum."
 )
+_N_BEST_SIZE = flags.DEFINE_integer(
+  "n_best_size", 20, "Span heads: start and end candidates per window, as in fine-tuning.", lower_bound=1
+)
 _NULL_THRESHOLD = flags.DEFINE_float(
   "null_threshold", None, 'Span heads: answer "" where the null odds exceed this (default: 0 after SQuAD 2.0).'
 )
@@ -104,7 +107,7 @@ def main():
   rows = read_rows()
   tokenizer = fill_mask.load_tokenizer(_CHECKPOINT.value, _VOCAB.value)
   predictor = inference.Predictor(
-    _CHECKPOINT.value, tokenizer, _BATCH_SIZE.value, _MAX_SEQ_LENGTH.value, _NULL_THRESHOLD.value
+    _CHECKPOINT.value, tokenizer, _BATCH_SIZE.value, _MAX_SEQ_LENGTH.value, _NULL_THRESHOLD.value, _N_BEST_SIZE.value
   )
   lines = "".join(json.dumps(answer, ensure_ascii=False) + "\n" for answer in predictor.predict(rows))
   if _OUTPUT.value:

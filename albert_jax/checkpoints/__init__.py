@@ -94,7 +94,7 @@ def head_info(path) -> HeadInfo | None:
   head = hf.head_of_hf_config(meta)
   if head is None:
     return None
-  labels = _labels(meta.get("id2label")) if head not in ("regression", "span", "multiple_choice") else None
+  labels = _labels(meta.get("id2label")) if head not in ("span", "multiple_choice") else None
   return HeadInfo(head, labels)
 
 

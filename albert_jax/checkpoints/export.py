@@ -232,10 +232,10 @@ def _backbone_note(source, head: tuple[str, ...]) -> str:
 def head_config(head: str, labels: tuple[str, ...] | None) -> dict:
   """What config.json says of a head beyond its class: the label names and the problem type, as transformers reads them.
 
-  Regression has one output, named "score" (the text-classification pipeline's label for it).
+  Regression has one output, named as the task names its score ("score" when it does not).
   """
   if head == "regression":
-    labels = ("score",)
+    labels = labels or ("score",)
   if labels is None:
     return {}
   extra = {"id2label": dict(enumerate(labels)), "label2id": {name: i for i, name in enumerate(labels)}}

@@ -48,9 +48,19 @@ class Predictor:
     max_seq_length: tokens per input; default: the fine-tuning's, else the model's maximum.
     null_threshold: the span heads answer "" (no answer) where the null odds exceed it; None: never, unless the
       model was fine-tuned on SQuAD 2.0 (then 0).
+    n_best_size: the span head's start and end candidates per window (`squad.postprocess`); the fine-tuning's
+      evaluation takes 20, Hugging Face's question-answering pipeline searches every pair (max_seq_length).
   """
 
-  def __init__(self, source, tokenizer, batch_size: int = 32, max_seq_length: int | None = None, null_threshold=None):
+  def __init__(
+    self,
+    source,
+    tokenizer,
+    batch_size: int = 32,
+    max_seq_length: int | None = None,
+    null_threshold=None,
+    n_best_size: int = SQUAD_DEFAULTS["n_best_size"],
+  ):
     self.info = checkpoints.head_info(source)
     if self.info is None or self.info.head not in FIELDS:
       raise InputError(
@@ -66,16 +76,9 @@ class Predictor:
     if null_threshold is None and self.info.task == "squad_v2":
       null_threshold = 0.0
     self.null_threshold = null_threshold
+    self.n_best_size = n_best_size
     head = self.info.head
-    num_labels = (
-      int(np.shape(self.params["classifier_head"]["classifier"]["kernel"])[-1])
-      if head
-      in (
-        "classification",
-        "regression",
-      )
-      else 2
-    )
+    num_labels = len(self.info.labels) if self.info.labels else 1 if head == "regression" else 2
     self.labels = self.info.labels or tuple(f"LABEL_{i}" for i in range(num_labels))
     model = model_lib.for_head(head, self.config, num_labels)
     self._inputs = (*_MODEL_INPUTS, "p_mask") if head == "span_xlnet" else _MODEL_INPUTS  # as finetuning.model_inputs
@@ -84,37 +87,44 @@ class Predictor:
 
   def predict(self, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One answer per row, in order (see the module docstring)."""
-    head = self.info.head
-    rows = [_checked(head, number, row) for number, row in enumerate(rows, start=1)]
+    rows = [_checked(self.info.head, number, row) for number, row in enumerate(rows, start=1)]
     if not rows:
       return []
+    features, index = self.encode(rows)
+    return self.answers(rows, self.outputs(features), index)
+
+  def encode(self, rows: Sequence[dict[str, Any]]) -> tuple[dict[str, np.ndarray], Any]:
+    """The model inputs of `rows` as the task modules make them, and what maps them back (SQuAD's FeatureIndex)."""
+    head = self.info.head
     if head in ("classification", "regression"):
       examples = [glue.Example(str(i), r["text"], r.get("text_pair"), None) for i, r in enumerate(rows)]
-      features = glue.to_features(examples, self.tokenizer, self.max_seq_length, head == "regression")
-      return [self._sequence_answer(logits) for logits in self._run(features)]
+      return glue.to_features(examples, self.tokenizer, self.max_seq_length, head == "regression"), None
     if head == "multiple_choice":
-      choices = {len(r["choices"]) for r in rows}
-      if choices != {race.NUM_CHOICES}:
+      if {len(r["choices"]) for r in rows} != {race.NUM_CHOICES}:
         raise InputError(
           f"The multiple-choice head reads {race.NUM_CHOICES} choices per question; pass exactly that many."
         )
       examples = [
         race.Example(str(i), "", r["text"], r.get("question", ""), tuple(r["choices"]), -1) for i, r in enumerate(rows)
       ]
-      features = race.to_features(examples, self.tokenizer, self.max_seq_length, self.max_seq_length)
-      return [self._choice_answer(row, logits) for row, logits in zip(rows, self._run(features))]
-    return self._span_answers(rows)
+      return race.to_features(examples, self.tokenizer, self.max_seq_length, self.max_seq_length), None
+    examples = [squad.Example(str(i), r["question"], r["context"], (), -1, True) for i, r in enumerate(rows)]
+    stride = min(SQUAD_DEFAULTS["doc_stride"], self.max_seq_length // 2)
+    query = min(SQUAD_DEFAULTS["max_query_length"], self.max_seq_length // 2)
+    return squad.make_features(examples, self.tokenizer, self.max_seq_length, stride, query)
 
-  def _run(self, features: dict[str, np.ndarray], positional: tuple[str, ...] = ()) -> Any:
+  def outputs(self, features: dict[str, np.ndarray]) -> Any:
     """The head's outputs for every row of `features`, in order, run in batches of similar length.
 
-    `positional`: outputs with one value per token, padded back to the features' length with -1e30.
+    Outputs with one value per token (the span and tagging heads') are padded back to the features' length with
+    -1e30.
     """
     inputs = {k: features[k] for k in self._inputs}
     mask = inputs["attention_mask"]
     lengths = mask.reshape(len(mask), -1, mask.shape[-1]).sum(-1).max(-1)
     order = np.argsort(lengths, kind="stable")
     full = mask.shape[-1]
+    positional = self.info.head in ("span", "tagging")
     outputs = []
     for start in range(0, len(order), self.batch_size):
       chunk = order[start : start + self.batch_size]
@@ -124,13 +134,22 @@ class Predictor:
       out = jax.device_get(self._apply(self.params, batch))
       out = jax.tree.map(operator.itemgetter(slice(0, len(chunk))), out)
       if positional:
-        out = {
-          k: np.pad(v, [(0, 0), (0, full - length)], constant_values=-1e30) if k in positional else v
-          for k, v in out.items()
-        }
+        pad = lambda a, length=length: np.pad(
+          a, [(0, 0), (0, full - length)] + [(0, 0)] * (a.ndim - 2), constant_values=-1e30
+        )
+        out = jax.tree.map(pad, out)
       outputs.append(out)
     stacked = jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
     return jax.tree.map(lambda a: a[np.argsort(order, kind="stable")], stacked)
+
+  def answers(self, rows: Sequence[dict[str, Any]], outputs: Any, index: Any) -> list[dict[str, Any]]:
+    """The rows' answers from the head's `outputs` (see `encode` for `index`)."""
+    head = self.info.head
+    if head in ("classification", "regression"):
+      return [self._sequence_answer(logits) for logits in outputs]
+    if head == "multiple_choice":
+      return [self._choice_answer(row, logits) for row, logits in zip(rows, outputs)]
+    return self._span_answers(outputs, index)
 
   def _sequence_answer(self, logits: np.ndarray) -> dict[str, Any]:
     logits = np.asarray(logits, np.float64).reshape(-1)
@@ -157,18 +176,12 @@ class Predictor:
       "logits": logits.tolist(),
     }
 
-  def _span_answers(self, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    examples = [squad.Example(str(i), r["question"], r["context"], (), -1, True) for i, r in enumerate(rows)]
-    options = SQUAD_DEFAULTS
-    stride = min(options["doc_stride"], self.max_seq_length // 2)
-    query = min(options["max_query_length"], self.max_seq_length // 2)
-    features, index = squad.make_features(examples, self.tokenizer, self.max_seq_length, stride, query)
-    sizes = options["n_best_size"], options["max_answer_length"]
+  def _span_answers(self, outputs: Any, index: squad.FeatureIndex) -> list[dict[str, Any]]:
+    sizes = self.n_best_size, SQUAD_DEFAULTS["max_answer_length"]
     if self.info.head == "span_xlnet":
-      answers, null_odds, nbest = squad.postprocess_xlnet(self._run(features), index, *sizes)
+      answers, null_odds, nbest = squad.postprocess_xlnet(outputs, index, *sizes)
       scores = {q: entries[0]["probability"] for q, entries in nbest.items()}
     else:
-      outputs = self._run(features, positional=("start_logits", "end_logits"))
       answers, null_odds = squad.postprocess(outputs["start_logits"], outputs["end_logits"], index, *sizes)
       scores = None
     if self.null_threshold is not None:
