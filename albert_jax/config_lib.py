@@ -209,6 +209,12 @@ RECIPES = {
   "race": Recipe(1e-5, 32, 12000, 1000, dropout=0.0),
 }
 GLUE_TASKS = tuple(name for name in RECIPES if not name.startswith(("squad", "race")))
+# Your own files (experiments/classify.py, tag.py): settings that fine-tune a base model on a few thousand examples;
+# set num_train_steps for the size of your data (about 3 epochs: 3 x examples / batch_size).
+OWN_FILE_RECIPES = {
+  "classify": Recipe(2e-5, 32, 1000, 100, dropout=0.0, max_seq_length=128),
+  "tag": Recipe(5e-5, 32, 1000, 100, dropout=0.0, max_seq_length=128),
+}
 # The span head each SQuAD version gets by default (config.task.head): the original release's heads.
 SQUAD_HEADS = {"squad_v1": "bert", "squad_v2": "xlnet"}
 
@@ -217,9 +223,10 @@ def task_name(task: str) -> str:
   """The registry name of a task ('SST-2', 'sts-b', 'squad_v1', ... work), or a ValueError listing the tasks."""
   key = task.lower().replace("-", "")
   key = {k.replace("_", ""): k for k in RECIPES}.get(key.replace("_", ""), key)
-  if key not in RECIPES:
+  if key not in RECIPES and key not in OWN_FILE_RECIPES:
     raise ValueError(
-      f"Unknown task {task.lower()!r}: use a GLUE task ({', '.join(GLUE_TASKS)}), squad_v1, squad_v2 or race."
+      f"Unknown task {task.lower()!r}: use a GLUE task ({', '.join(GLUE_TASKS)}), squad_v1, squad_v2, race, "
+      "classify or tag."
     )
   return key
 
@@ -227,7 +234,7 @@ def task_name(task: str) -> str:
 def finetuning(task: str, data_dir: str, preset: str = "base") -> ml_collections.ConfigDict:
   """The original fine-tuning recipe of one task (`RECIPES`)."""
   name = task_name(task)
-  recipe = RECIPES[name]
+  recipe = RECIPES.get(name) or OWN_FILE_RECIPES[name]
   c = ml_collections.ConfigDict()
   c.init_checkpoint = ""  # SRC of the backbone: HF dir, albert_jax dir, pretraining workdir, TF checkpoint; '' = random
   # AlbertConfig fields. With init_checkpoint the shape comes from the checkpoint and only
@@ -241,11 +248,13 @@ def finetuning(task: str, data_dir: str, preset: str = "base") -> ml_collections
   )
 
   c.task = ml_collections.ConfigDict()
-  c.task.name = name  # a GLUE task, squad_v1, squad_v2 or race (albert_jax.tasks)
-  c.task.source = "files"  # 'files' (original formats in data_dir) or 'tfds' (GLUE and RACE catalog datasets)
-  c.task.data_dir = data_dir  # GLUE task folder or root, SQuAD JSON folder, RACE folder
-  c.task.files = ml_collections.ConfigDict({split: "" for split in recipe.splits})  # split -> file ('' = default)
-  c.task.tfds_data_dir = ""  # TFDS data_dir when source='tfds'; '' = TFDS's default
+  c.task.name = name  # a GLUE task, squad_v1, squad_v2, race, classify or tag (albert_jax.tasks)
+  if name not in OWN_FILE_RECIPES:
+    c.task.source = "files"  # 'files' (original formats in data_dir) or 'tfds' (GLUE and RACE catalog datasets)
+    c.task.data_dir = data_dir  # GLUE task folder or root, SQuAD JSON folder, RACE folder
+    c.task.tfds_data_dir = ""  # TFDS data_dir when source='tfds'; '' = TFDS's default
+  # split -> file ('' = the default in data_dir; classify and tag: train and dev must be set, test is optional)
+  c.task.files = ml_collections.ConfigDict({split: "" for split in recipe.splits})
   c.task.vocab = ""  # SentencePiece model; '' = the one shipped with init_checkpoint
   c.task.max_seq_length = recipe.max_seq_length  # tokens per input, special tokens included
   c.task.max_examples = 0  # keep only the first N examples of every split (0 = all); for smoke runs
@@ -266,6 +275,14 @@ def finetuning(task: str, data_dir: str, preset: str = "base") -> ml_collections
     # v2.0: '' answers where null odds exceed this; unset = the best threshold on dev (use dev's for a test set).
     # Null odds: xlnet, the smallest answerability logit over the windows; bert, null score - best span score.
     c.task.null_score_diff_threshold = ml_collections.config_dict.placeholder(float)
+  # Your own files (albert_jax.tasks.classify, tagging).
+  if name == "classify":  # .csv / .tsv with a header row, or .jsonl
+    c.task.text_fields = "text"  # one text column, or two: 'premise,hypothesis'
+    c.task.label_field = "label"  # classes (strings, integers) or scores (numbers with decimals)
+    c.task.problem = ""  # 'classification', 'regression', or '' to decide from the train labels (said in the log)
+  if name == "tag":  # CoNLL (a token a line, its tag last, blank lines between sentences) or .jsonl {tokens, tags}
+    c.task.tokens_field = "tokens"  # .jsonl: the field of a sentence's words
+    c.task.tags_field = "tags"  # .jsonl: the field of their tags (IOB1, IOB2 or any tag set)
   if name == "race":
     c.task.levels = ("high", "middle")  # RACE-H and RACE-M
     c.task.max_qa_length = 128  # question+option tokens kept (the last ones)

@@ -1,4 +1,6 @@
-"""Fine-tuning on GLUE, SQuAD and RACE: `python -m albert_jax.finetune --config=experiments/glue.py:sst2 --workdir=DIR`.
+"""Fine-tuning on GLUE, SQuAD, RACE and your own files (experiments/classify.py, tag.py).
+
+  python -m albert_jax.finetune --config=experiments/glue.py:sst2 --workdir=DIR
 
 Resumes from the newest checkpoint in DIR. The trainer is `albert_jax.trainers.finetuning.finetune`.
 """

@@ -11,7 +11,8 @@ work (`family` lists what each module defines). `outputs` are what the task's
 head returns for every row of `data.features`, in order, stacked with numpy:
 class logits [N, C] (GLUE), scores [N] or [N, 1] (STS-B), {'start_logits',
 'end_logits'} [F, T] (SQuAD, head 'bert') or `squad.XLNET_OUTPUTS` (SQuAD,
-head 'xlnet'), choice logits [N, 4] (RACE).
+head 'xlnet'), choice logits [N, 4] (RACE), class logits or scores (your own
+files, `classify`), tag logits [N, T, tags] (`tagging`).
 
 `task_config` is the `config.task` section that `config_lib.finetuning`
 builds (every field and its default are documented there).
@@ -26,10 +27,10 @@ from typing import Any
 from absl import logging
 
 from albert_jax import config_lib
-from albert_jax.tasks import glue, race, squad
+from albert_jax.tasks import classify, glue, race, squad, tagging
 from albert_jax.tasks.family import TaskData, TaskSpec
 
-FAMILIES = (glue, squad, race)
+FAMILIES = (glue, squad, race, classify, tagging)
 _BY_NAME = {name: module for module in FAMILIES for name in module.NAMES}
 
 __all__ = ["TaskData", "TaskSpec", "evaluate", "family_of", "get_spec", "load_task", "write_predictions"]

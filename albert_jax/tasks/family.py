@@ -15,9 +15,13 @@ for every row of `data.features`, in order, stacked with numpy.
 
 import collections
 import dataclasses
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from albert_jax import storage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,3 +88,16 @@ def first(examples: list[Any], task_config: Any) -> list[Any]:
   """The first config.task.max_examples examples (all when 0)."""
   limit = int(task_config.max_examples)
   return examples[:limit] if limit > 0 else examples
+
+
+def read_once(read: Callable[..., Any], path: str, *args: Any) -> Any:
+  """`read(path, *args)`, read again only once the file has changed (its size or time): the spec, the load and
+  every evaluation of your own files need the train file's labels."""
+  stat = storage.path(path).stat()
+  return _read_cached(read, path, args, (stat.length, stat.mtime))
+
+
+@functools.lru_cache(maxsize=16)
+def _read_cached(read, path, args, stamp):
+  del stamp  # part of the key only
+  return read(path, *args)

@@ -32,6 +32,17 @@ def f1(predictions: Sequence[int], labels: Sequence[int]) -> float:
   return float(2 * precision * recall / (precision + recall))
 
 
+def macro_f1(predictions: Sequence[Any], labels: Sequence[Any]) -> float:
+  """The mean over classes of each class's F1 (0 without true positives), the classes being those among the labels
+  or predictions: scikit-learn's f1_score(average='macro')."""
+  predictions, labels = _pair(predictions, labels)
+  scores = []
+  for c in np.unique(np.concatenate([labels, predictions])):
+    true_pos = np.sum((predictions == c) & (labels == c))
+    scores.append(0.0 if true_pos == 0 else 2 * true_pos / (np.sum(predictions == c) + np.sum(labels == c)))
+  return float(np.mean(scores))
+
+
 def matthews_corrcoef(predictions: Sequence[int], labels: Sequence[int]) -> float:
   """Matthews correlation (multi-class R_K); 0 when undefined (a constant).
 
@@ -91,6 +102,7 @@ def _pair(predictions, labels, dtype=None):
 _METRICS = {
   "accuracy": accuracy,
   "f1": f1,
+  "macro_f1": macro_f1,
   "matthews_corr": matthews_corrcoef,
   "pearson": pearson,
   "spearman": spearman,

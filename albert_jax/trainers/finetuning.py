@@ -1,4 +1,4 @@
-"""Fine-tuning on GLUE, SQuAD and RACE, the trainer behind `python -m albert_jax.finetune`.
+"""Fine-tuning on GLUE, SQuAD, RACE and your own files, the trainer behind `python -m albert_jax.finetune`.
 
 `finetune` reads top to bottom, built from the same core as pretraining:
 mesh → vocabulary, backbone and data → model (backbone from
@@ -23,7 +23,7 @@ The workdir holds:
   prediction files     GLUE <task>_<split>.tsv (dev) and submission files (test), SQuAD
                        predictions.json (v2.0: + null_odds.json and the official scores,
                        evaluate-v2.0.json; the XLNet head: + nbest_predictions.json),
-                       RACE race_<split>.tsv
+                       RACE race_<split>.tsv, your own files classify_<split>.jsonl and tag_<split>.<conll|jsonl>
 """
 
 import functools
@@ -311,8 +311,8 @@ def task_metadata(config, spec: tasks.TaskSpec) -> dict[str, Any]:
     "id2label": None if spec.label_names is None else list(spec.label_names),
     "max_seq_length": int(config.task.max_seq_length),
   }
-  if "text_fields" in config.task:
-    meta["text_fields"] = list(config.task.text_fields)
+  if spec.name == "classify":
+    meta["text_fields"] = list(tasks.classify.text_fields(config.task))
   return meta
 
 
