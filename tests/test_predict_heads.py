@@ -37,15 +37,27 @@ AUTO_CLASSES = {
   "regression": transformers.AutoModelForSequenceClassification,
   "span": transformers.AutoModelForQuestionAnswering,
   "multiple_choice": transformers.AutoModelForMultipleChoice,
+  "tagging": transformers.AutoModelForTokenClassification,
 }
+TAGS = ("B-LOC", "B-PER", "I-LOC", "I-PER", "O")
 
 
-def _glue_pairs(task, first, second):
+def _glue_pairs(task, first, second, n=N):
   path = SHARED_DATA / "glue" / task / "dev.tsv"
   with open(path, encoding="utf-8-sig") as f:
     rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
   header = rows[0]
-  return [{"text": r[header.index(first)], "text_pair": r[header.index(second)]} for r in rows[1 : N + 1]]
+  return [{"text": r[header.index(first)], "text_pair": r[header.index(second)]} for r in rows[1 : n + 1]]
+
+
+def _tagging_rows(tokenizer):
+  """MRPC dev sentences whose every word starts with a piece that holds a character. The pipeline tells words
+  apart by a heuristic (a piece starts a word when a space precedes it), which splits a word whose first piece is
+  a lone "▁" ("▁" "116" ".78") in two."""
+  lone = tokenizer.piece_to_id("\u2581")
+  sentences = [p["text_pair"] for p in _glue_pairs("MRPC", "#1 String", "#2 String", 4 * N)]
+  whole = [s for s in sentences if all(tokenizer.encode(w)[0] != lone for w in s.split())]
+  return [{"text": s} for s in whole[:N]]
 
 
 def _squad_rows(tokenizer):
@@ -65,7 +77,7 @@ def _squad_rows(tokenizer):
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-  """head -> (fine-tuning workdir, its export, the rows it answers). The classifier's bias is centred on the rows'
+  """head -> (fine-tuning workdir, its export, the rows it answers). The classifiers' bias is centred on the rows'
   logits, so that each label wins on some of them."""
   root = tmp_path_factory.mktemp("heads")
   tokenizer = tokenizer_lib.Tokenizer(SPM_MODEL)
@@ -82,16 +94,23 @@ def models(tmp_path_factory):
     "regression": (("similarity",), "stsb", _glue_pairs("STS-B", "sentence1", "sentence2")),
     "span": (None, "squad_v2", [{k: r[k] for k in ("question", "context")} for r in squad_rows]),
     "multiple_choice": (("A", "B", "C", "D"), "race", choice_rows),
+    "tagging": (TAGS, "tag", _tagging_rows(tokenizer)),
   }
   out = {}
   for seed, (head, (labels, task, rows)) in enumerate(setups.items()):
     params = heads.random_params(head, config, len(labels) if labels and head != "multiple_choice" else 1, seed)
     directory = heads.write_workdir(root / head, SPM_MODEL, config, head, params, labels, task, MAX_SEQ_LENGTH)
-    if head == "classification":
+    if head in ("classification", "tagging"):
       predictor = inference.Predictor(directory, tokenizer, batch_size=N)
-      logits = np.asarray([a["logits"] for a in predictor.predict(rows)])
-      params["classifier_head"]["classifier"]["bias"] -= logits.mean(0).astype(np.float32)
-      directory = heads.write_workdir(root / "centred", SPM_MODEL, config, head, params, labels, task, MAX_SEQ_LENGTH)
+      features, _ = predictor.encode(rows)
+      logits = predictor.outputs(features)
+      if head == "tagging":
+        logits = logits[features["attention_mask"] == 1]
+      bias = params["classifier_head"]["classifier"] if head == "classification" else params["classifier"]
+      bias["bias"] -= logits.mean(0).astype(np.float32)
+      directory = heads.write_workdir(
+        root / f"{head}_centred", SPM_MODEL, config, head, params, labels, task, MAX_SEQ_LENGTH
+      )
     out[head] = (directory, export.export(directory, root / f"{head}_hf"), rows)
   return out
 
@@ -125,9 +144,10 @@ def test_each_head_exports_to_its_class_with_no_missing_or_unexpected_keys(model
   assert type(model).__name__ == export.hf.HEADS[head].architecture
   config = json.loads((exported / "config.json").read_text())
   labels = json.loads((workdir / "config.json").read_text())["id2label"]
-  if head in ("classification", "regression"):
+  if head in ("classification", "regression", "tagging"):
     assert model.config.id2label == dict(enumerate(labels))
     assert model.config.label2id == {name: i for i, name in enumerate(labels)}
+  if head in ("classification", "regression"):
     assert config["problem_type"] == ("regression" if head == "regression" else "single_label_classification")
 
 
@@ -230,6 +250,30 @@ def test_multiple_choice_logits_agree_on_100_questions(models, answers):
     np.testing.assert_allclose(answer["logits"], logits, atol=1e-4, rtol=0)
     assert answer["label"] == row["choices"][int(logits.argmax())]
   assert len({a["index"] for a in ours}) > 1
+
+
+def test_token_classification_pipeline_agrees_on_100_sentences(models, answers):
+  _, exported, rows = models["tagging"]
+  ours, _, features, logits = answers["tagging"]
+  tokenizer = transformers.AutoTokenizer.from_pretrained(exported)
+  model = transformers.AutoModelForTokenClassification.from_pretrained(exported).eval()
+  pipe = transformers.pipeline("token-classification", model=model, tokenizer=tokenizer, aggregation_strategy="first")
+  assert len(rows) == N and len(features["input_ids"]) == N  # one window each
+  for row, answer, ids, row_logits, entities in zip(
+    rows, ours, features["input_ids"], logits, pipe([r["text"] for r in rows])
+  ):
+    encoded = tokenizer(row["text"], return_tensors="pt")
+    with torch.no_grad():
+      theirs = model(**encoded).logits[0].numpy()
+    n = len(theirs)
+    assert ids[:n].tolist() == encoded["input_ids"][0].tolist()
+    np.testing.assert_allclose(row_logits[:n], theirs, atol=1e-4, rtol=0)
+    text = row["text"]
+    assert [(e["entity"], e["word"]) for e in answer["entities"]] == [
+      (e["entity_group"], text[e["start"] : e["end"]].strip()) for e in entities
+    ], text
+  kinds = {e["entity"] for a in ours for e in a["entities"]}
+  assert kinds == {"LOC", "PER"}
 
 
 @pytest.mark.parametrize("head", list(AUTO_CLASSES))

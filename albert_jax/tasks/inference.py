@@ -2,10 +2,11 @@
 
 A row is a dict of texts; which fields it needs depends on the head the checkpoint holds (`FIELDS`):
 text [+ text_pair] (classification, regression), question + context (the span heads), text + choices (multiple
-choice, an optional question joined to each choice as RACE does). Rows become features through the task
-modules' own code (`glue.to_features`, `squad.make_features`, `race.to_features`) and the outputs become answers
-through their post-processing (`squad.postprocess`, `squad.postprocess_xlnet`), so a prediction is what the
-fine-tuning evaluation would have made of the same input.
+choice, an optional question joined to each choice as RACE does), text (tagging: its words are what
+whitespace separates). Rows become features through the task modules' own code (`glue.to_features`,
+`squad.make_features`, `race.to_features`, `tagging.to_features`) and the outputs become answers through their
+post-processing (`squad.postprocess`, `squad.postprocess_xlnet`, `tagging.predicted_tags` and `tagging.chunks`),
+so a prediction is what the fine-tuning evaluation would have made of the same input.
 
 Rows are run in batches of similar length: sorted by length, each batch cut to the smallest power of two that
 holds its longest row, so that many rows reuse a few compiled programs. Each answer carries label names with
@@ -13,6 +14,7 @@ probabilities, as the Hugging Face pipelines give them, and the raw logits.
 """
 
 import operator
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,7 +23,7 @@ import numpy as np
 
 from albert_jax import checkpoints
 from albert_jax import model as model_lib
-from albert_jax.tasks import fill_mask, glue, race, squad
+from albert_jax.tasks import family, fill_mask, glue, race, squad, tagging
 from albert_jax.tasks.fill_mask import InputError
 
 # Per head: the row fields it needs, then those it may have.
@@ -31,9 +33,11 @@ FIELDS = {
   "span": (("question", "context"), ()),
   "span_xlnet": (("question", "context"), ()),
   "multiple_choice": (("text", "choices"), ("question",)),
+  "tagging": (("text",), ()),
 }
 _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _MIN_LENGTH_BUCKET = 16
+_WORD = re.compile(r"\S+")  # a tagging row's words: what str.split() gives, with their offsets
 # SQuAD's windows and decoding when the checkpoint does not record them (config_lib.finetuning's defaults).
 SQUAD_DEFAULTS = {"doc_stride": 128, "max_query_length": 64, "n_best_size": 20, "max_answer_length": 30}
 
@@ -108,6 +112,10 @@ class Predictor:
         race.Example(str(i), "", r["text"], r.get("question", ""), tuple(r["choices"]), -1) for i, r in enumerate(rows)
       ]
       return race.to_features(examples, self.tokenizer, self.max_seq_length, self.max_seq_length), None
+    if head == "tagging":
+      sentences = [tagging.Sentence(i, tuple(r["text"].split()), None, None) for i, r in enumerate(rows)]
+      features, windows = tagging.to_features(sentences, self.tokenizer, self.max_seq_length, self.labels)
+      return features, family.TaskData(features, "predict", sentences, windows)
     examples = [squad.Example(str(i), r["question"], r["context"], (), -1, True) for i, r in enumerate(rows)]
     stride = min(SQUAD_DEFAULTS["doc_stride"], self.max_seq_length // 2)
     query = min(SQUAD_DEFAULTS["max_query_length"], self.max_seq_length // 2)
@@ -149,6 +157,8 @@ class Predictor:
       return [self._sequence_answer(logits) for logits in outputs]
     if head == "multiple_choice":
       return [self._choice_answer(row, logits) for row, logits in zip(rows, outputs)]
+    if head == "tagging":
+      return self._tagged(rows, outputs, index)
     return self._span_answers(outputs, index)
 
   def _sequence_answer(self, logits: np.ndarray) -> dict[str, Any]:
@@ -175,6 +185,36 @@ class Predictor:
       "scores": probabilities.tolist(),
       "logits": logits.tolist(),
     }
+
+  def _tagged(self, rows, logits: np.ndarray, data: family.TaskData) -> list[dict[str, Any]]:
+    """Each word with its tag (the argmax at its first piece, `tagging.predicted_tags`) and that tag's probability;
+    the entities as conlleval reads the tags (`tagging.chunks`), with their character offsets."""
+    tags = tagging.predicted_tags(logits, data, self.labels)
+    probabilities = np.exp(logits - logits.max(-1, keepdims=True))
+    probabilities /= probabilities.sum(-1, keepdims=True)
+    scores = [[0.0] * len(s.tokens) for s in data.examples]
+    for row, window in enumerate(data.index):
+      for w, position in enumerate(window.positions):
+        scores[window.sentence][window.first + w] = float(probabilities[row, position].max())
+    out = []
+    for row, sentence_tags, word_scores in zip(rows, tags, scores):
+      spans = [m.span() for m in _WORD.finditer(row["text"])]
+      words = [
+        {"word": row["text"][a:b], "tag": tag, "score": score, "start": a, "end": b}
+        for (a, b), tag, score in zip(spans, sentence_tags, word_scores)
+      ]
+      entities = [
+        {
+          "entity": kind,
+          "word": row["text"][spans[first][0] : spans[last][1]],
+          "start": spans[first][0],
+          "end": spans[last][1],
+          "score": float(np.mean(word_scores[first : last + 1])),
+        }
+        for first, last, kind in sorted(tagging.chunks(sentence_tags))
+      ]
+      out.append({"words": words, "entities": entities})
+    return out
 
   def _span_answers(self, outputs: Any, index: squad.FeatureIndex) -> list[dict[str, Any]]:
     sizes = self.n_best_size, SQUAD_DEFAULTS["max_answer_length"]
