@@ -328,8 +328,12 @@ def test_cli_predicts_a_jsonl_file_and_a_flag_row(models, answers, tmp_path):
   )
   assert result.returncode == 0, result.stderr[-3000:]
   assert json.loads(result.stdout)["label"] == ours[0]["label"]
-  result = subprocess.run(
-    [*command, "--question=Who?", "--context=Nobody."], capture_output=True, text=True, timeout=300, cwd=REPO
-  )
-  assert result.returncode != 0 and "Traceback" not in result.stderr
-  assert "error: Row 1 has no text; the classification head needs --text" in result.stderr
+
+
+def test_rows_without_the_heads_fields_are_refused_by_number(answers):
+  _, predictor, _, _ = answers["classification"]
+  with pytest.raises(fill_mask.InputError, match="Row 2 has no text; the classification head needs --text"):
+    predictor.predict([{"text": "fine"}, {"question": "Who?", "context": "Nobody."}])
+  _, predictor, _, _ = answers["multiple_choice"]
+  with pytest.raises(fill_mask.InputError, match="reads 4 choices per question"):
+    predictor.predict([{"text": "An article.", "choices": ["a", "b"]}])
