@@ -40,7 +40,10 @@ _MAX_SEQ_LENGTH = flags.DEFINE_integer(
   "max_seq_length", None, "Fine-tuned: tokens per input; default: the fine-tuning's, else the model's maximum."
 )
 _N_BEST_SIZE = flags.DEFINE_integer(
-  "n_best_size", 20, "Span heads: start and end candidates per window, as in fine-tuning.", lower_bound=1
+  "n_best_size",
+  None,
+  "Span heads: start and end candidates per window; default: the fine-tuning's (20).",
+  lower_bound=1,
 )
 _NULL_THRESHOLD = flags.DEFINE_float(
   "null_threshold", None, 'Span heads: answer "" where the null odds exceed this (default: 0 after SQuAD 2.0).'

@@ -58,12 +58,14 @@ class HeadInfo:
     labels: the label names in id order (classification, tagging); None where the head has none.
     max_seq_length: the tokens per input it was fine-tuned with; None where not recorded (Hugging Face).
     task: the fine-tuning task's name; None where not recorded.
+    settings: the fine-tuning's `config.task` fields (experiment.json), e.g. SQuAD's doc_stride; {} where unknown.
   """
 
   head: str
   labels: tuple[str, ...] | None = None
   max_seq_length: int | None = None
   task: str | None = None
+  settings: dict = dataclasses.field(default_factory=dict)
 
 
 def _labels(id2label) -> tuple[str, ...] | None:
@@ -90,7 +92,10 @@ def head_info(path) -> HeadInfo | None:
   if meta.get("format") == FORMAT:
     if not meta.get("head"):
       return None
-    return HeadInfo(meta["head"], _labels(meta.get("id2label")), meta.get("max_seq_length"), meta.get("task"))
+    experiment = storage.path(path) / "experiment.json"
+    settings = hf.read_json(experiment).get("task", {}) if experiment.exists() else {}
+    labels = _labels(meta.get("id2label"))
+    return HeadInfo(meta["head"], labels, meta.get("max_seq_length"), meta.get("task"), settings)
   head = hf.head_of_hf_config(meta)
   if head is None:
     return None

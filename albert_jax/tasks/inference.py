@@ -38,8 +38,16 @@ FIELDS = {
 _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _MIN_LENGTH_BUCKET = 16
 _WORD = re.compile(r"\S+")  # a tagging row's words: what str.split() gives, with their offsets
-# SQuAD's windows and decoding when the checkpoint does not record them (config_lib.finetuning's defaults).
-SQUAD_DEFAULTS = {"doc_stride": 128, "max_query_length": 64, "n_best_size": 20, "max_answer_length": 30}
+# SQuAD's windows, decoding and the XLNet head's beam when the checkpoint does not record them (a Hugging Face
+# directory): config_lib.finetuning's defaults.
+SQUAD_DEFAULTS = {
+  "doc_stride": 128,
+  "max_query_length": 64,
+  "n_best_size": 20,
+  "max_answer_length": 30,
+  "start_n_top": 5,
+  "end_n_top": 5,
+}
 
 
 class Predictor:
@@ -51,9 +59,12 @@ class Predictor:
     batch_size: rows per model call.
     max_seq_length: tokens per input; default: the fine-tuning's, else the model's maximum.
     null_threshold: the span heads answer "" (no answer) where the null odds exceed it; None: never, unless the
-      model was fine-tuned on SQuAD 2.0 (then 0).
-    n_best_size: the span head's start and end candidates per window (`squad.postprocess`); the fine-tuning's
-      evaluation takes 20, Hugging Face's question-answering pipeline searches every pair (max_seq_length).
+      model was fine-tuned on SQuAD 2.0 (then its config.task.null_score_diff_threshold, else 0).
+    n_best_size: the span head's start and end candidates per window (`squad.postprocess`); default: the
+      fine-tuning's (20); Hugging Face's question-answering pipeline searched every pair (max_seq_length).
+
+  The span heads window and decode as the fine-tuning did (its doc_stride, max_query_length, max_answer_length
+  and beam, from experiment.json), else with `SQUAD_DEFAULTS`.
   """
 
   def __init__(
@@ -63,7 +74,7 @@ class Predictor:
     batch_size: int = 32,
     max_seq_length: int | None = None,
     null_threshold=None,
-    n_best_size: int = SQUAD_DEFAULTS["n_best_size"],
+    n_best_size: int | None = None,
   ):
     self.info = checkpoints.head_info(source)
     if self.info is None or self.info.head not in FIELDS:
@@ -78,13 +89,16 @@ class Predictor:
     limit = self.config.max_position_embeddings
     self.max_seq_length = min(max_seq_length or self.info.max_seq_length or limit, limit)
     if null_threshold is None and self.info.task == "squad_v2":
-      null_threshold = 0.0
+      null_threshold = self.info.settings.get("null_score_diff_threshold") or 0.0
     self.null_threshold = null_threshold
-    self.n_best_size = n_best_size
+    self.squad = {k: self.info.settings.get(k, v) for k, v in SQUAD_DEFAULTS.items()}
+    if n_best_size is not None:
+      self.squad["n_best_size"] = n_best_size
     head = self.info.head
     num_labels = len(self.info.labels) if self.info.labels else 1 if head == "regression" else 2
     self.labels = self.info.labels or tuple(f"LABEL_{i}" for i in range(num_labels))
-    model = model_lib.for_head(head, self.config, num_labels)
+    n_top = {k: self.squad[k] for k in ("start_n_top", "end_n_top")} if head == "span_xlnet" else {}
+    model = model_lib.for_head(head, self.config, num_labels, **n_top)
     self._inputs = (*_MODEL_INPUTS, "p_mask") if head == "span_xlnet" else _MODEL_INPUTS  # as finetuning.model_inputs
     # One compilation per batch shape.
     self._apply = jax.jit(lambda params, batch: model.apply({"params": params}, **batch, deterministic=True))
@@ -117,8 +131,8 @@ class Predictor:
       features, windows = tagging.to_features(sentences, self.tokenizer, self.max_seq_length, self.labels)
       return features, family.TaskData(features, "predict", sentences, windows)
     examples = [squad.Example(str(i), r["question"], r["context"], (), -1, True) for i, r in enumerate(rows)]
-    stride = min(SQUAD_DEFAULTS["doc_stride"], self.max_seq_length // 2)
-    query = min(SQUAD_DEFAULTS["max_query_length"], self.max_seq_length // 2)
+    stride = min(self.squad["doc_stride"], self.max_seq_length // 2)
+    query = min(self.squad["max_query_length"], self.max_seq_length // 2)
     return squad.make_features(examples, self.tokenizer, self.max_seq_length, stride, query)
 
   def outputs(self, features: dict[str, np.ndarray]) -> Any:
@@ -217,7 +231,7 @@ class Predictor:
     return out
 
   def _span_answers(self, outputs: Any, index: squad.FeatureIndex) -> list[dict[str, Any]]:
-    sizes = self.n_best_size, SQUAD_DEFAULTS["max_answer_length"]
+    sizes = self.squad["n_best_size"], self.squad["max_answer_length"]
     if self.info.head == "span_xlnet":
       answers, null_odds, nbest = squad.postprocess_xlnet(outputs, index, *sizes)
       scores = {q: entries[0]["probability"] for q, entries in nbest.items()}
