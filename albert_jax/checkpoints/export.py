@@ -27,6 +27,12 @@ no missing or unexpected weights:
   [MASK] "▁" "."). Writing tokenizer.json needs the `tokenizers` package;
   without it the export logs that it skipped the file and why.
 
+A fine-tuned model (a fine-tuning workdir, or a Hugging Face directory of a head's class) is written as its head's
+class instead, from one table (`hf.HEADS`: head → class and its tensors): AlbertForSequenceClassification with
+`id2label`, `label2id` and `problem_type`, AlbertForQuestionAnswering, AlbertForMultipleChoice or
+AlbertForTokenClassification. The SQuAD 2.0 XLNet-style head has no such class: its backbone is written
+(AlbertModel), with one warning line saying why.
+
 An existing non-empty DIR is refused unless `--overwrite`; even then nothing
 is removed before the new export is complete: it is written beside DIR and
 swapped in.
