@@ -282,3 +282,27 @@ def write_squad(root: pathlib.Path, seed: int = 0) -> pathlib.Path:
       dataset = squad_dataset(version, articles, seed=seed + 2 * offset + (version == "2.0"))
       (root / f"{split}-v{version}.json").write_text(json.dumps(dataset), encoding="utf-8")
   return root
+
+
+# ---------------------------------------------------------------------------
+# Tiny fine-tuning runs.
+
+
+@contextlib.contextmanager
+def compilation_cache(directory):
+  """Runs with the same shapes and settings compile once: XLA compilation dominates tiny fine-tuning runs."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  options = {
+    "jax_compilation_cache_dir": str(directory),
+    "jax_persistent_cache_min_compile_time_secs": 0.0,
+    "jax_persistent_cache_min_entry_size_bytes": 0,
+  }
+  previous = {k: getattr(jax.config, k) for k in options}
+  for k, v in options.items():
+    jax.config.update(k, v)
+  try:
+    yield
+  finally:
+    for k, v in previous.items():
+      jax.config.update(k, v)

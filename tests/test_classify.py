@@ -18,7 +18,7 @@ import sklearn.metrics
 
 from albert_jax import storage, tasks
 from albert_jax import tokenizer as tokenizer_lib
-from albert_jax.tasks import metrics
+from albert_jax.tasks import classify, metrics
 from albert_jax.trainers import finetuning
 from tests import cli_helpers as cli
 from tests import fixtures
@@ -128,6 +128,17 @@ def test_macro_f1_is_scikit_learns():
     predictions[:5] = classes  # a class only predicted
     expected = sklearn.metrics.f1_score(labels, predictions, average="macro")
     assert metrics.macro_f1(predictions, labels) == pytest.approx(expected)
+
+
+def test_two_classes_add_matthews_correlation():
+  labels, predictions = [0, 1, 1, 0, 1, 1], [0, 1, 0, 0, 1, 0]
+  assert classify.scores("classification", 2, predictions, labels) == pytest.approx(
+    {
+      "accuracy": sklearn.metrics.accuracy_score(labels, predictions),
+      "macro_f1": sklearn.metrics.f1_score(labels, predictions, average="macro"),
+      "matthews_corr": sklearn.metrics.matthews_corrcoef(labels, predictions),
+    }
+  )
 
 
 def test_labels_are_sorted_from_train_integers_by_value_and_tsv_is_split_on_tabs(tmp_path, generated_vocab):

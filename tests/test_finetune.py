@@ -28,24 +28,14 @@ from albert_jax.checkpoints import export
 from albert_jax.tasks import fill_mask, inference, metrics, squad
 from albert_jax.trainers import core, finetuning
 from tests import cli_helpers as cli
-from tests import hf_finetune
+from tests import fixtures, hf_finetune
 from tests.conftest import REPO, SPM_MODEL, needs_data
 
 
 @pytest.fixture(scope="module", autouse=True)
 def compilation_cache(tmp_path_factory):
-  """Runs with the same shapes and settings compile once: XLA compilation dominates these tiny runs."""
-  options = {
-    "jax_compilation_cache_dir": str(tmp_path_factory.mktemp("xla_cache")),
-    "jax_persistent_cache_min_compile_time_secs": 0.0,
-    "jax_persistent_cache_min_entry_size_bytes": 0,
-  }
-  previous = {k: getattr(jax.config, k) for k in options}
-  for k, v in options.items():
-    jax.config.update(k, v)
-  yield
-  for k, v in previous.items():
-    jax.config.update(k, v)
+  with fixtures.compilation_cache(tmp_path_factory.mktemp("xla_cache")):
+    yield
 
 
 @pytest.fixture(scope="module")

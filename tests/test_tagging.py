@@ -9,11 +9,13 @@ import importlib.util
 import json
 import random
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 import seqeval.metrics
 
+from albert_jax import model as model_lib
 from albert_jax import tasks
 from albert_jax import tokenizer as tokenizer_lib
 from albert_jax.tasks import tagging
@@ -27,17 +29,8 @@ TYPES = ("PER", "LOC", "ORG")
 @pytest.fixture(scope="module", autouse=True)
 def compilation_cache(tmp_path_factory):
   """The IOB1 and IOB2 runs have the same shapes (seven tags each): the second compiles nothing."""
-  options = {
-    "jax_compilation_cache_dir": str(tmp_path_factory.mktemp("xla_cache")),
-    "jax_persistent_cache_min_compile_time_secs": 0.0,
-    "jax_persistent_cache_min_entry_size_bytes": 0,
-  }
-  previous = {k: getattr(jax.config, k) for k in options}
-  for k, v in options.items():
-    jax.config.update(k, v)
-  yield
-  for k, v in previous.items():
-    jax.config.update(k, v)
+  with fixtures.compilation_cache(tmp_path_factory.mktemp("xla_cache")):
+    yield
 
 
 def tagged_sentences(count, seed, scheme):
@@ -197,3 +190,26 @@ def test_a_dev_tag_the_train_file_never_had_names_its_sentence(tmp_path, generat
     f"{dev}:5: tag 'B-LOC' (in the sentence from this line) is not among the train file's tags ['B-PER', 'O']; "
     "fix it, or add examples of it to the train file."
   )
+
+
+def test_the_loss_counts_first_pieces_only():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(2, 5, 3)).astype(np.float32)
+  labels = np.array([[-100, 2, -100, 0, -100], [-100, 1, 1, -100, -100]], np.int32)
+  sums = finetuning.task_losses("tagging", logits, {"label": labels})
+  log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  rows, cols = np.nonzero(labels >= 0)
+  assert float(sums["count"]) == 4
+  assert float(sums["loss_sum"]) == pytest.approx(-log_probs[rows, cols, labels[rows, cols]].sum(), rel=1e-5)
+  assert float(sums["correct"]) == np.sum(logits[rows, cols].argmax(-1) == labels[rows, cols])
+
+
+def test_token_classification_has_hugging_faces_layout():
+  config = model_lib.AlbertConfig(
+    vocab_size=50, embedding_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+  )
+  model = model_lib.AlbertForTokenClassification(config, num_labels=5)
+  params = nn.unbox(model.init(jax.random.PRNGKey(0), np.zeros((1, 4), np.int32)))["params"]
+  assert set(params) == {"albert", "classifier"} and "pooler" not in params["albert"]
+  assert (params["classifier"]["kernel"].shape, params["classifier"]["bias"].shape) == ((16, 5), (5,))
+  assert model.apply({"params": params}, np.ones((2, 7), np.int32)).shape == (2, 7, 5)  # a tag per token

@@ -102,6 +102,9 @@ def _missing(path, line, field, record, flag):
 
 
 def _label_text(value: Any) -> str:
+  """A value as the text it names: a string as it is, null as empty, other JSON values as JSON writes them."""
+  if value is None:
+    return ""
   return value if isinstance(value, str) else json.dumps(value)
 
 
@@ -135,9 +138,9 @@ def _labels(train: str, label_field: str, problem: str) -> tuple[str, tuple[str,
   """(problem, sorted class names or None) of the train file."""
   raw = []
   for line, record in family.read_once(read_records, train):
-    value = record.get(label_field)
-    if value is None:
+    if label_field not in record:
       _missing(train, line, label_field, record, "--config.task.label_field")
+    value = record[label_field]
     if _label_text(value).strip() == "":
       raise ValueError(f"{train}:{line}: empty label in column {label_field!r}; every train row needs one.")
     raw.append((line, value))
@@ -202,16 +205,16 @@ def load_split(task_config: Any, tokenizer: Any, split: str) -> family.TaskData:
   for line, record in family.read_once(read_records, path):
     texts = []
     for field in fields:
-      value = record.get(field)
-      if value is None:
+      if field not in record:
         _missing(path, line, field, record, "--config.task.text_fields")
+      value = record[field]
       if not _label_text(value).strip():
         raise ValueError(f"{path}:{line}: empty text in column {field!r}; every row needs its text.")
       texts.append(_label_text(value))
-    value = record.get(label_field)
-    if value is None and split != "test":
+    if label_field not in record and split != "test":
       _missing(path, line, label_field, record, "--config.task.label_field")
-    if value is None or _label_text(value).strip() == "":
+    value = record.get(label_field)
+    if _label_text(value).strip() == "":
       if split != "test":
         raise ValueError(f"{path}:{line}: empty label in column {label_field!r}; the {split} file needs one a row.")
       label = None

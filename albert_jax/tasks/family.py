@@ -81,6 +81,8 @@ class TaskData:
 
 def file_override(task_config: Any, split: str) -> str | None:
   """config.task.files.<split>, None when unset ('' = the family's default file)."""
+  if isinstance(task_config, str):
+    raise ValueError(f"Task {task_config!r} reads config.task.files: pass the config.task section, not the name.")
   return task_config.files.get(split) or None
 
 

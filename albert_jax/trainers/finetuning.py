@@ -82,8 +82,8 @@ def task_losses(head: str, outputs, batch, answerability_loss_weight: float | No
 
   Classification and multiple choice: cross-entropy. Tagging: cross-entropy
   per labelled token (each word's first piece; `label` -100 elsewhere, as
-  Hugging Face's ignore index), averaged over the batch's labelled tokens. Regression (STS-B):
-  squared error. Spans: the mean of the start and end cross-entropies; the
+  Hugging Face's ignore index), averaged over the batch's labelled tokens.
+  Regression (STS-B): squared error. Spans: the mean of the start and end cross-entropies; the
   XLNet span head adds `answerability_loss_weight` (config.task) x the binary
   cross-entropy of its answerability logit against "no answer in this
   window" (the original's 0.5 x sigmoid cross-entropy).
