@@ -2,7 +2,8 @@
 
 DIR gets config.json, model.safetensors, spiece.model, tokenizer.json and the tokenizer config, which
 `transformers.AlbertForMaskedLM.from_pretrained(DIR)` and `AutoTokenizer.from_pretrained(DIR)` load
-(`albert_jax.checkpoints.export`).
+(`albert_jax.checkpoints.export`). A fine-tuned model is written as its head's class, with its label names
+(AutoModelForSequenceClassification, …QuestionAnswering, …MultipleChoice, …TokenClassification load it).
 """
 
 from absl import flags

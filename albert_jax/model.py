@@ -675,3 +675,19 @@ class AlbertForMultipleChoice(nn.Module):
       flat(input_ids), flat(attention_mask), flat(token_type_ids), deterministic
     )
     return _Classifier(self.config, 1, name="classifier_head")(pooled, deterministic).reshape(batch, choices)
+
+
+def for_head(head: str, config: AlbertConfig, num_labels: int = 2, start_n_top: int = 5, end_n_top: int = 5):
+  """The task model of a fine-tuning head (`tasks.TaskSpec.head`); its `albert` submodule is the backbone.
+
+  `num_labels`: the classifier's outputs (1 for regression); `start_n_top`, `end_n_top`: the XLNet span head's beam.
+  """
+  if head == "span":
+    return AlbertForQuestionAnswering(config)
+  if head == "span_xlnet":
+    return AlbertForQuestionAnsweringXLNet(config, start_n_top, end_n_top)
+  if head == "multiple_choice":
+    return AlbertForMultipleChoice(config)
+  if head == "tagging":
+    return AlbertForTokenClassification(config, num_labels)
+  return AlbertForSequenceClassification(config, num_labels)

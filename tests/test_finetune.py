@@ -25,7 +25,7 @@ from albert_jax import checkpoints, tasks
 from albert_jax import model as model_lib
 from albert_jax import tokenizer as tokenizer_lib
 from albert_jax.checkpoints import export
-from albert_jax.tasks import fill_mask, metrics, squad
+from albert_jax.tasks import fill_mask, inference, metrics, squad
 from albert_jax.trainers import core, finetuning
 from tests import cli_helpers as cli
 from tests import fixtures, hf_finetune
@@ -399,3 +399,20 @@ def test_bad_input_is_one_clear_error_line(case, flags, message, data, tmp_path)
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("error:"), result.stderr[-3000:]
   assert re.search(message, last), last
+
+
+def test_predict_answers_every_question_as_the_xlnet_heads_evaluation(squad_v2_run):
+  """`predict` on a SQuAD 2.0 workdir windows and decodes as its evaluation did: the best non-null answers of
+  nbest_predictions.json, and "" where the null odds exceed the threshold."""
+  _, workdir, _, dataset = squad_v2_run
+  examples = squad.read_examples(dataset)
+  predictor = inference.Predictor(workdir, tokenizer_lib.Tokenizer(workdir / "spiece.model"), null_threshold=1e9)
+  answers = predictor.predict([{"question": e.question, "context": e.context} for e in examples])
+  nbest = json.loads((workdir / "nbest_predictions.json").read_text())
+  null_odds = json.loads((workdir / "null_odds.json").read_text())
+  assert [a["answer"] for a in answers] == [nbest[e.qid][0]["text"] for e in examples]
+  np.testing.assert_allclose([a["null_odds"] for a in answers], [null_odds[e.qid] for e in examples], atol=1e-5)
+  predictor.null_threshold = 0.0
+  assert [
+    a["answer"] for a in predictor.predict([{"question": e.question, "context": e.context} for e in examples])
+  ] == ["" if null_odds[e.qid] > 0 else nbest[e.qid][0]["text"] for e in examples]

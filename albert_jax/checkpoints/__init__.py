@@ -6,6 +6,7 @@ TensorFlow checkpoint (`original_tf`); `export` writes Hugging Face
 directories. Every source and output may be local or in a bucket (`gs://`).
 """
 
+import dataclasses
 from typing import Any
 
 from etils import epath
@@ -48,6 +49,60 @@ def load(path, complete: bool = True) -> tuple[model_lib.AlbertConfig, dict[str,
 def task_head(params: dict[str, Any]) -> tuple[str, ...]:
   """The fine-tuning head modules of a `{'params': ...}` tree (empty for pretraining parameters)."""
   return tuple(sorted(set(params["params"]) - {"albert", "predictions", "sop_classifier"}))
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadInfo:
+  """What a fine-tuned model's head answers with, as its checkpoint records it.
+
+  Attributes:
+    head: the task head (`tasks.TaskSpec.head`: 'classification', 'regression', 'span', ...).
+    labels: the label names in id order (classification, tagging); None where the head has none.
+    max_seq_length: the tokens per input it was fine-tuned with; None where not recorded (Hugging Face).
+    task: the fine-tuning task's name; None where not recorded.
+    settings: the fine-tuning's `config.task` fields (experiment.json), e.g. SQuAD's doc_stride; {} where unknown.
+  """
+
+  head: str
+  labels: tuple[str, ...] | None = None
+  max_seq_length: int | None = None
+  task: str | None = None
+  settings: dict = dataclasses.field(default_factory=dict)
+
+
+def _labels(id2label) -> tuple[str, ...] | None:
+  """id2label as a list or as {id: name} (keys as strings in JSON) → names in id order."""
+  if not id2label:
+    return None
+  if isinstance(id2label, dict):
+    return tuple(id2label[k] for k in sorted(id2label, key=int))
+  return tuple(id2label)
+
+
+def head_info(path) -> HeadInfo | None:
+  """The head of a fine-tuning workdir or a Hugging Face directory of a head's class; None for any other model.
+
+  A fine-tuning workdir's config.json names the head, its labels and max_seq_length; a Hugging Face config.json
+  its class (`hf.HEADS`), `id2label` and `problem_type`.
+  """
+  if original_tf.find_prefix(path) is not None:
+    return None
+  config_file = storage.path(path) / "config.json"
+  if not config_file.exists():
+    return None
+  meta = hf.read_json(config_file)
+  if meta.get("format") == FORMAT:
+    if not meta.get("head"):
+      return None
+    experiment = storage.path(path) / "experiment.json"
+    settings = hf.read_json(experiment).get("task", {}) if experiment.exists() else {}
+    labels = _labels(meta.get("id2label"))
+    return HeadInfo(meta["head"], labels, meta.get("max_seq_length"), meta.get("task"), settings)
+  head = hf.head_of_hf_config(meta)
+  if head is None:
+    return None
+  labels = _labels(meta.get("id2label")) if head not in ("span", "multiple_choice") else None
+  return HeadInfo(head, labels)
 
 
 def find_vocab(source) -> epath.Path | None:

@@ -27,6 +27,12 @@ no missing or unexpected weights:
   [MASK] "▁" "."). Writing tokenizer.json needs the `tokenizers` package;
   without it the export logs that it skipped the file and why.
 
+A fine-tuned model (a fine-tuning workdir, or a Hugging Face directory of a head's class) is written as its head's
+class instead, from one table (`hf.HEADS`: head → class and its tensors): AlbertForSequenceClassification with
+`id2label`, `label2id` and `problem_type`, AlbertForQuestionAnswering, AlbertForMultipleChoice or
+AlbertForTokenClassification. The SQuAD 2.0 XLNet-style head has no such class: its backbone is written
+(AlbertModel), with one warning line saying why.
+
 An existing non-empty DIR is refused unless `--overwrite`; even then nothing
 is removed before the new export is complete: it is written beside DIR and
 swapped in.
@@ -225,16 +231,36 @@ def _backbone_note(source, head: tuple[str, ...]) -> str:
   if head in _NO_HF_EQUIVALENT:
     what = f"whose head, {_NO_HF_EQUIVALENT[head]} ({names}), has no Hugging Face equivalent"
   else:
-    what = f"whose head ({names}) this export leaves out"
+    what = f"whose head ({names}) this export leaves out (its config.json does not name the head)"
   return f"{source} holds a fine-tuned model {what}: writing its backbone only (AlbertModel)."
 
 
-def _write(directory: pathlib.Path, config, params, vocab: epath.Path, architecture: str) -> None:
+def head_config(head: str, labels: tuple[str, ...] | None) -> dict:
+  """What config.json says of a head beyond its class: the label names and the problem type, as transformers reads them.
+
+  Regression has one output, named as the task names its score ("score" when it does not).
+  """
+  if head == "regression":
+    labels = labels or ("score",)
+  if labels is None:
+    return {}
+  extra = {"id2label": dict(enumerate(labels)), "label2id": {name: i for i, name in enumerate(labels)}}
+  if head in ("classification", "regression"):
+    extra["problem_type"] = "regression" if head == "regression" else "single_label_classification"
+  return extra
+
+
+def _write(directory: pathlib.Path, config, params, vocab: epath.Path, architecture: str, info=None) -> None:
+  """The export's files; `info` (`checkpoints.HeadInfo`) of a head with a Hugging Face class writes that class."""
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
 
   hf_config = {**hf.config_to_hf(config), "architectures": [architecture]}
+  if info is not None:
+    hf_config = {**hf_config, **head_config(info.head, info.labels)}
+    state = hf.params_to_hf(params, config, head=info.head)
+  else:
+    state = hf.params_to_hf(params, config, backbone_only=architecture == "AlbertModel")
   (directory / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True))
-  state = hf.params_to_hf(params, config, backbone_only=architecture == "AlbertModel")
   if architecture == "AlbertForMaskedLM":
     state = {k: v for k, v in state.items() if not k.startswith(_NOT_IN_MASKED_LM)}
   # transformers refuses safetensors files without this metadata.
@@ -274,8 +300,10 @@ def export(
     overwrite: allow replacing a non-empty `output`.
     vocab: the SentencePiece model to ship; None takes the one inside `source`.
     architecture: "AlbertForPreTraining" (all weights) or "AlbertForMaskedLM" (without pooler and SOP head).
-      A fine-tuning workdir's task model is written as "AlbertModel", its backbone, whatever this says: one
-      warning line names the head left out (and says so when Hugging Face has no equivalent of it).
+      A fine-tuned model (a fine-tuning workdir, or a Hugging Face directory of a head's class) is written as its
+      head's class (`hf.HEADS`: AlbertForSequenceClassification, ...QuestionAnswering, ...MultipleChoice,
+      ...TokenClassification), with its label names, whatever this says. A head without such a class (the SQuAD
+      2.0 XLNet-style head) is written as "AlbertModel", its backbone, with one warning line saying why.
 
   Raises:
     checkpoints.CheckpointError: with a message saying what to do.
@@ -291,7 +319,13 @@ def export(
   _check_output(output, overwrite)
   config, params = checkpoints.load(source)
   head = checkpoints.task_head(params)
-  if head:
+  info = checkpoints.head_info(source) if head else None
+  if info is not None and info.head not in hf.HEADS:
+    info = None
+  if info is not None:
+    architecture = hf.HEADS[info.head].architecture
+    logging.info("%s holds a fine-tuned %s head: writing %s.", source, info.head, architecture)
+  elif head:
     logging.warning(_backbone_note(source, head))
     architecture = "AlbertModel"
   vocab = _vocab_for(source, vocab, config.vocab_size)
@@ -299,7 +333,7 @@ def export(
   staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{output.name}.export-", dir=output.parent))
   staging.chmod(0o755)  # mkdtemp makes it private; the export is meant to be shared.
   try:
-    _write(staging, config, params, vocab, architecture)
+    _write(staging, config, params, vocab, architecture, info)
   except BaseException:
     shutil.rmtree(staging, ignore_errors=True)
     raise

@@ -2,9 +2,12 @@
 
 The map lives here once and serves both directions (`hf_to_params`,
 `params_to_hf`); the original TensorFlow reader renames its variables to
-Hugging Face names and uses it too.
+Hugging Face names and uses it too. `HEADS` extends it to the fine-tuning
+heads that have a Hugging Face class: one row per head, read by the export
+and by `load_hf` alike.
 """
 
+import dataclasses
 import io
 import json
 from collections.abc import Callable
@@ -113,6 +116,49 @@ def _name_map(cfg: model_lib.AlbertConfig) -> list[tuple[str, str, Callable, Cal
   return rows
 
 
+@dataclasses.dataclass(frozen=True)
+class Head:
+  """A fine-tuning head's Hugging Face class and its tensors.
+
+  Attributes:
+    architecture: the transformers class (config.json's `architectures`).
+    rows: (Hugging Face key, params path, to_flax, to_hf) of the head's tensors, as `_name_map`'s.
+    pooler: whether the class's backbone has the pooler (the span and token heads read the sequence only).
+  """
+
+  architecture: str
+  rows: tuple[tuple[str, str, Callable, Callable], ...]
+  pooler: bool = True
+
+
+def _dense_rows(hf_name: str, path: str) -> tuple[tuple[str, str, Callable, Callable], ...]:
+  ident = lambda w: w
+  return ((f"{hf_name}.weight", f"{path}/kernel", _t, _t), (f"{hf_name}.bias", f"{path}/bias", ident, ident))
+
+
+_SEQUENCE_CLASSIFIER = Head("AlbertForSequenceClassification", _dense_rows("classifier", "classifier_head/classifier"))
+# Task head (TaskSpec.head) -> its Hugging Face class. The SQuAD 2.0 XLNet-style head ('span_xlnet') has none.
+HEADS = {
+  "classification": _SEQUENCE_CLASSIFIER,
+  "regression": _SEQUENCE_CLASSIFIER,
+  "span": Head("AlbertForQuestionAnswering", _dense_rows("qa_outputs", "qa_outputs"), pooler=False),
+  "multiple_choice": Head("AlbertForMultipleChoice", _dense_rows("classifier", "classifier_head/classifier")),
+  "tagging": Head("AlbertForTokenClassification", _dense_rows("classifier", "classifier"), pooler=False),
+}
+
+
+def head_of_hf_config(hf_config: dict[str, Any]) -> str | None:
+  """The task head of a Hugging Face config.json (None: a pretraining or backbone-only model)."""
+  architecture = (hf_config.get("architectures") or [None])[0]
+  heads = [name for name, head in HEADS.items() if head.architecture == architecture]
+  if not heads:
+    return None
+  if heads == ["classification", "regression"]:
+    regression = hf_config.get("problem_type") == "regression" or len(hf_config.get("id2label") or {0: 0, 1: 1}) == 1
+    return "regression" if regression else "classification"
+  return heads[0]
+
+
 def _is_layer_row(hf_key: str) -> bool:
   return hf_key.startswith("albert_layers.")
 
@@ -141,13 +187,28 @@ def _normalise_hf_keys(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return out
 
 
-def hf_to_params(state: dict[str, np.ndarray], cfg: model_lib.AlbertConfig, complete: bool = True) -> dict[str, Any]:
-  """A Hugging Face `AlbertForPreTraining` state dict → the `{'params': ...}` tree of `AlbertForPreTraining`; with
-  `complete=False` the heads the state lacks (OPTIONAL_PREFIXES) are left out instead of initialised."""
+def _rows(cfg: model_lib.AlbertConfig, head: str | None):
+  """`_name_map`'s rows for `AlbertForPreTraining`, or for the backbone of `HEADS[head]` and then the head's own."""
+  if head is None:
+    return _name_map(cfg)
+  task = HEADS[head]
+  skipped = ("predictions.", "sop_classifier.") + (() if task.pooler else ("albert.pooler.",))
+  return [row for row in _name_map(cfg) if not row[0].startswith(skipped)] + list(task.rows)
+
+
+def hf_to_params(
+  state: dict[str, np.ndarray], cfg: model_lib.AlbertConfig, head: str | None = None, complete: bool = True
+) -> dict[str, Any]:
+  """A Hugging Face state dict → a `{'params': ...}` tree.
+
+  Of `AlbertForPreTraining`, or with `head` (a key of `HEADS`) of that head's task model: its backbone (`albert`)
+  and head, as albert_jax's fine-tuning writes them. Without `head`, the pretraining heads the state lacks
+  (OPTIONAL_PREFIXES) are initialised, or with `complete=False` left out.
+  """
   state = _normalise_hf_keys(state)
   expected = _abstract_params(cfg)
   flat, used = {}, set()
-  for hf_key, path, to_flax, _ in _name_map(cfg):
+  for hf_key, path, to_flax, _ in _rows(cfg, head):
     if _is_layer_row(hf_key):
       keys = [_group_key(g, hf_key) for g in range(cfg.num_hidden_groups)]
       path = _layer_path(cfg, path)
@@ -160,16 +221,21 @@ def hf_to_params(state: dict[str, np.ndarray], cfg: model_lib.AlbertConfig, comp
       raise CheckpointError(
         f"The checkpoint has no tensor {missing!r}; is it an ALBERT checkpoint matching its "
         f"config.json (num_hidden_groups={cfg.num_hidden_groups}, "
-        f"inner_group_num={cfg.inner_group_num})?"
+        f"inner_group_num={cfg.inner_group_num}, architectures)?"
       )
-    want = expected[path][1:] if cfg.num_hidden_groups > 1 and len(keys) > 1 else expected[path]
+    if path in expected:
+      want = expected[path][1:] if cfg.num_hidden_groups > 1 and len(keys) > 1 else expected[path]
+    else:  # a task head's tensor: its width is the number of labels, which only the file says
+      want = np.shape(to_flax(np.asarray(state[keys[0]])))
     values = [_converted(state[k], k, to_flax, want) for k in keys]
     flat[path] = np.stack(values) if cfg.num_hidden_groups > 1 and len(keys) > 1 else values[0]
     used.update(keys)
   unused = sorted(k for k in set(state) - used if not k.startswith("predictions.decoder."))
   if unused:
-    logging.warning("Ignoring %d tensors not used by AlbertForPreTraining: %s", len(unused), unused[:8])
-  return _complete({"params": _unflatten(flat)}, cfg) if complete else {"params": _unflatten(flat)}
+    what = HEADS[head].architecture if head else "AlbertForPreTraining"
+    logging.warning("Ignoring %d tensors not used by %s: %s", len(unused), what, unused[:8])
+  params = {"params": _unflatten(flat)}
+  return _complete(params, cfg) if complete and not head else params
 
 
 def _converted(value, hf_key, to_flax, want):
@@ -186,16 +252,16 @@ def _converted(value, hf_key, to_flax, want):
 
 
 def params_to_hf(
-  params: dict[str, Any], cfg: model_lib.AlbertConfig, backbone_only: bool = False
+  params: dict[str, Any], cfg: model_lib.AlbertConfig, backbone_only: bool = False, head: str | None = None
 ) -> dict[str, np.ndarray]:
   """The `{'params': ...}` tree → a Hugging Face `AlbertForPreTraining` state dict (decoder tensors as copies).
 
   `backbone_only`: the `albert.` tensors alone (an `AlbertModel`; the pooler only if the tree has one), e.g. of a
-  fine-tuned task model.
+  fine-tuned task model. `head` (a key of `HEADS`): a task model's, as that head's Hugging Face class names them.
   """
   flat = _flatten(params["params"])
   state = {}
-  for hf_key, path, _, to_hf in _name_map(cfg):
+  for hf_key, path, _, to_hf in _rows(cfg, head):
     path = _layer_path(cfg, path) if _is_layer_row(hf_key) else path
     if backbone_only and (hf_key.startswith(("predictions.", "sop_classifier.")) or path not in flat):
       continue  # the heads, and the pooler of a span model (which has none)
@@ -206,7 +272,7 @@ def params_to_hf(
         state[_group_key(g, hf_key)] = np.ascontiguousarray(to_hf(groups[g]))
     else:
       state[hf_key] = np.ascontiguousarray(to_hf(np.asarray(flat[path])))
-  if not backbone_only:
+  if not backbone_only and head is None:
     state["predictions.decoder.weight"] = state["albert.embeddings.word_embeddings.weight"].copy()
     state["predictions.decoder.bias"] = state["predictions.bias"].copy()
   return state
@@ -314,6 +380,8 @@ def read_hf_weights(directory: epath.Path) -> dict[str, np.ndarray]:
 
 
 def load_hf(directory, complete: bool = True) -> tuple[model_lib.AlbertConfig, dict[str, Any]]:
+  """A Hugging Face directory's config and parameters: with its head when its class is one of `HEADS`."""
   directory = storage.path(directory)
-  cfg = config_from_hf(read_json(directory / "config.json"))
-  return cfg, hf_to_params(read_hf_weights(directory), cfg, complete)
+  hf_config = read_json(directory / "config.json")
+  cfg = config_from_hf(hf_config)
+  return cfg, hf_to_params(read_hf_weights(directory), cfg, head_of_hf_config(hf_config), complete)

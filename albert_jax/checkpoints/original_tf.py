@@ -327,4 +327,4 @@ def load(prefix, complete: bool = True) -> tuple[model_lib.AlbertConfig, dict[st
     variables = read_bundle(prefix, skip=lambda name: bool(_SKIPPED.search(name)))
   except (OSError, ValueError, IndexError, struct.error) as e:
     raise CheckpointError(f"Cannot read the TensorFlow checkpoint {prefix}: {e}") from None
-  return cfg, hf.hf_to_params(to_hf_state(variables, cfg), cfg, complete)
+  return cfg, hf.hf_to_params(to_hf_state(variables, cfg), cfg, complete=complete)

@@ -35,7 +35,7 @@ class Candidate:
   probability: float
 
 
-def _bucket(n: int, minimum: int, maximum: int) -> int:
+def bucket(n: int, minimum: int, maximum: int) -> int:
   """The smallest power of two ≥ n (and ≥ minimum), capped at maximum."""
   size = minimum
   while size < n:
@@ -113,9 +113,9 @@ def fill_mask(
   for start in range(0, len(encoded), batch_size):
     chunk = encoded[start : start + batch_size]
     masks = [[i for i, t in enumerate(ids) if t == tokenizer.mask_id] for ids in chunk]
-    length = _bucket(max(map(len, chunk)), _MIN_LENGTH_BUCKET, config.max_position_embeddings)
-    num_masks = _bucket(max(map(len, masks)), 1, length)
-    batch = _bucket(len(chunk), 1, batch_size)
+    length = bucket(max(map(len, chunk)), _MIN_LENGTH_BUCKET, config.max_position_embeddings)
+    num_masks = bucket(max(map(len, masks)), 1, length)
+    batch = bucket(len(chunk), 1, batch_size)
     input_ids = np.full((batch, length), tokenizer.pad_id, np.int32)
     attention_mask = np.zeros((batch, length), np.int32)
     positions = np.zeros((batch, num_masks), np.int32)  # padding slots look at [CLS]; their output is dropped

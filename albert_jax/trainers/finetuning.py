@@ -64,15 +64,10 @@ def task_model(spec: tasks.TaskSpec, model_config: model_lib.AlbertConfig, task_
 
   `task_config` (config.task) gives the XLNet span head its beam sizes.
   """
-  if spec.head == "span":
-    return model_lib.AlbertForQuestionAnswering(model_config)
-  if spec.head == "span_xlnet":
-    return model_lib.AlbertForQuestionAnsweringXLNet(model_config, task_config.start_n_top, task_config.end_n_top)
-  if spec.head == "multiple_choice":
-    return model_lib.AlbertForMultipleChoice(model_config)
-  if spec.head == "tagging":
-    return model_lib.AlbertForTokenClassification(model_config, spec.num_labels)
-  return model_lib.AlbertForSequenceClassification(model_config, spec.num_labels)
+  n_top = (
+    {"start_n_top": task_config.start_n_top, "end_n_top": task_config.end_n_top} if spec.head == "span_xlnet" else {}
+  )
+  return model_lib.for_head(spec.head, model_config, spec.num_labels, **n_top)
 
 
 def model_inputs(head: str, training: bool) -> tuple[str, ...]:
@@ -235,8 +230,33 @@ def load_backbone(config, tokenizer) -> tuple[model_lib.AlbertConfig, Any]:
   return model_config, params
 
 
-def with_backbone(state: core.TrainState, pretrained, state_shardings) -> core.TrainState:
-  """`state` with its `albert` parameters replaced by the pretrained ones, placed in their shards.
+def matching_head(config, spec: tasks.TaskSpec, pretrained) -> tuple[str, ...]:
+  """The head modules to take from config.init_checkpoint with the backbone: none (a fresh head) unless it holds a
+  fine-tuned head of this task's kind (a fine-tuning workdir, or a Hugging Face directory of the head's class) with
+  the same labels."""
+  modules = checkpoints.task_head(pretrained) if pretrained is not None else ()
+  info = checkpoints.head_info(config.init_checkpoint) if modules else None
+  if info is None:
+    return ()
+  labelled = spec.head in ("classification", "tagging") and info.labels and spec.label_names
+  if info.head != spec.head or (labelled and tuple(info.labels) != tuple(spec.label_names)):
+    logging.info(
+      "%s holds a %s head with labels %s; %s needs a %s head with labels %s: the head starts fresh.",
+      config.init_checkpoint,
+      info.head,
+      info.labels,
+      spec.name,
+      spec.head,
+      spec.label_names,
+    )
+    return ()
+  logging.info("The %s head (%s) comes from %s too.", info.head, ", ".join(modules), config.init_checkpoint)
+  return modules
+
+
+def with_backbone(state: core.TrainState, pretrained, state_shardings, heads: tuple[str, ...] = ()) -> core.TrainState:
+  """`state` with its `albert` parameters (and those of the `heads` modules) replaced by the pretrained ones,
+  placed in their shards.
 
   The pretraining-only parts (MLM and SOP heads, the pooler for span
   heads) are left out; a missing or misshapen tensor is an error.
@@ -253,8 +273,11 @@ def with_backbone(state: core.TrainState, pretrained, state_shardings) -> core.T
       raise TrainingError(f"init_checkpoint parameter {path} is {found}; the task model needs {tuple(fresh.shape)}.")
     return jax.device_put(np.asarray(loaded, fresh.dtype), shardings)
 
-  albert = take(state.params["albert"], pretrained["params"]["albert"], state_shardings.params["albert"], "albert")
-  return state.replace(params={**state.params, "albert": albert})
+  taken = {
+    name: take(state.params[name], pretrained["params"][name], state_shardings.params[name], name)
+    for name in ("albert", *heads)
+  }
+  return state.replace(params={**state.params, **taken})
 
 
 @functools.lru_cache(maxsize=2)
@@ -377,7 +400,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     # Checkpoints: resume from the newest; the best dev parameters are kept apart.
     manager = checkpointing.checkpoint_manager(workdir / "checkpoints", ("state",), config.keep_checkpoints)
     best = BestCheckpoint(checkpointing.checkpoint_manager(workdir / "best", ("params", "scores"), 1), spec)
-    state = _initial_state(setup, manager, init_rng, pretrained)
+    state = _initial_state(setup, manager, init_rng, pretrained, matching_head(config, spec, pretrained))
     del pretrained
 
     # The loop.
@@ -420,15 +443,15 @@ def finetune(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   return results
 
 
-def _initial_state(setup: core.Setup, manager, init_rng, pretrained) -> core.TrainState:
-  """The newest checkpoint's state; else a fresh one with the pretrained backbone (if any) put in."""
+def _initial_state(setup: core.Setup, manager, init_rng, pretrained, heads: tuple[str, ...]) -> core.TrainState:
+  """The newest checkpoint's state; else a fresh one with the pretrained backbone (and `heads`), if any, put in."""
   restored = checkpointing.restore_newest(
     manager, checkpointing.composite(dict(state=ocp.args.StandardRestore(setup.abstract_state)))
   )
   if restored is not None:
     return restored["state"]
   state = setup.init(init_rng)
-  return state if pretrained is None else with_backbone(state, pretrained, setup.state_shardings)
+  return state if pretrained is None else with_backbone(state, pretrained, setup.state_shardings, heads)
 
 
 def train_batch(data: tasks.TaskData, config, step: int) -> dict[str, np.ndarray]:
