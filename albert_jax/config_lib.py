@@ -89,6 +89,9 @@ def _add_loop(c: ml_collections.ConfigDict, log_every: int, eval_every: int, che
   c.debug = ml_collections.ConfigDict()  # fault injection, for tests only; applied around the step (trainers.core)
   c.debug.nan_at_step = -1  # the update at this step behaves as if its loss were non-finite (-1: never)
   c.debug.nan_value = "nan"  # that loss: 'nan' or 'inf'
+  # Issue 24: lay the mesh's devices out p0d0, p1d0, p0d1, ... as a TPU pod's mesh interleaves its hosts along the
+  # batch (sharding.interleave_processes), so that a multi-process CPU run feeds rows as a pod must.
+  c.debug.interleave_processes = False
 
 
 def pretraining(preset: str = "base") -> ml_collections.ConfigDict:

@@ -66,7 +66,10 @@ class TrainState:
 
 def setup_mesh(config) -> tuple[jax.sharding.Mesh, Any]:
   """The device mesh and logical axis rules of `config`, checking that the batch splits over the mesh."""
-  mesh = sharding.create_mesh(config.mesh)
+  devices = jax.devices()
+  if config.debug.interleave_processes:
+    devices = sharding.interleave_processes(devices)
+  mesh = sharding.create_mesh(config.mesh, devices)
   rules = sharding.axis_rules(config)
   if config.batch_size % sharding.data_parallel_size(mesh):
     raise TrainingError(

@@ -245,13 +245,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if jax.process_index() == 0:  # prepare once, before the other processes read
     pipeline.document_source(config.data, tokenizer, "train", data_dir)
   core.sync("data")
+  # This process reads the data shards whose rows its devices hold (not necessarily consecutive ones on a pod).
+  num_shards, shards = sharding.data_shards(mesh, config.batch_size, config.data.num_shards)
   stream = lambda split: pipeline.make_process_iterator(
     config.data,
     tokenizer,
     config.batch_size,
     config.seed,
     split,
-    num_shards=config.data.num_shards,
+    num_shards=num_shards,
+    shards=shards,
     data_dir=data_dir,
     model_vocab_size=model_config.vocab_size,
   )
@@ -320,6 +323,8 @@ def evaluate(config, stream: Callable, eval_step, params, mesh) -> dict[str, dic
     logging.warning("No evaluation: %s", e)
     return {}
   totals = None
+  # The sums do not depend on where each row lands on the mesh; the rows are fed where the devices hold them all
+  # the same (`stream` reads `sharding.data_shards`), as in training.
   for _ in range(config.eval_batches):
     sums = jax.device_get(eval_step(params, sharding.global_batch(next(eval_iter), mesh)))
     totals = sums if totals is None else {k: totals[k] + sums[k] for k in sums}
