@@ -176,7 +176,7 @@ def loss_gradients(
   rng: jax.Array,
   grad_accum_steps: int = 1,
   prepare_params: Callable[[Any], Any] = lambda params: params,
-  data_axis: str | None = sharding.MESH_AXES[0],
+  batch_axes: tuple[str, ...] = sharding.BATCH_AXES,
 ):
   """(metric sums, gradient of the total loss) of one global batch, over `grad_accum_steps` microbatches.
 
@@ -186,7 +186,7 @@ def loss_gradients(
   of the full batch's loss (`optim.accumulate_gradients`; `total_loss` must
   be linear in the sums that depend on the parameters, as sums over
   examples divided by counts are). Every microbatch draws its own dropout
-  masks, and the gradient is reduced over the data axis once.
+  masks, and the gradient is reduced over the batch axes once.
   """
   counts = denominators(batch)
   # The parameters are prepared (e.g. the shared layer gathered whole) once per step, outside the microbatch
@@ -201,7 +201,7 @@ def loss_gradients(
     grads, sums = jax.grad(loss_fn, has_aux=True)(p)
     return sums, grads
 
-  sums, grads = optim.accumulate_gradients(grads_and_sums, prepared, batch, rng, grad_accum_steps, data_axis)
+  sums, grads = optim.accumulate_gradients(grads_and_sums, prepared, batch, rng, grad_accum_steps, batch_axes)
   return sums, restore(grads)[0]
 
 
