@@ -118,7 +118,7 @@ def pretraining(preset: str = "base") -> ml_collections.ConfigDict:
   c.data.text_field = "text"  # text feature of a TFDS catalog dataset
   c.data.shuffle_window = 1024  # examples shuffled together after pairing, so a batch mixes documents
   c.data.read_threads = 4  # grain threads reading and pairing documents
-  c.data.num_shards = 0  # data shards of the global stream (0 = one per process); fixed, batches match any host count
+  c.data.num_shards = 0  # data shards of the global stream (0 = the fewest that fit the mesh: sharding.data_shards)
 
   c.batch_size = 4096  # global batch, over all devices and hosts
   _add_optimizer(c, "lamb", learning_rate=0.00176, warmup_steps=3125, num_train_steps=125_000)
