@@ -20,6 +20,7 @@ Usage, as in train.py:
     state = jax.jit(init_fn, out_shardings=shardings)(rng)
 """
 
+import functools
 import itertools
 import logging
 import math
@@ -201,6 +202,7 @@ def interleave_processes(devices: Sequence[jax.Device]) -> list[jax.Device]:
   return [device for group in zip(*by_process.values(), strict=True) for device in group]
 
 
+@functools.lru_cache(maxsize=8)  # asked for every batch (fine-tuning), of a few sizes per run
 def _rows_by_process(mesh: Mesh, global_size: int) -> dict[int, np.ndarray]:
   """Each process's rows of a global batch of `global_size`: its devices' blocks, in increasing order."""
   blocks: dict[int, set[tuple[int, int]]] = {}
