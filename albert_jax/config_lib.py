@@ -86,6 +86,10 @@ def _add_loop(c: ml_collections.ConfigDict, log_every: int, eval_every: int, che
   c.checkpoint_every_steps = checkpoint_every  # asynchronous orbax saves of the train state (resume)
   c.keep_checkpoints = keep  # newest checkpoints kept
   c.nan_policy = "stop"  # on a non-finite loss: 'stop' (keep the last good checkpoint) or 'skip' the update
+  c.debug = ml_collections.ConfigDict()  # for tests only
+  # Lay the mesh's devices out p0d0, p1d0, p0d1, ... as a TPU pod's mesh interleaves its hosts along the batch
+  # (sharding.interleave_processes), so that a multi-process CPU run feeds rows as a pod must.
+  c.debug.interleave_processes = False
 
 
 def pretraining(preset: str = "base") -> ml_collections.ConfigDict:
@@ -112,7 +116,7 @@ def pretraining(preset: str = "base") -> ml_collections.ConfigDict:
   c.data.text_field = "text"  # text feature of a TFDS catalog dataset
   c.data.shuffle_window = 1024  # examples shuffled together after pairing, so a batch mixes documents
   c.data.read_threads = 4  # grain threads reading and pairing documents
-  c.data.num_shards = 0  # data shards of the global stream (0 = one per process); fixed, batches match any host count
+  c.data.num_shards = 0  # data shards of the global stream (0 = the fewest that fit the mesh: sharding.data_shards)
 
   # Continued pretraining and the sentence objective (the paper's Table 5 ablation; trainers/pretraining.py).
   # SRC to start from: HF AlbertForPreTraining/AlbertForMaskedLM dir, original TF checkpoint, albert_jax checkpoint or

@@ -18,15 +18,15 @@ position mean the same with and without accumulation, and the optimizer state
 (and so every checkpoint) carries no extra gradient accumulator.
 """
 
+import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from absl import logging
 
 from albert_jax import sharding
 
@@ -252,7 +252,7 @@ def accumulate_gradients(
   batch: Any,
   rng: jax.Array,
   num_microbatches: int,
-  data_axis: str | None = None,
+  batch_axes: Sequence[str] = sharding.BATCH_AXES,
 ) -> tuple[Any, Any]:
   """Summed auxiliary outputs and summed gradients of `grad_fn` over microbatches of `batch`.
 
@@ -273,19 +273,21 @@ def accumulate_gradients(
     params: passed unchanged to every call.
     batch: pytree of arrays with a common leading batch dimension.
     rng: the step's key (dropout): used as is for k = 1; microbatch i gets
-      `fold_in(rng, i)`, and under `data_axis` each device folds in its data
+      `fold_in(rng, i)`, and under `batch_axes` each device folds in its batch
       shard's index first, so that no two microbatches or shards draw the
       same masks (which then depend on the data-parallel size).
     num_microbatches: k >= 1; the batch size must be divisible by k.
-    data_axis: a mesh axis the batch is split over. When the ambient mesh has
-      it (larger than 1) and k > 1, the microbatch loop runs inside a
-      `shard_map` manual over that axis: every device adds up the gradients
-      of its own rows and ONE `psum` over the axis adds the devices' sums at
-      the end, where jit's automatic partitioning all-reduces the gradient
-      once per microbatch (and per layer). Other axes (fsdp, tensor) stay
-      automatic inside. With k = 1 the step is left to jit: it reduces once
-      per step too, and its dropout masks are those of one device whatever
-      the mesh (a shard_map draws per shard).
+    batch_axes: the mesh axes the batch is split over ('data', 'fsdp'). When
+      the ambient mesh splits the batch over them and k > 1, the microbatch
+      loop runs inside a `shard_map` manual over them: the parameters enter
+      whole (under fsdp: gathered once, before the loop), every device adds
+      up the gradients of its own rows, and ONE `psum` over the axes adds the
+      devices' sums at the end, where jit's automatic partitioning reduces
+      the gradient once per microbatch (and per layer; under fsdp a
+      reduce-scatter per microbatch). The tensor axis stays automatic inside.
+      With k = 1 the step is left to jit: it reduces once per step too, and
+      its dropout masks are those of one device whatever the mesh (a
+      shard_map draws per shard).
 
   Returns:
     (summed aux, summed gradients).
@@ -297,41 +299,34 @@ def accumulate_gradients(
       f"{num_microbatches}; change batch_size or grad_accum_steps."
     )
   mesh = jax.sharding.get_abstract_mesh()
-  if (
-    num_microbatches == 1  # jit's own reduction; dropout masks then stay those of one device on any mesh
-    or data_axis is None
-    or mesh.empty
-    or data_axis not in mesh.axis_names
-    or mesh.shape[data_axis] == 1
-  ):
+  axes = () if mesh.empty else tuple(a for a in batch_axes if a in mesh.axis_names)
+  if num_microbatches == 1 or math.prod(mesh.shape[a] for a in axes) == 1:
+    # k = 1: jit's own reduction; dropout masks then stay those of one device on any mesh.
     return _scan_microbatches(grad_fn, params, batch, rng, num_microbatches)
-  if sum(size > 1 for name, size in mesh.shape.items() if name != data_axis) > 1:
-    # XLA's SPMD partitioner (jax 0.10.2) fails a check on a shard_map manual over one axis when two other axes
-    # (fsdp and tensor) are split too; such a mesh keeps jit's reduction per microbatch.
-    logging.warning("grad_accum_steps with data, fsdp and tensor all split: the gradient is reduced per microbatch.")
-    return _scan_microbatches(grad_fn, params, batch, rng, num_microbatches)
-
-  return _accumulate_per_device(grad_fn, params, batch, rng, num_microbatches, data_axis, mesh)
+  return _accumulate_per_device(grad_fn, params, batch, rng, num_microbatches, axes, mesh)
 
 
-def _accumulate_per_device(grad_fn, params, batch, rng, num_microbatches, data_axis, mesh):
-  """`_scan_microbatches` on every device's own rows, in a shard_map manual over `data_axis`; one psum."""
+def _accumulate_per_device(grad_fn, params, batch, rng, num_microbatches, axes, mesh):
+  """`_scan_microbatches` on every device's own rows, in a shard_map manual over the batch `axes`; one psum."""
 
   def per_device(params, batch, rng):
-    rng = jax.random.fold_in(rng, jax.lax.axis_index(data_axis))
-    # Inside the shard_map `data_axis` is manual: no sharding constraint may name it.
-    rules = tuple((name, sharding.without_axis(axes, data_axis)) for name, axes in nn.get_logical_axis_rules())
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(axes))
+    # Inside the shard_map the batch axes are manual: no sharding constraint may name them.
+    rules = nn.get_logical_axis_rules()
+    for axis in axes:
+      rules = tuple((name, sharding.without_axis(entry, axis)) for name, entry in rules)
     with nn.logical_axis_rules(rules):
       sums = _scan_microbatches(grad_fn, params, batch, rng, num_microbatches)
-    return jax.lax.psum(sums, data_axis)  # the step's one reduction over the data axis
+    return jax.lax.psum(sums, axes)  # the step's one reduction over the batch axes
 
   spec = jax.sharding.PartitionSpec
   return jax.shard_map(
     per_device,
     mesh=mesh,
-    in_specs=(spec(), spec(data_axis), spec()),
+    # The parameters whole on every device: under fsdp, jit gathers them here, once per step.
+    in_specs=(spec(), spec(axes), spec()),
     out_specs=spec(),
-    axis_names={data_axis},
+    axis_names=set(axes),
     # The gradients are taken inside, per device, and summed by the psum above; check_vma=True would type the
     # parameters as device-invariant and psum every microbatch's gradient (and the Pallas kernel has no type).
     check_vma=False,

@@ -20,6 +20,7 @@ Usage, as in train.py:
     state = jax.jit(init_fn, out_shardings=shardings)(rng)
 """
 
+import functools
 import itertools
 import logging
 import math
@@ -188,11 +189,78 @@ def data_parallel_size(mesh: Mesh) -> int:
   return math.prod(mesh.shape[axis] for axis in BATCH_AXES)
 
 
+def interleave_processes(devices: Sequence[jax.Device]) -> list[jax.Device]:
+  """`devices` in the order p0d0, p1d0, p0d1, p1d1, ...: every process's devices spread along the mesh's axes.
+
+  A TPU pod's mesh looks like this: `mesh_utils.create_device_mesh((16, 1, 1))`
+  over a v4-32 (4 hosts) orders the batch's blocks by host 0, 1, 2, 3, 0, 1, ...
+  `config.debug.interleave_processes` lays a CPU run's mesh out so, for tests.
+  """
+  by_process: dict[int, list[jax.Device]] = {}
+  for device in devices:
+    by_process.setdefault(device.process_index, []).append(device)
+  return [device for group in zip(*by_process.values(), strict=True) for device in group]
+
+
+@functools.lru_cache(maxsize=8)  # asked for every batch (fine-tuning), of a few sizes per run
+def _rows_by_process(mesh: Mesh, global_size: int) -> dict[int, np.ndarray]:
+  """Each process's rows of a global batch of `global_size`: its devices' blocks, in increasing order."""
+  blocks: dict[int, set[tuple[int, int]]] = {}
+  for device, index in batch_sharding(mesh).devices_indices_map((global_size,)).items():
+    blocks.setdefault(device.process_index, set()).add(index[0].indices(global_size)[:2])
+  return {p: np.concatenate([np.arange(*block) for block in sorted(b)]) for p, b in sorted(blocks.items())}
+
+
+def process_rows(mesh: Mesh, global_size: int) -> np.ndarray:
+  """The rows of a global batch of `global_size` that this process feeds (`global_batch`), in feeding order.
+
+  They are the rows its devices hold, which need not be consecutive: on a TPU
+  pod process 0's blocks may be 0, 4, 8 and 12 of 16 (`interleave_processes`).
+  `jax.make_array_from_process_local_data` fills a process's blocks in
+  increasing order from its rows, so a process that fed rows [p·n, (p+1)·n)
+  instead would put other examples in those blocks, and row-ordered outputs
+  (predictions) would no longer line up with their inputs.
+  """
+  return _rows_by_process(mesh, global_size)[jax.process_index()]
+
+
+def local_rows(batch: Any, mesh: Mesh) -> Any:
+  """This process's rows (`process_rows`) of a global NumPy batch that every process holds (fine-tuning's)."""
+  return jax.tree.map(lambda x: x[process_rows(mesh, len(x))], batch)
+
+
+def data_shards(mesh: Mesh, global_size: int, num_shards: int = 0) -> tuple[int, list[int]]:
+  """(num_shards, those this process reads): the global batch as `num_shards` equal consecutive parts.
+
+  A process reads a data shard's stream for every part its devices hold, so
+  each part must lie whole on one process's devices (or on several, which
+  then read it alike). 0 chooses the fewest such parts: one per process when
+  each holds consecutive rows, one per device block when the mesh interleaves
+  the processes (`interleave_processes`). With a given count the global
+  batches are the same on any number of processes and any mesh.
+  """
+  rows = _rows_by_process(mesh, global_size)
+
+  def whole(n: int) -> bool:
+    size = global_size // n
+    return global_size % n == 0 and all(len(np.unique(r // size)) * size == len(r) for r in rows.values())
+
+  fewest = next(n for n in range(len(rows), global_size + 1) if whole(n))
+  if num_shards and not whole(num_shards):
+    raise ValueError(
+      f"config.data.num_shards={num_shards} cuts the global batch of {global_size} into parts that lie on "
+      f"several processes' devices; use a multiple of {fewest} that divides the batch (or 0 for {fewest})."
+    )
+  num_shards = num_shards or fewest
+  return num_shards, np.unique(process_rows(mesh, global_size) // (global_size // num_shards)).tolist()
+
+
 def global_batch(local_batch: Any, mesh: Mesh) -> Any:
   """Global jax.Arrays from this process's NumPy batch (every leaf [b, ...]).
 
-  Each process passes the rows it read (its own data shard); the global batch
-  size is b times the number of processes.
+  Each process passes the rows `process_rows` names, in that order: rows of a
+  global batch every process holds (`local_rows`), or of the data shards it
+  reads (`data_shards`).
   """
   sharding = batch_sharding(mesh)
   local_parallel = data_parallel_size(mesh) // jax.process_count()

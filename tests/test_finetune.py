@@ -8,6 +8,7 @@ head also runs on the shared v2.0 sample when it is present.
 import importlib.util
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -122,14 +123,67 @@ def test_glue_task_trains_evaluates_keeps_the_best_and_writes_predictions(task, 
   assert meta["num_labels"] == len(id2label)
 
 
-def test_squad_v1_on_a_dev_slice_writes_official_predictions(data, tmp_path):
-  config = _experiment("squad.py", "v1", data, num_train_steps=2, eval_every_steps=0)
-  config.task.max_examples = 16
-  results = finetuning.finetune(config, str(tmp_path))
+# The 2-step `squad.py:v1,tiny` run on 16 dev questions, with dropout: in one process on 8 devices
+# (`squad_v1_run`) and in two processes on an interleaved mesh.
+SQUAD_V1_FLAGS = {
+  "task.max_examples": 16,
+  "model.hidden_dropout_prob": 0.1,
+  "num_train_steps": 2,
+  "eval_every_steps": 0,
+  "checkpoint_every_steps": 2,
+}
+
+
+@pytest.fixture(scope="module")
+def squad_v1_run(data, tmp_path_factory):
+  """(workdir, results) of the SQuAD v1.1 run above, in this process."""
+  config = _experiment("squad.py", "v1", data)
+  for key, value in SQUAD_V1_FLAGS.items():
+    section, _, field = key.rpartition(".")
+    (config[section] if section else config)[field] = value
+  workdir = tmp_path_factory.mktemp("squad_v1")
+  return workdir, finetuning.finetune(config, str(workdir))
+
+
+def test_squad_v1_on_a_dev_slice_writes_official_predictions(squad_v1_run):
+  workdir, results = squad_v1_run
   assert {"exact_match", "f1"} <= set(results["dev"])
-  predictions = json.loads((tmp_path / "predictions.json").read_text())
+  predictions = json.loads((workdir / "predictions.json").read_text())
   assert len(predictions) == 16 and all(isinstance(a, str) for a in predictions.values())
-  assert not (tmp_path / "null_odds.json").exists()
+  assert not (workdir / "null_odds.json").exists()
+
+
+def test_two_processes_on_an_interleaved_mesh_predict_every_dev_row_as_one_process(squad_v1_run, data, tmp_path):
+  """Issue 24: on a TPU pod the mesh interleaves the hosts along the batch (process 0 holds blocks 0, 2, 4, ...).
+
+  The pair lays its 2 x 4 devices out so (p0d0, p1d0, p0d1, ...), trains with dropout (a row fed to another
+  device would draw another row's mask) and predicts the SQuAD dev windows in padded batches of 16: every
+  question's answer and the scores must be one process's on 8 devices.
+  """
+  single, results = squad_v1_run
+  port = 20000 + (os.getpid() + 7) % 20000
+  command = [
+    sys.executable,
+    "-m",
+    "albert_jax.finetune",
+    "--config=experiments/squad.py:v1,tiny",
+    f"--workdir={tmp_path}",
+    f"--config.task.vocab={data['vocab']}",
+    f"--config.task.data_dir={data['squad.py']}",
+    *(f"--config.{key}={value}" for key, value in SQUAD_V1_FLAGS.items()),
+    "--config.debug.interleave_processes=true",
+    f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+    "--config.distributed.num_processes=2",
+  ]
+  procs = [
+    cli.spawn([*command, f"--config.distributed.process_id={i}"], tmp_path / f"stderr{i}.log", devices=4)
+    for i in range(2)
+  ]
+  assert cli.finish(procs, timeout=300) == [0, 0], cli.tail(procs[0]) + cli.tail(procs[1])
+  expected = json.loads((single / "predictions.json").read_text())
+  assert len(set(expected.values())) > 8  # the answers differ from question to question
+  assert json.loads((tmp_path / "predictions.json").read_text()) == expected
+  assert json.loads((tmp_path / "eval_results.json").read_text())["dev"] == pytest.approx(results["dev"], rel=1e-5)
 
 
 def test_squad_v2_bert_head_chooses_the_null_threshold_on_dev(data, tmp_path):

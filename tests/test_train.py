@@ -161,9 +161,18 @@ def test_unknown_config_key_is_refused(shared_data_dir, tmp_path):
 
 
 def test_two_processes_train_checkpoint_resume_and_match_one_process(shared_data_dir, tmp_path):
-  """A pair that loses a process stops on its own; started again, it resumes and matches one process."""
+  """A pair that loses a process stops on its own; started again, it resumes and matches one process.
+
+  The pair's mesh interleaves its processes, as a TPU pod's does (issue 24): each reads the data shards whose
+  rows its devices hold, and with dropout a row fed elsewhere would draw another row's mask.
+  """
   steps = 6
-  common = ["--config.checkpoint_every_steps=3", "--config.data.num_shards=2", "--config.mesh.data=-1"]
+  common = [
+    "--config.checkpoint_every_steps=3",
+    "--config.data.num_shards=8",
+    "--config.mesh.data=-1",
+    "--config.model.hidden_dropout_prob=0.1",
+  ]
   single = tmp_path / "single"
   result = cli.run(cli.train_command(single, shared_data_dir, steps, *common), devices=8)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -182,6 +191,7 @@ def test_two_processes_train_checkpoint_resume_and_match_one_process(shared_data
         "--config.distributed.num_processes=2",
         f"--config.distributed.process_id={i}",
         "--config.distributed.heartbeat_timeout_seconds=20",
+        "--config.debug.interleave_processes=true",
       )
       for i in range(2)
     ]

@@ -719,32 +719,36 @@ def make_process_iterator(
   split: str = "train",
   *,
   num_shards: int = 0,
+  shards: Sequence[int] | None = None,
   process_index: int | None = None,
   process_count: int | None = None,
   **kwargs,
 ) -> grain.DatasetIterator:
   """This process's rows of a global stream cut into `num_shards` data shards (0 = one per process).
 
-  The global batch is the shards' batches stacked in shard order, and each
-  process reads `num_shards / process_count` consecutive shards. So with a
-  fixed `num_shards` the global batches are the same whatever the number of
-  processes: a two-host run sees exactly what one host sees.
+  The global batch is the shards' batches stacked in shard order. A process
+  reads the `shards` its devices hold (`sharding.data_shards`), by default
+  `num_shards / process_count` consecutive ones. So with a fixed `num_shards`
+  the global batches are the same whatever the number of processes: a
+  two-host run sees exactly what one host sees.
   """
-  if process_index is None or process_count is None:
-    import jax  # pylint: disable=g-import-not-at-top
+  if shards is None:
+    if process_index is None or process_count is None:
+      import jax  # pylint: disable=g-import-not-at-top
 
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
-  num_shards = num_shards or process_count
-  if num_shards % process_count:
-    raise ValueError(f"config.data.num_shards={num_shards} is not a multiple of the {process_count} processes.")
-  per_process = num_shards // process_count
+      process_index = jax.process_index() if process_index is None else process_index
+      process_count = jax.process_count() if process_count is None else process_count
+    num_shards = num_shards or process_count
+    if num_shards % process_count:
+      raise ValueError(f"config.data.num_shards={num_shards} is not a multiple of the {process_count} processes.")
+    per_process = num_shards // process_count
+    shards = range(process_index * per_process, (process_index + 1) * per_process)
   datasets = [
     make_pretraining_data(
       config_data, tokenizer, batch_size, seed, split, process_index=shard, process_count=num_shards, **kwargs
     )[0]
-    for shard in range(process_index * per_process, (process_index + 1) * per_process)
+    for shard in shards
   ]
-  if per_process == 1:
+  if len(datasets) == 1:
     return iter(datasets[0])
   return iter(grain.experimental.ZipIterDataset(parents=datasets).map(_concatenate))

@@ -66,7 +66,10 @@ class TrainState:
 
 def setup_mesh(config) -> tuple[jax.sharding.Mesh, Any]:
   """The device mesh and logical axis rules of `config`, checking that the batch splits over the mesh."""
-  mesh = sharding.create_mesh(config.mesh)
+  devices = jax.devices()
+  if config.debug.interleave_processes:
+    devices = sharding.interleave_processes(devices)
+  mesh = sharding.create_mesh(config.mesh, devices)
   rules = sharding.axis_rules(config)
   if config.batch_size % sharding.data_parallel_size(mesh):
     raise TrainingError(
@@ -179,7 +182,7 @@ def loss_gradients(
   rng: jax.Array,
   grad_accum_steps: int = 1,
   prepare_params: Callable[[Any], Any] = lambda params: params,
-  data_axis: str | None = sharding.MESH_AXES[0],
+  batch_axes: tuple[str, ...] = sharding.BATCH_AXES,
 ):
   """(metric sums, gradient of the total loss) of one global batch, over `grad_accum_steps` microbatches.
 
@@ -189,7 +192,7 @@ def loss_gradients(
   of the full batch's loss (`optim.accumulate_gradients`; `total_loss` must
   be linear in the sums that depend on the parameters, as sums over
   examples divided by counts are). Every microbatch draws its own dropout
-  masks, and the gradient is reduced over the data axis once.
+  masks, and the gradient is reduced over the batch axes once.
   """
   counts = denominators(batch)
   # The parameters are prepared (e.g. the shared layer gathered whole) once per step, outside the microbatch
@@ -204,7 +207,7 @@ def loss_gradients(
     grads, sums = jax.grad(loss_fn, has_aux=True)(p)
     return sums, grads
 
-  sums, grads = optim.accumulate_gradients(grads_and_sums, prepared, batch, rng, grad_accum_steps, data_axis)
+  sums, grads = optim.accumulate_gradients(grads_and_sums, prepared, batch, rng, grad_accum_steps, batch_axes)
   return sums, restore(grads)[0]
 
 

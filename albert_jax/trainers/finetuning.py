@@ -316,14 +316,11 @@ def task_metadata(config, spec: tasks.TaskSpec) -> dict[str, Any]:
   return meta
 
 
-def _local(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """This process's share of a global batch (every process holds all the data; each feeds its own rows)."""
-  n = len(rows["input_ids"]) // jax.process_count()
-  return {k: v[jax.process_index() * n : (jax.process_index() + 1) * n] for k, v in rows.items()}
-
-
 def predict(setup: core.Setup, params, data: tasks.TaskData, batch_size: int, mesh, inputs=INPUTS) -> Any:
   """The head's outputs for every row of `data`, in order, as numpy (the last batch padded, then trimmed).
+
+  Every process holds all the rows and feeds those its devices hold (`sharding.local_rows`), so the replicated
+  outputs come back in the rows' order on any mesh.
 
   `inputs`: the columns the head reads (`model_inputs(head, training=False)`).
   """
@@ -334,7 +331,7 @@ def predict(setup: core.Setup, params, data: tasks.TaskData, batch_size: int, me
     rows = {k: v[start : start + batch_size] for k, v in features.items()}
     pad = batch_size - len(rows["input_ids"])
     rows = {k: np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)]) for k, v in rows.items()}
-    out = jax.device_get(setup.eval_step(params, sharding.global_batch(_local(rows), mesh)))
+    out = jax.device_get(setup.eval_step(params, sharding.global_batch(sharding.local_rows(rows, mesh), mesh)))
     outputs.append(jax.tree.map(operator.itemgetter(slice(0, batch_size - pad)), out))
   return jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
 
@@ -423,7 +420,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     trainer = loop.Trainer(
       setup=setup,
-      next_batch=lambda step: _local(train_batch(train_data, config, step)),
+      next_batch=lambda step: sharding.local_rows(train_batch(train_data, config, step), mesh),
       save_items=lambda state: dict(state=ocp.args.StandardSave(state)),
       summarize=summarize,
       describe=describe,

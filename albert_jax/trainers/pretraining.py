@@ -370,13 +370,16 @@ def train_and_evaluate(
     pipeline.document_source(config.data, tokenizer, "train", data_dir)
   core.sync("data")
   pairs = training_pairs(config.sentence_objective)
+  # This process reads the data shards whose rows its devices hold (not necessarily consecutive ones on a pod).
+  num_shards, shards = sharding.data_shards(mesh, config.batch_size, config.data.num_shards)
   stream = lambda split, task=pairs: pipeline.make_process_iterator(
     config.data,
     tokenizer,
     config.batch_size,
     config.seed,
     split,
-    num_shards=config.data.num_shards,
+    num_shards=num_shards,
+    shards=shards,
     data_dir=data_dir,
     model_vocab_size=model_config.vocab_size,
     sentence_task=task,
@@ -448,7 +451,11 @@ def train_and_evaluate(
 
 def evaluate(config, stream: Callable, eval_step, params, mesh) -> dict[str, dict[str, float]]:
   """{'eval': held-out MLM metrics (on the pairs the run trains with) and the sentence head's SOP and NSP metrics,
-  each task on its own held-out pairs}, over `config.eval_batches` batches of each (the same each time)."""
+  each task on its own held-out pairs}, over `config.eval_batches` batches of each (the same each time).
+
+  The sums do not depend on where each row lands on the mesh; the rows are fed where the devices hold them all the
+  same (`stream` reads `sharding.data_shards`), as in training.
+  """
   mlm_pairs = training_pairs(config.sentence_objective)
   sums = {}
   for task in pipeline.SENTENCE_TASKS:
