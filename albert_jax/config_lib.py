@@ -249,6 +249,10 @@ def finetuning(task: str, data_dir: str, preset: str = "base") -> ml_collections
   c.task.vocab = ""  # SentencePiece model; '' = the one shipped with init_checkpoint
   c.task.max_seq_length = recipe.max_seq_length  # tokens per input, special tokens included
   c.task.max_examples = 0  # keep only the first N examples of every split (0 = all); for smoke runs
+  # Length buckets (tasks.buckets): each batch (training, evaluation, prediction) is cut to the smallest of these
+  # lengths that holds its longest row; increasing, ending at max_seq_length. Unset = powers of two from 32, then
+  # max_seq_length ((32, 64, 128, 256, 512) at 512); () = every batch padded to max_seq_length.
+  c.task.length_buckets = ml_collections.config_dict.placeholder(tuple)
   if name.startswith("squad"):
     c.task.doc_stride = 128  # tokens between the starts of two context windows
     c.task.max_query_length = 64  # question tokens kept

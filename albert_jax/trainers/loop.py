@@ -37,6 +37,8 @@ class Trainer:
       evaluation steps (fine-tuning also keeps its best checkpoint there).
     tokens_per_batch: tokens in one global batch (for tokens/s).
     flops_per_step: analytic FLOPs of one step (for MFU); None: not shown.
+    A step whose metrics hold 'tokens', 'real_tokens' and 'flops' (fine-tuning's length-bucketed batches) is
+    counted by those instead, and the log adds real tokens/s and the padding fraction; MFU counts real tokens.
   """
 
   setup: Setup
@@ -155,19 +157,29 @@ def _log_training(
     learning_rate=float(host[-1]["learning_rate"]),
     skipped_steps=sums["nonfinite"],
     steps_per_second=len(host) / elapsed,
-    tokens_per_second=len(host) * trainer.tokens_per_batch / elapsed,
+    tokens_per_second=sums.get("tokens", len(host) * trainer.tokens_per_batch) / elapsed,
   )
-  if peak and trainer.flops_per_step:
-    values["mfu"] = len(host) * trainer.flops_per_step / elapsed / peak
+  if "real_tokens" in sums:  # a trainer whose batches vary in length counts its tokens and FLOPs in the step
+    values.update(
+      real_tokens_per_second=sums["real_tokens"] / elapsed, padding_fraction=1 - sums["real_tokens"] / sums["tokens"]
+    )
+  step_flops = sums.get("flops", len(host) * (trainer.flops_per_step or 0))
+  if peak and step_flops:
+    values["mfu"] = step_flops / elapsed / peak
   eta = (config.num_train_steps - step) / values["steps_per_second"]
   logging.info(
-    "step %d/%d  %s  lr %.3g  |g| %.3g  %.0f tokens/s  MFU %s  ETA %s",
+    "step %d/%d  %s  lr %.3g  |g| %.3g  %.0f tokens/s%s  MFU %s  ETA %s",
     step,
     config.num_train_steps,
     trainer.describe(values),
     values["learning_rate"],
     values["grad_norm"],
     values["tokens_per_second"],
+    (
+      f" ({values['real_tokens_per_second']:.0f} real, {100 * values['padding_fraction']:.0f}% padding)"
+      if "real_tokens_per_second" in values
+      else ""
+    ),
     f"{100 * values['mfu']:.1f}%" if "mfu" in values else "n/a",
     duration(eta),
   )
