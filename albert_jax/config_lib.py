@@ -89,6 +89,9 @@ def _add_loop(c: ml_collections.ConfigDict, log_every: int, eval_every: int, che
   c.debug = ml_collections.ConfigDict()  # fault injection, for tests only; applied around the step (trainers.core)
   c.debug.nan_at_step = -1  # the update at this step behaves as if its loss were non-finite (-1: never)
   c.debug.nan_value = "nan"  # that loss: 'nan' or 'inf'
+  # Profiling and compilation (trainers.profiling; BUILD.md "Profiling a step" and "Compilation cache").
+  c.profile_steps = ()  # START,COUNT: a jax.profiler trace of steps START+1..START+COUNT in WORKDIR/profile; () = none
+  c.compilation_cache_dir = ""  # persistent compilation cache (local or gs://): restarts read compiled steps; '' = off
 
 
 def pretraining(preset: str = "base") -> ml_collections.ConfigDict:

@@ -440,6 +440,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       describe=describe,
       evaluate=evaluate_and_keep_best,
       tokens_per_batch=config.batch_size * train_data.features["input_ids"][0].size,
+      workdir=workdir,
     )
     outcome = loop.run(config, trainer, state, mesh, manager, writer, dropout_rng)
     best.manager.wait_until_finished()

@@ -17,7 +17,7 @@ import jax
 from absl import logging
 
 from albert_jax import sharding
-from albert_jax.trainers import checkpointing
+from albert_jax.trainers import checkpointing, profiling
 from albert_jax.trainers.core import Setup, TrainingError, TrainState
 from albert_jax.trainers.metric_writer import MetricWriter
 
@@ -37,6 +37,7 @@ class Trainer:
       evaluation steps (fine-tuning also keeps its best checkpoint there).
     tokens_per_batch: tokens in one global batch (for tokens/s).
     flops_per_step: analytic FLOPs of one step (for MFU); None: not shown.
+    workdir: where `config.profile_steps` traces go (WORKDIR/profile); None: no traces.
     A step whose metrics hold 'tokens', 'real_tokens' and 'flops' (fine-tuning's length-bucketed batches) is
     counted by those instead, and the log adds real tokens/s and the padding fraction; MFU counts real tokens.
   """
@@ -49,6 +50,7 @@ class Trainer:
   evaluate: Callable[[TrainState], dict[str, dict[str, float]]]
   tokens_per_batch: int
   flops_per_step: float | None = None
+  workdir: Any = None
 
 
 @dataclasses.dataclass
@@ -86,6 +88,7 @@ def run(
   peak = _peak_flops()
   unfetched, fetched, last = [], [], {}  # (step, metrics) on the devices; host metrics since the last log line
   start_step, timer, run_start = step, time.perf_counter(), time.perf_counter()
+  profiler = profiling.StepProfiler(config.get("profile_steps"), trainer.workdir, step)
 
   def save():  # asynchronous; the loop decides when (orbax's own policy would also save the first step)
     manager.save(step, args=checkpointing.composite(trainer.save_items(state)), force=True)
@@ -100,9 +103,11 @@ def run(
       preemption.save_before_exit(manager, step, save)
       break
     # The previous step is still running on the devices: reading and placing this batch overlaps it.
+    profiler.before(step)
     batch = sharding.global_batch(trainer.next_batch(step), mesh)
     state, metrics = trainer.setup.train_step(state, batch, dropout_rng)
     step += 1
+    profiler.after(step, state)
     unfetched.append((step, metrics))
     checkpoint_now = step % config.checkpoint_every_steps == 0
     log_now = step % config.log_every_steps == 0 or step == config.num_train_steps
@@ -120,6 +125,7 @@ def run(
         logging.info("%s at step %d: %s", name, step, " ".join(f"{k} {v:.4f}" for k, v in scores.items()))
         writer.write(step, name, scores)
         last.update({f"{name}_{k}": v for k, v in scores.items()})
+  profiler.close(state)  # a run that ended inside the profiled steps
   preempted = preemption.requested
   if not preempted and manager.latest_step() != step:
     save()  # the final state, whatever the checkpoint interval

@@ -305,6 +305,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       evaluate=lambda state: evaluate(config, stream, setup.eval_step, state.params, mesh),
       tokens_per_batch=config.batch_size * config.data.max_seq_length,
       flops_per_step=step_flops,
+      workdir=workdir,
     )
     outcome = loop.run(config, trainer, state, mesh, manager, writer, dropout_rng)
     manager.close()
