@@ -243,9 +243,9 @@ def compile_finetuning_steps(config, topology: str, devices=None) -> dict[str, A
 
 def format_finetuning_report(report: dict[str, Any]) -> str:
   lines = [
-    f"{report['task']} fine-tuning, {report['preset'] or 'model'} on {report['topology']} ({report['num_devices']} x "
-    f"{report['device_kind']}), mesh {report['mesh']}, dtype {report['dtype']}, batch {report['batch_size']}: "
-    f"one compile per length bucket",
+    f"{report['task']} fine-tuning, {report['preset'] or 'model'} on {report['topology'] or 'this machine'} "
+    f"({report['num_devices']} x {report['device_kind']}), mesh {report['mesh']}, dtype {report['dtype']}, "
+    f"batch {report['batch_size']}: one compile per length bucket",
     f"  {'seq':>5} {'compile s':>10} {'lower s':>8} {'memory':>11} {'of HBM':>11} {'FLOPs/step':>11}",
   ]
   for b in report["buckets"]:
