@@ -28,7 +28,12 @@ COMMANDS = {
 
 
 def seconds_to_first_step(command: str, workdir: pathlib.Path, cache: pathlib.Path) -> float:
-  flags = [f"--workdir={workdir}", "--config.num_train_steps=2", "--config.log_every_steps=1"]
+  flags = [
+    f"--workdir={workdir}",
+    "--config.num_train_steps=2",
+    "--config.warmup_steps=1",
+    "--config.log_every_steps=1",
+  ]
   flags.append(f"--config.compilation_cache_dir={cache}")
   start = time.perf_counter()
   proc = subprocess.Popen(

@@ -11,9 +11,10 @@ The batches are the bucketed plan's first steps: rows grouped by length within m
 transformers' `group_by_length` (LengthGroupedSampler) groups them. Dropout is the recipe's (backbone 0,
 classifier 0.1) everywhere.
 
-Each implementation runs `--steps` batches per turn after a warmup turn (compiles every bucket shape); they take
-turns (`harness.round_robin`) so that a shared machine's load hits all alike. Reported: examples/s at the median
-turn and the ratios. Keep it short and niced on a shared machine:
+Each implementation runs `--steps` batches per turn (padded to 512: the first `--padded_steps` of them, as every
+padded batch costs the same) after a warmup turn (compiles every bucket shape); they take turns
+(`harness.round_robin`) so that a shared machine's load hits all alike. Reported: examples/s at the median turn and
+the ratios. Keep it short and niced on a shared machine:
 
   nice python -m benchmarks.finetune_throughput --json=benchmarks/results/finetune_throughput.json
 """
@@ -128,7 +129,8 @@ def torch_steps(config, tokenizer, batches):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--batch_size", type=int, default=32)
-  parser.add_argument("--steps", type=int, default=3, help="batches per turn")
+  parser.add_argument("--steps", type=int, default=8, help="batches per turn, bucketed and Hugging Face")
+  parser.add_argument("--padded_steps", type=int, default=1, help="batches per turn padded to 512 (all alike)")
   parser.add_argument("--rounds", type=int, default=2)
   parser.add_argument("--rows", type=int, default=4000, help="SST-2 training rows read (the plan's megabatches)")
   parser.add_argument("--json", default="")
@@ -143,25 +145,27 @@ def main():
   padded_config.task.length_buckets = ()
   fns = {
     "albert_jax bucketed": jax_steps(config, tokenizer, train_data, bucketed),
-    "albert_jax padded to 512": jax_steps(padded_config, tokenizer, train_data, padded),
+    "albert_jax padded to 512": jax_steps(padded_config, tokenizer, train_data, padded[: args.padded_steps]),
     "hf dynamic padding": torch_steps(config, tokenizer, bucketed),
   }
-  for fn in fns.values():  # compiles every shape
+  for name, fn in fns.items():  # compiles every shape
+    print(f"warming up {name}", flush=True)
     fn()
   times = {k: harness.stats(v) for k, v in harness.round_robin(fns, args.rounds, 1).items()}
-  real = sum(int(b["attention_mask"].sum()) for b in padded)
+  real = [int(b["attention_mask"].sum()) for b in padded]
   longest = [int(buckets.row_lengths(b).max()) for b in padded]
-  computed = {
-    "albert_jax bucketed": sum(b["input_ids"].size for b in bucketed),
-    "albert_jax padded to 512": sum(b["input_ids"].size for b in padded),
-    "hf dynamic padding": args.batch_size * sum(longest),
+  n = args.padded_steps
+  computed = {  # (real tokens, computed tokens, examples) of one turn
+    "albert_jax bucketed": (sum(real), sum(b["input_ids"].size for b in bucketed), args.steps * args.batch_size),
+    "albert_jax padded to 512": (sum(real[:n]), sum(b["input_ids"].size for b in padded[:n]), n * args.batch_size),
+    "hf dynamic padding": (sum(real), args.batch_size * sum(longest), args.steps * args.batch_size),
   }
-  examples = args.steps * args.batch_size
   results = {
     "machine": harness.machine(),
     "torch_threads": threads,
     "batch_size": args.batch_size,
     "steps_per_turn": args.steps,
+    "padded_steps_per_turn": args.padded_steps,
     "rounds": args.rounds,
     "bucket_lengths": [b["input_ids"].shape[1] for b in bucketed],
     "longest_rows": longest,
@@ -170,7 +174,8 @@ def main():
   print(f"{harness.cpu_model()}; torch threads {threads}; batches at {results['bucket_lengths']} (longest {longest})")
   print(f"{'implementation':<26} {'turn s':>8} {'spread':>7} {'examples/s':>10} {'padding':>8}")
   for name, s in times.items():
-    s.update(examples_per_s=examples / s["median_s"], padding_fraction=1 - real / computed[name])
+    tokens, computed_tokens, examples = computed[name]
+    s.update(examples_per_s=examples / s["median_s"], padding_fraction=1 - tokens / computed_tokens)
     results["impls"][name] = s
     print(
       f"{name:<26} {s['median_s']:8.2f} {s['spread']:7.2f} {s['examples_per_s']:10.2f} {s['padding_fraction']:8.1%}"

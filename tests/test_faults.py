@@ -238,7 +238,7 @@ def _finetune_command(workdir, vocab, glue_dir, cache):
     f"--config.task.vocab={vocab}",
     f"--config.task.data_dir={glue_dir}",
     "--config.task.max_examples=80",  # 10 batches of 8 per epoch
-    "--config.task.length_buckets=(8,16,32,64)",
+    "--config.task.length_buckets=(16,64)",  # the rows have 7 to 23 tokens: batches of both lengths
     "--config.num_train_steps=16",
     "--config.checkpoint_every_steps=2",
     "--config.log_every_steps=1",
