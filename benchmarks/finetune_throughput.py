@@ -133,6 +133,7 @@ def main():
   parser.add_argument("--padded_steps", type=int, default=1, help="batches per turn padded to 512 (all alike)")
   parser.add_argument("--rounds", type=int, default=2)
   parser.add_argument("--rows", type=int, default=4000, help="SST-2 training rows read (the plan's megabatches)")
+  parser.add_argument("--fine_buckets", default="8,16,32,64,128,256,512", help="an extra bucketed arm; '' = none")
   parser.add_argument("--json", default="")
   args = parser.parse_args()
   threads = harness.set_threads()
@@ -143,8 +144,17 @@ def main():
   bucketed = [buckets.batch(b, plan.buckets) for b in padded]
   padded_config = config.copy_and_resolve_references()
   padded_config.task.length_buckets = ()
+  fine = tuple(int(b) for b in args.fine_buckets.split(",") if b)
+  fine_batches = [buckets.batch(b, fine) for b in padded]
+  fine_config = config.copy_and_resolve_references()
+  fine_config.task.length_buckets = fine
   fns = {
     "albert_jax bucketed": jax_steps(config, tokenizer, train_data, bucketed),
+    **(
+      {f"albert_jax buckets from {fine[0]}": jax_steps(fine_config, tokenizer, train_data, fine_batches)}
+      if fine
+      else {}
+    ),
     "albert_jax padded to 512": jax_steps(padded_config, tokenizer, train_data, padded[: args.padded_steps]),
     "hf dynamic padding": torch_steps(config, tokenizer, bucketed),
   }
@@ -160,6 +170,12 @@ def main():
     "albert_jax padded to 512": (sum(real[:n]), sum(b["input_ids"].size for b in padded[:n]), n * args.batch_size),
     "hf dynamic padding": (sum(real), args.batch_size * sum(longest), args.steps * args.batch_size),
   }
+  if fine:
+    computed[f"albert_jax buckets from {fine[0]}"] = (
+      sum(real),
+      sum(b["input_ids"].size for b in fine_batches),
+      args.steps * args.batch_size,
+    )
   results = {
     "machine": harness.machine(),
     "torch_threads": threads,
@@ -168,6 +184,7 @@ def main():
     "padded_steps_per_turn": args.padded_steps,
     "rounds": args.rounds,
     "bucket_lengths": [b["input_ids"].shape[1] for b in bucketed],
+    "fine_bucket_lengths": [b["input_ids"].shape[1] for b in fine_batches],
     "longest_rows": longest,
     "impls": {},
   }
@@ -183,6 +200,9 @@ def main():
   rate = lambda name: results["impls"][name]["examples_per_s"]
   results["bucketed_over_padded"] = rate("albert_jax bucketed") / rate("albert_jax padded to 512")
   results["bucketed_over_hf"] = rate("albert_jax bucketed") / rate("hf dynamic padding")
+  if fine:
+    results["fine_buckets_over_hf"] = rate(f"albert_jax buckets from {fine[0]}") / rate("hf dynamic padding")
+    print(f"buckets from {fine[0]} / Hugging Face dynamic padding: {results['fine_buckets_over_hf']:.2f}x")
   print(f"bucketed / padded to 512: {results['bucketed_over_padded']:.1f}x")
   print(f"bucketed / Hugging Face dynamic padding: {results['bucketed_over_hf']:.2f}x")
   if args.json:
