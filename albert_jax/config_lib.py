@@ -90,6 +90,9 @@ def _add_loop(c: ml_collections.ConfigDict, log_every: int, eval_every: int, che
   # Lay the mesh's devices out p0d0, p1d0, p0d1, ... as a TPU pod's mesh interleaves its hosts along the batch
   # (sharding.interleave_processes), so that a multi-process CPU run feeds rows as a pod must.
   c.debug.interleave_processes = False
+  # Profiling and compilation (trainers.profiling; BUILD.md "Profiling a step" and "Compilation cache").
+  c.profile_steps = ()  # START,COUNT: a jax.profiler trace of steps START+1..START+COUNT in WORKDIR/profile; () = none
+  c.compilation_cache_dir = ""  # persistent compilation cache (local or gs://): restarts read compiled steps; '' = off
 
 
 def pretraining(preset: str = "base") -> ml_collections.ConfigDict:
@@ -264,6 +267,10 @@ def finetuning(task: str, data_dir: str, preset: str = "base") -> ml_collections
   c.task.vocab = ""  # SentencePiece model; '' = the one shipped with init_checkpoint
   c.task.max_seq_length = recipe.max_seq_length  # tokens per input, special tokens included
   c.task.max_examples = 0  # keep only the first N examples of every split (0 = all); for smoke runs
+  # Length buckets (tasks.buckets): each batch (training, evaluation, prediction) is cut to the smallest of these
+  # lengths that holds its longest row; increasing, ending at max_seq_length. Unset = powers of two from 32, then
+  # max_seq_length ((32, 64, 128, 256, 512) at 512); () = every batch padded to max_seq_length.
+  c.task.length_buckets = ml_collections.config_dict.placeholder(tuple)
   if name.startswith("squad"):
     c.task.doc_stride = 128  # tokens between the starts of two context windows
     c.task.max_query_length = 64  # question tokens kept

@@ -239,6 +239,45 @@ def test_kills_preemption_damage_and_a_full_or_read_only_disk_lose_nothing(
     print(f"\nsurvived, final parameters bitwise equal: {survived}")
 
 
+def _finetune_command(workdir, vocab, glue_dir, cache):
+  """A tiny SST-2 fine-tuning run over two epochs, its batches in several length buckets."""
+  return [
+    sys.executable,
+    "-m",
+    "albert_jax.finetune",
+    "--config=experiments/glue.py:sst2,tiny",
+    f"--workdir={workdir}",
+    f"--config.task.vocab={vocab}",
+    f"--config.task.data_dir={glue_dir}",
+    "--config.task.max_examples=80",  # 10 batches of 8 per epoch
+    "--config.task.length_buckets=(16,64)",  # the rows have 7 to 23 tokens: batches of both lengths
+    "--config.num_train_steps=16",
+    "--config.checkpoint_every_steps=2",
+    "--config.log_every_steps=1",
+    "--config.eval_every_steps=0",
+    f"--config.compilation_cache_dir={cache}",
+  ]
+
+
+@pytest.mark.filterwarnings("ignore:Sharding info not provided")
+def test_bucketed_finetuning_killed_mid_epoch_resumes_bitwise(generated_vocab, generated_glue, tmp_path):
+  straight, faulty = tmp_path / "straight", tmp_path / "faulty"
+  cmd = lambda workdir: _finetune_command(workdir, generated_vocab, generated_glue, tmp_path / "xla_cache")
+  runs = [cli.spawn(cmd(straight), tmp_path / "straight.log"), cli.spawn(cmd(faulty), tmp_path / "faulty.log")]
+  cli.wait_for(lambda: _logged_since(faulty, 0) >= 5 and _complete(faulty), runs[1])  # inside the first epoch
+  runs[1].send_signal(signal.SIGKILL)
+  assert cli.finish(runs, timeout=300) == [0, -signal.SIGKILL], cli.tail(runs[0])
+  resumed_from = _complete(faulty)[-1]
+  assert 2 <= resumed_from < 10
+  resume = cli.spawn(cmd(faulty), tmp_path / "resume.log")
+  assert cli.finish([resume], timeout=300) == [0], cli.tail(resume)
+  assert _resumed_from(resume.log.read_text()) == resumed_from
+  cli.assert_same_params(_params_at(faulty, 16), _params_at(straight, 16))
+  assert cli.loss_rows(faulty)[-1][0] == 16
+  assert all(cli.losses(straight)[step] == loss for step, loss in cli.loss_rows(faulty))
+  assert "% padding" in runs[0].log.read_text()
+
+
 # ---------------------------------------------------------------------------
 # A checkpoint that cannot be read for a while is read again, and never called damaged.
 

@@ -38,11 +38,12 @@ import jax.numpy as jnp
 from flax.linen import partitioning as nn_partitioning
 
 from albert_jax import attention as attention_lib
-from albert_jax import config_lib, sharding
+from albert_jax import config_lib, sharding, tasks
 from albert_jax import model as model_lib
+from albert_jax.tasks import buckets, race
 from albert_jax.tools import flops as flops_lib
 from albert_jax.tools import hlo_collectives
-from albert_jax.trainers import pretraining
+from albert_jax.trainers import finetuning, pretraining
 
 GiB = 2**30
 
@@ -171,6 +172,90 @@ def compile_train_step(config, topology: str, devices=None) -> Compiled:
       "--config.model.attention=flash."
     ) from None
   return Compiled(compiled, mesh, model, lowered_at - start, time.perf_counter() - lowered_at)
+
+
+def finetuning_batch(config, spec, length: int, mesh) -> dict[str, jax.ShapeDtypeStruct]:
+  """A fine-tuning global batch at one bucket's `length`, as sharded ShapeDtypeStructs (the task's columns)."""
+  B = config.batch_size
+  tokens = (B, race.NUM_CHOICES, length) if spec.head == "multiple_choice" else (B, length)
+  shard = sharding.batch_sharding(mesh)
+  columns = {k: tokens for k in finetuning.INPUTS}
+  if spec.head in ("span", "span_xlnet"):
+    columns.update(start_positions=(B,), end_positions=(B,))
+  if spec.head == "span_xlnet":
+    columns.update(p_mask=tokens, is_impossible=(B,))
+  batch = {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=shard) for k, shape in columns.items()}
+  if spec.head not in ("span", "span_xlnet"):
+    label_type = jnp.float32 if spec.head == "regression" else jnp.int32
+    batch["label"] = jax.ShapeDtypeStruct((B,), label_type, sharding=shard)
+  return batch
+
+
+def compile_finetuning_steps(config, topology: str, devices=None) -> dict[str, Any]:
+  """Lowers and compiles the fine-tuning train step once per length bucket (`config.task.length_buckets`): the
+  compiles a run makes, with each one's time and per-device memory."""
+  devices = devices or topology_devices(topology)
+  mesh = sharding.create_mesh(config.mesh, devices)
+  if config.batch_size % sharding.data_parallel_size(mesh):
+    raise CompileCheckError(
+      f"config.batch_size={config.batch_size} is not divisible by the data-parallel size "
+      f"{sharding.data_parallel_size(mesh)} on {topology}; choose a multiple."
+    )
+  rules = sharding.axis_rules(config)
+  model = config_lib.model_config(config)
+  if model.vocab_size == 0:  # the vocabulary in use: the official 30k one by default
+    model = model.replace(vocab_size=30000)
+  spec = tasks.get_spec(config.task)
+  max_seq_length = int(config.task.max_seq_length)
+  setup = finetuning.build(
+    config, model, spec, finetuning_batch(config, spec, max_seq_length, mesh)["input_ids"].shape[1:], mesh, rules
+  )
+  rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  device_kind = mesh.devices.flat[0].device_kind
+  results = []
+  for length in buckets.resolve(config.task) or (max_seq_length,):
+    start = time.perf_counter()
+    with jax.set_mesh(mesh), nn_partitioning.axis_rules(rules):
+      lowered = setup.train_step.lower(setup.abstract_state, finetuning_batch(config, spec, length, mesh), rng)
+    lowered_at = time.perf_counter()
+    compiled = lowered.compile()
+    results.append(
+      {
+        "seq_len": length,
+        "lower_seconds": lowered_at - start,
+        "compile_seconds": time.perf_counter() - lowered_at,
+        "memory": memory_report(compiled, device_kind),
+        "flops_per_step": flops_lib.train_flops_per_step(model, config.batch_size, length, 0, full_last_layer=True),
+      }
+    )
+  return {
+    "topology": topology,
+    "device_kind": device_kind,
+    "num_devices": mesh.size,
+    "mesh": dict(mesh.shape),
+    "task": spec.name,
+    "preset": config.model.get("preset", ""),
+    "dtype": model.dtype,
+    "batch_size": config.batch_size,
+    "buckets": results,
+  }
+
+
+def format_finetuning_report(report: dict[str, Any]) -> str:
+  lines = [
+    f"{report['task']} fine-tuning, {report['preset'] or 'model'} on {report['topology'] or 'this machine'} "
+    f"({report['num_devices']} x {report['device_kind']}), mesh {report['mesh']}, dtype {report['dtype']}, "
+    f"batch {report['batch_size']}: one compile per length bucket",
+    f"  {'seq':>5} {'compile s':>10} {'lower s':>8} {'memory':>11} {'of HBM':>11} {'FLOPs/step':>11}",
+  ]
+  for b in report["buckets"]:
+    m = b["memory"]
+    fits = "" if m["fits"] is None else ("  fits" if m["fits"] else "  DOES NOT FIT")
+    lines.append(
+      f"  {b['seq_len']:>5} {b['compile_seconds']:>10.1f} {b['lower_seconds']:>8.1f} {_bytes(m['total']):>11} "
+      f"{_bytes(m['hbm']):>11} {b['flops_per_step']:>11.4g}{fits}"
+    )
+  return "\n".join(lines)
 
 
 def _kind_value(table: dict[str, Any], device_kind: str):
@@ -351,9 +436,14 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def run(config, topology: str, json_path: str = "", measure_executed_flops: bool = True) -> dict[str, Any]:
-  """Checks, prints the report and writes it as JSON when asked; the entry point of both CLIs."""
-  report = check(config, topology, measure_executed_flops)
-  print(format_report(report))
+  """Checks, prints the report and writes it as JSON when asked; the entry point of both CLIs. A fine-tuning
+  config (one with a `task`) gets one compile per length bucket."""
+  if "task" in config:
+    report = compile_finetuning_steps(config, topology)
+    print(format_finetuning_report(report))
+  else:
+    report = check(config, topology, measure_executed_flops)
+    print(format_report(report))
   if json_path:
     with open(json_path, "w") as f:
       json.dump(report, f, indent=2)

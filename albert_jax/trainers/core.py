@@ -19,6 +19,7 @@ from flax.linen import partitioning as nn_partitioning
 from jax.experimental import multihost_utils
 
 from albert_jax import config_lib, optim, sharding, storage
+from albert_jax.trainers import profiling
 
 
 class TrainingError(RuntimeError):
@@ -86,6 +87,8 @@ def start(config, workdir: str) -> tuple[epath.Path, jax.sharding.Mesh, Any]:
   bucket that does not exist or a path without write permission ends the run with one line at once.
   """
   config_lib.check(config)
+  profiling.check_profile_steps(config.get("profile_steps"))
+  profiling.use_compilation_cache(config.get("compilation_cache_dir", ""))  # before anything compiles
   sharding.maybe_initialize_distributed(config)
   workdir = storage.check_writable(workdir, "--workdir")
   return (workdir, *setup_mesh(config))

@@ -8,8 +8,10 @@ predictions of the best checkpoint.
 
 The training order is a function of (seed, step): every epoch is a seeded
 permutation of the training rows, cut into global batches (the last partial
-batch dropped, as the original's `drop_remainder`). Resuming therefore needs
-only the train state, and reproduces the uninterrupted run.
+batch dropped, as the original's `drop_remainder`), grouped by length within
+megabatches when `config.task.length_buckets` cuts batches to their rows'
+length (`tasks.buckets`; training, evaluation and prediction alike). Resuming
+therefore needs only the train state, and reproduces the uninterrupted run.
 
 The workdir holds:
   config.json          the model config and the task (`checkpoints.load(WORKDIR)` gives the best parameters)
@@ -46,6 +48,8 @@ from albert_jax import checkpoints, config_lib, sharding, storage, tasks
 from albert_jax import model as model_lib
 from albert_jax import tokenizer as tokenizer_lib
 from albert_jax.storage import write_text_atomic
+from albert_jax.tasks import buckets as buckets_lib
+from albert_jax.tools import flops as flops_lib
 from albert_jax.trainers import checkpointing, core, loop
 from albert_jax.trainers.core import TrainingError
 from albert_jax.trainers.metric_writer import MetricWriter
@@ -122,6 +126,18 @@ def task_losses(head: str, outputs, batch, answerability_loss_weight: float | No
   }
 
 
+def token_counts(model_config: model_lib.AlbertConfig, batch) -> dict[str, jax.Array]:
+  """Sums over a batch for the log: real tokens, computed tokens (padding included), and the training FLOPs of the
+  real tokens (each sequence at its own length: what MFU counts, so padding is not counted as useful work)."""
+  lengths = jnp.sum(batch["attention_mask"], -1).astype(jnp.float32)  # per sequence (RACE: per choice)
+  flops = flops_lib.train_flops_per_step(model_config, 1, lengths, 0, full_last_layer=True)
+  return {
+    "real_tokens": jnp.sum(lengths),
+    "tokens": jnp.asarray(batch["input_ids"].size, jnp.float32),
+    "flops": jnp.sum(flops),
+  }
+
+
 def _apply(model, head, params, batch, rng=None):
   return model.apply(
     {"params": params},
@@ -168,9 +184,10 @@ def build(
   return core.build(
     config,
     init_params,
-    metric_sums=lambda params, batch, rng: task_losses(
-      spec.head, _apply(model, spec.head, params, batch, rng), batch, **loss_options
-    ),
+    metric_sums=lambda params, batch, rng: {
+      **task_losses(spec.head, _apply(model, spec.head, params, batch, rng), batch, **loss_options),
+      **token_counts(model_config, batch),
+    },
     total_loss=total_loss,
     denominators=functools.partial(denominators, head=spec.head),
     eval_fn=lambda params, batch: _apply(model, spec.head, params, batch),
@@ -285,15 +302,18 @@ def _epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(num_examples)
 
 
-def batch_rows(num_examples: int, batch_size: int, seed: int, step: int) -> np.ndarray:
-  """Rows of the training set in the global batch of `step` (0-based): seeded per-epoch permutations."""
-  per_epoch = num_examples // batch_size
-  if per_epoch == 0:
+def batches_per_epoch(num_examples: int, batch_size: int) -> int:
+  if num_examples < batch_size:
     raise TrainingError(
       f"The training split has {num_examples} examples, fewer than batch_size={batch_size}; "
       "lower the batch size or use more data."
     )
-  epoch, i = divmod(step, per_epoch)
+  return num_examples // batch_size
+
+
+def batch_rows(num_examples: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+  """Rows of the training set in the global batch of `step` (0-based): seeded per-epoch permutations."""
+  epoch, i = divmod(step, batches_per_epoch(num_examples, batch_size))
   return _epoch_order(num_examples, seed, epoch)[i * batch_size : (i + 1) * batch_size]
 
 
@@ -316,31 +336,77 @@ def task_metadata(config, spec: tasks.TaskSpec) -> dict[str, Any]:
   return meta
 
 
-def predict(setup: core.Setup, params, data: tasks.TaskData, batch_size: int, mesh, inputs=INPUTS) -> Any:
+class TrainBatches:
+  """`next_batch` of fine-tuning: step -> the global batch of that step, cut to its length bucket.
+
+  Without buckets the rows are `batch_rows`'. With buckets, each epoch's
+  permutation is regrouped by length (`buckets.epoch_order`, its shuffle
+  seeded by (seed, epoch)), so the plan is the same on every process and
+  mesh and after a resume.
+  """
+
+  def __init__(self, data: tasks.TaskData, config):
+    self.features, self.batch_size, self.seed = data.features, config.batch_size, config.seed
+    self.buckets = buckets_lib.resolve(config.task)
+    self.lengths = buckets_lib.row_lengths(data.features)
+    self.per_epoch = batches_per_epoch(len(data), self.batch_size)
+    self.epoch, self.order = -1, None
+
+  def rows(self, step: int) -> np.ndarray:
+    if not self.buckets:
+      return batch_rows(len(self.lengths), self.batch_size, self.seed, step)
+    epoch, i = divmod(step, self.per_epoch)
+    if epoch != self.epoch:
+      order = _epoch_order(len(self.lengths), self.seed, epoch)[: self.per_epoch * self.batch_size]
+      rng = np.random.default_rng([self.seed, epoch, 1])
+      self.epoch, self.order = epoch, buckets_lib.epoch_order(order, self.lengths, self.batch_size, rng)
+    return self.order[i * self.batch_size : (i + 1) * self.batch_size]
+
+  def __call__(self, step: int) -> dict[str, np.ndarray]:
+    rows = self.rows(step)
+    return buckets_lib.batch({k: v[rows] for k, v in self.features.items()}, self.buckets)
+
+
+def predict(setup: core.Setup, params, data: tasks.TaskData, batch_size: int, mesh, inputs=INPUTS, buckets=()) -> Any:
   """The head's outputs for every row of `data`, in order, as numpy (the last batch padded, then trimmed).
 
   Every process holds all the rows and feeds those its devices hold (`sharding.local_rows`), so the replicated
   outputs come back in the rows' order on any mesh.
 
   `inputs`: the columns the head reads (`model_inputs(head, training=False)`).
+  `buckets` (`buckets.resolve(config.task)`): the rows are run longest first,
+  each batch cut to its length bucket, and outputs with a token axis padded
+  back to `max_seq_length` with zeros (no post-processing reads past a row's
+  tokens).
   """
   features = {k: data.features[k] for k in inputs}
   n = len(data)
+  order = np.argsort(-buckets_lib.row_lengths(data.features), kind="stable") if buckets else np.arange(n)
+  full = None
   outputs = []
   for start in range(0, n, batch_size):
-    rows = {k: v[start : start + batch_size] for k, v in features.items()}
+    rows = {k: v[order[start : start + batch_size]] for k, v in features.items()}
     pad = batch_size - len(rows["input_ids"])
     rows = {k: np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)]) for k, v in rows.items()}
-    out = jax.device_get(setup.eval_step(params, sharding.global_batch(sharding.local_rows(rows, mesh), mesh)))
+    if full is None:  # the outputs' shapes at max_seq_length
+      full = jax.eval_shape(setup.eval_step, params, rows)
+    batch = sharding.local_rows(buckets_lib.batch(rows, buckets), mesh)
+    out = jax.device_get(setup.eval_step(params, sharding.global_batch(batch, mesh)))
+    out = jax.tree.map(lambda x, f: np.pad(x, [(0, b - a) for a, b in zip(x.shape, f.shape)]), out, full)
     outputs.append(jax.tree.map(operator.itemgetter(slice(0, batch_size - pad)), out))
-  return jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
+  outputs = jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
+  return jax.tree.map(operator.itemgetter(np.argsort(order)), outputs)
 
 
 def evaluate(config, setup: core.Setup, params, eval_data: dict[str, tasks.TaskData], mesh) -> dict[str, dict]:
   """The task's official scores on every evaluation split."""
   inputs = model_inputs(tasks.get_spec(config.task).head, training=False)
   return {
-    split: tasks.evaluate(config.task, predict(setup, params, data, config.eval_batch_size, mesh, inputs), data)
+    split: tasks.evaluate(
+      config.task,
+      predict(setup, params, data, config.eval_batch_size, mesh, inputs, buckets_lib.resolve(config.task)),
+      data,
+    )
     for split, data in eval_data.items()
   }
 
@@ -379,6 +445,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
   # Vocabulary, backbone and data.
   spec = tasks.get_spec(config.task)
+  buckets_lib.resolve(config.task)  # a bad config.task.length_buckets is refused before any work
   tokenizer = load_vocabulary(config, workdir)
   model_config, pretrained = load_backbone(config, tokenizer)
   if jax.process_index() == 0:
@@ -412,6 +479,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       dict(mesh.shape),
     )
     writer = MetricWriter(workdir)
+    train_batches = TrainBatches(train_data, config)
 
     def evaluate_and_keep_best(state):
       scores = evaluate(config, setup, state.params, eval_data, mesh)
@@ -420,12 +488,13 @@ def finetune(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     trainer = loop.Trainer(
       setup=setup,
-      next_batch=lambda step: sharding.local_rows(train_batch(train_data, config, step), mesh),
+      next_batch=lambda step: sharding.local_rows(train_batches(step), mesh),
       save_items=lambda state: dict(state=ocp.args.StandardSave(state)),
       summarize=summarize,
       describe=describe,
       evaluate=evaluate_and_keep_best,
       tokens_per_batch=config.batch_size * train_data.features["input_ids"][0].size,
+      workdir=workdir,
     )
     outcome = loop.run(config, trainer, state, mesh, manager, writer, dropout_rng)
     best.manager.wait_until_finished()
@@ -449,12 +518,6 @@ def _initial_state(setup: core.Setup, manager, init_rng, pretrained, heads: tupl
     return restored["state"]
   state = setup.init(init_rng)
   return state if pretrained is None else with_backbone(state, pretrained, setup.state_shardings, heads)
-
-
-def train_batch(data: tasks.TaskData, config, step: int) -> dict[str, np.ndarray]:
-  """The global batch of `step`: rows of the seeded per-epoch permutation (`batch_rows`)."""
-  rows = batch_rows(len(data), config.batch_size, config.seed, step)
-  return {k: v[rows] for k, v in data.features.items()}
 
 
 class BestCheckpoint:
@@ -496,7 +559,8 @@ def _final_predictions(config, spec, setup, state, best_manager, eval_data, toke
   results = {"best_step": int(jax.device_get(state.step)) if best_step is None else best_step}
   test_data = _load_splits(config, tokenizer, spec.test_splits, optional=True)
   for split, data in {**eval_data, **test_data}.items():
-    outputs = predict(setup, params, data, config.eval_batch_size, mesh, model_inputs(spec.head, training=False))
+    inputs = model_inputs(spec.head, training=False)
+    outputs = predict(setup, params, data, config.eval_batch_size, mesh, inputs, buckets_lib.resolve(config.task))
     if split in eval_data or spec.head == "multiple_choice":  # RACE's test set is labelled
       results[split] = tasks.evaluate(config.task, outputs, data)
     if jax.process_index() == 0:

@@ -18,7 +18,7 @@ import jax
 from absl import logging
 
 from albert_jax import sharding
-from albert_jax.trainers import checkpointing
+from albert_jax.trainers import checkpointing, profiling
 from albert_jax.trainers.core import Setup, TrainingError, TrainState
 from albert_jax.trainers.metric_writer import MetricWriter
 
@@ -38,6 +38,9 @@ class Trainer:
       evaluation steps (fine-tuning also keeps its best checkpoint there).
     tokens_per_batch: tokens in one global batch (for tokens/s).
     flops_per_step: analytic FLOPs of one step (for MFU); None: not shown.
+    workdir: where `config.profile_steps` traces go (WORKDIR/profile); None: no traces.
+    A step whose metrics hold 'tokens', 'real_tokens' and 'flops' (fine-tuning's length-bucketed batches) is
+    counted by those instead, and the log adds real tokens/s and the padding fraction; MFU counts real tokens.
   """
 
   setup: Setup
@@ -48,6 +51,7 @@ class Trainer:
   evaluate: Callable[[TrainState], dict[str, dict[str, float]]]
   tokens_per_batch: int
   flops_per_step: float | None = None
+  workdir: Any = None
 
 
 @dataclasses.dataclass
@@ -89,6 +93,7 @@ def _run(config, trainer, state, mesh, manager, writer, dropout_rng, preemption)
   peak = _peak_flops()
   unfetched, fetched, last = [], [], {}  # (step, metrics) on the devices; host metrics since the last log line
   start_step, timer, run_start = step, time.perf_counter(), time.perf_counter()
+  profiler = profiling.StepProfiler(config.get("profile_steps"), trainer.workdir, step)
 
   def save():  # asynchronous; the loop decides when (orbax's own policy would also save the first step)
     manager.save(step, args=checkpointing.composite(trainer.save_items(state)), force=True)
@@ -103,9 +108,11 @@ def _run(config, trainer, state, mesh, manager, writer, dropout_rng, preemption)
       preemption.save_before_exit(manager, step, save)
       break
     # The previous step is still running on the devices: reading and placing this batch overlaps it.
+    profiler.before(step)
     batch = sharding.global_batch(trainer.next_batch(step), mesh)
     state, metrics = trainer.setup.train_step(state, batch, dropout_rng)
     step += 1
+    profiler.after(step, state)
     unfetched.append((step, metrics))
     checkpoint_now = step % config.checkpoint_every_steps == 0
     log_now = step % config.log_every_steps == 0 or step == config.num_train_steps
@@ -123,6 +130,7 @@ def _run(config, trainer, state, mesh, manager, writer, dropout_rng, preemption)
         last.update({f"{name}_{k}": v for k, v in scores.items()})
     if checkpoint_now:
       save()
+  profiler.close(state)  # a run that ended inside the profiled steps
   preempted = preemption.requested
   if not preempted and manager.latest_step() != step:
     save()  # the final state, whatever the checkpoint interval
@@ -160,24 +168,37 @@ def _log_training(
   applied = [m for m in host if not int(m["nonfinite"])]
   skipped = len(host) - len(applied)
   values = trainer.summarize({k: sum(float(m[k]) for m in applied) for k in host[0]}) if applied else {}
+  # Throughput counts every step, skipped or not: each was computed.
+  computed = {k: sum(float(m[k]) for m in host) for k in ("tokens", "real_tokens", "flops") if k in host[0]}
   values.update(
     grad_norm=float(applied[-1]["grad_norm"]) if applied else float("nan"),
     learning_rate=float(host[-1]["learning_rate"]),
     skipped_steps=skipped,
     steps_per_second=len(host) / elapsed,
-    tokens_per_second=len(host) * trainer.tokens_per_batch / elapsed,
+    tokens_per_second=computed.get("tokens", len(host) * trainer.tokens_per_batch) / elapsed,
   )
-  if peak and trainer.flops_per_step:
-    values["mfu"] = len(host) * trainer.flops_per_step / elapsed / peak
+  if "real_tokens" in computed:  # a trainer whose batches vary in length counts its tokens and FLOPs in the step
+    values.update(
+      real_tokens_per_second=computed["real_tokens"] / elapsed,
+      padding_fraction=1 - computed["real_tokens"] / computed["tokens"],
+    )
+  step_flops = computed.get("flops", len(host) * (trainer.flops_per_step or 0))
+  if peak and step_flops:
+    values["mfu"] = step_flops / elapsed / peak
   eta = (config.num_train_steps - step) / values["steps_per_second"]
   logging.info(
-    "step %d/%d  %s  lr %.3g  |g| %.3g  %.0f tokens/s  MFU %s  ETA %s",
+    "step %d/%d  %s  lr %.3g  |g| %.3g  %.0f tokens/s%s  MFU %s  ETA %s",
     step,
     config.num_train_steps,
     "  ".join([trainer.describe(values)] * bool(applied) + [f"skipped {skipped}"] * bool(skipped)),
     values["learning_rate"],
     values["grad_norm"],
     values["tokens_per_second"],
+    (
+      f" ({values['real_tokens_per_second']:.0f} real, {100 * values['padding_fraction']:.0f}% padding)"
+      if "real_tokens_per_second" in values
+      else ""
+    ),
     f"{100 * values['mfu']:.1f}%" if "mfu" in values else "n/a",
     duration(eta),
   )

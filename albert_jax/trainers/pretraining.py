@@ -436,6 +436,7 @@ def train_and_evaluate(
       evaluate=lambda state: evaluate(config, stream, setup.eval_step, state.params, mesh),
       tokens_per_batch=config.batch_size * config.data.max_seq_length,
       flops_per_step=step_flops,
+      workdir=workdir,
     )
     if restored is None and source_params is not None:
       for name, scores in (trainer.evaluate(state) if config.eval_every_steps else {}).items():  # SRC's own scores
