@@ -8,9 +8,9 @@ whitespace separates). Rows become features through the task modules' own code (
 post-processing (`squad.postprocess`, `squad.postprocess_xlnet`, `tagging.predicted_tags` and `tagging.chunks`),
 so a prediction is what the fine-tuning evaluation would have made of the same input.
 
-Rows are run in batches of similar length: sorted by length, each batch cut to the smallest power of two that
-holds its longest row, so that many rows reuse a few compiled programs. Each answer carries label names with
-probabilities, as the Hugging Face pipelines give them, and the raw logits.
+Rows are run in batches of similar length: sorted by length, each batch cut to the smallest of the fine-tuning's
+length buckets (`tasks.buckets`) that holds its longest row, so that many rows reuse a few compiled programs. Each
+answer carries label names with probabilities, as the Hugging Face pipelines give them, and the raw logits.
 """
 
 import operator
@@ -23,7 +23,7 @@ import numpy as np
 
 from albert_jax import checkpoints
 from albert_jax import model as model_lib
-from albert_jax.tasks import family, fill_mask, glue, race, squad, tagging
+from albert_jax.tasks import buckets, family, fill_mask, glue, race, squad, tagging
 from albert_jax.tasks.fill_mask import InputError
 
 # Per head: the row fields it needs, then those it may have.
@@ -36,7 +36,6 @@ FIELDS = {
   "tagging": (("text",), ()),
 }
 _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-_MIN_LENGTH_BUCKET = 16
 _WORD = re.compile(r"\S+")  # a tagging row's words: what str.split() gives, with their offsets
 # SQuAD's windows, decoding and the XLNet head's beam when the checkpoint does not record them (a Hugging Face
 # directory): config_lib.finetuning's defaults.
@@ -88,6 +87,12 @@ class Predictor:
     self.batch_size = batch_size
     limit = self.config.max_position_embeddings
     self.max_seq_length = min(max_seq_length or self.info.max_seq_length or limit, limit)
+    configured = self.info.settings.get("length_buckets")
+    self.buckets = (
+      tuple(configured)
+      if configured and configured[-1] == self.max_seq_length
+      else buckets.default_buckets(self.max_seq_length)
+    )
     if null_threshold is None and self.info.task == "squad_v2":
       null_threshold = self.info.settings.get("null_score_diff_threshold") or 0.0
     self.null_threshold = null_threshold
@@ -142,15 +147,14 @@ class Predictor:
     -1e30.
     """
     inputs = {k: features[k] for k in self._inputs}
-    mask = inputs["attention_mask"]
-    lengths = mask.reshape(len(mask), -1, mask.shape[-1]).sum(-1).max(-1)
+    lengths = buckets.row_lengths(inputs)
     order = np.argsort(lengths, kind="stable")
-    full = mask.shape[-1]
+    full = inputs["input_ids"].shape[-1]
     positional = self.info.head in ("span", "tagging")
     outputs = []
     for start in range(0, len(order), self.batch_size):
       chunk = order[start : start + self.batch_size]
-      length = fill_mask.bucket(int(lengths[chunk].max()), _MIN_LENGTH_BUCKET, full)
+      length = buckets.bucket_length(lengths[chunk], self.buckets, full)
       rows = fill_mask.bucket(len(chunk), 1, self.batch_size)
       batch = {k: _pad_rows(v[chunk][..., :length], rows) for k, v in inputs.items()}
       out = jax.device_get(self._apply(self.params, batch))
