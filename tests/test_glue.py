@@ -40,11 +40,11 @@ def tok_no_rule(generated_vocab):
 def _hf_unigram(spm_model):
   """Hugging Face's Unigram tokenizer of a SentencePiece model.
 
-  Not `AlbertTokenizer.from_pretrained(dir)`: transformers 5 then splits the
-  text at ALBERT's user-defined pieces ( ) " - . (tests/test_tokenizer.py pins
-  that difference), so its ids differ from the original ALBERT's on most
-  lines. This one equals `Tokenizer` without the "9," rule; here it checks
-  the pair layout, token types and longest-first truncation.
+  Not `AlbertTokenizer.from_pretrained(dir)`: earlier transformers 5 releases
+  split the text there at ALBERT's user-defined pieces ( ) " - ., so their ids
+  differed from the original ALBERT's on most lines. This one equals
+  `Tokenizer` without the "9," rule; here it checks the pair layout, token
+  types and longest-first truncation.
   """
   transformers = pytest.importorskip("transformers")
   proto = sentencepiece_model_pb2.ModelProto.FromString(spm_model.read_bytes())

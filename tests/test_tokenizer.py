@@ -240,29 +240,22 @@ def _split_at_user_symbols(tok, text, symbols):
   return ids
 
 
-@pytest.fixture(scope="module")
-def split_at_user_symbols(spm_path, lines):
-  no_rule = tokenizer_lib.Tokenizer(spm_path, split_digit_comma=False)
-  symbols = ["(", ")", '"', "-", ".", "\u2013", "\u00a3", "\u20ac"]
-  assert [no_rule.id_to_piece(i) for i in range(5, 13)] == symbols
-  return [_split_at_user_symbols(no_rule, t, symbols) for t in lines]
-
-
 @needs_data("the official vocabulary on SST-2 dev and WikiText-2 valid, through from_pretrained")
 @pytest.mark.parametrize("loader", ["AlbertTokenizer", "AutoTokenizer"])
-def test_hf_from_pretrained_differs_only_by_splitting_at_user_symbols(
-  spm_path, hf_dir, lines, split_at_user_symbols, loader
-):
+def test_hf_from_pretrained_differs_from_sentencepiece_only_after_a_special_token(spm_path, hf_dir, lines, loader):
+  """transformers 5.25 (pinned in requirements-test.txt) reads a bare spiece.model as SentencePiece does.
+
+  Earlier 5.x releases split the text at ALBERT's user-defined pieces ( ) " - . as at added tokens, which changed
+  most SST-2 lines; the one difference left is the word after a special token (`test_text_glued_to_a_special_...`).
+  """
   transformers = pytest.importorskip("transformers")
   assert transformers.AlbertTokenizerFast is transformers.AlbertTokenizer
   hf = getattr(transformers, loader).from_pretrained(hf_dir)
-  expected = _hf_ids(hf, lines)
-  assert split_at_user_symbols == expected
   no_rule = tokenizer_lib.Tokenizer(spm_path, split_digit_comma=False)
-  # The difference is real and frequent: most SST-2 lines end in " .".
-  sst2 = lines[:872]
-  differing = sum(a != b for a, b in zip(no_rule.encode_batch(sst2), expected))
-  assert differing > 800
+  differing = [t for t, ours, theirs in zip(lines, no_rule.encode_batch(lines), _hf_ids(hf, lines)) if ours != theirs]
+  special = re.compile("|".join(re.escape(p) for p in tokenizer_lib.SPECIAL_PIECES))
+  assert differing, "HF agrees on every line: the special-token difference is gone, update this test and the docs"
+  assert all(special.search(t) for t in differing), differing[:3]
 
 
 @needs_data("the official vocabulary's ids of texts with [MASK]")
