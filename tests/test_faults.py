@@ -239,7 +239,7 @@ def test_kills_preemption_damage_and_a_full_or_read_only_disk_lose_nothing(
     print(f"\nsurvived, final parameters bitwise equal: {survived}")
 
 
-def _finetune_command(workdir, vocab, glue_dir, cache):
+def _bucketed_finetune_command(workdir, vocab, glue_dir, cache):
   """A tiny SST-2 fine-tuning run over two epochs, its batches in several length buckets."""
   return [
     sys.executable,
@@ -262,7 +262,7 @@ def _finetune_command(workdir, vocab, glue_dir, cache):
 @pytest.mark.filterwarnings("ignore:Sharding info not provided")
 def test_bucketed_finetuning_killed_mid_epoch_resumes_bitwise(generated_vocab, generated_glue, tmp_path):
   straight, faulty = tmp_path / "straight", tmp_path / "faulty"
-  cmd = lambda workdir: _finetune_command(workdir, generated_vocab, generated_glue, tmp_path / "xla_cache")
+  cmd = lambda workdir: _bucketed_finetune_command(workdir, generated_vocab, generated_glue, tmp_path / "xla_cache")
   runs = [cli.spawn(cmd(straight), tmp_path / "straight.log"), cli.spawn(cmd(faulty), tmp_path / "faulty.log")]
   cli.wait_for(lambda: _logged_since(faulty, 0) >= 5 and _complete(faulty), runs[1])  # inside the first epoch
   runs[1].send_signal(signal.SIGKILL)
